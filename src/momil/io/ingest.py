@@ -1,0 +1,98 @@
+"""`momil ingest`: instance features (Parquet/CSV, contract 2a) + wells (contract 1) -> an instance store.
+
+Two streaming passes with memory bounded by ``memory_mb``: the first reads only the plate and well columns and
+counts each well's instances (so the file need not be grouped by well); the second reads feature row groups and
+writes each row to its well's reserved place, keeping file order within a well.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from momil.errors import InputError
+from momil.io.contract import PLATE, WELL, InstanceSource, read_wells
+from momil.io.store import InstanceStore, StoreWriter
+from momil.progress import progress
+from momil.provenance import provenance
+
+
+@dataclasses.dataclass
+class IngestSettings:
+    dtype: str = "float32"  # float16 halves the store; float32 keeps every digit
+    memory_mb: int = 512  # bound on the feature rows held at once
+    drop_empty_wells: bool = False  # wells listed without instances: error (default) or drop with a warning
+    overwrite: bool = False
+
+
+def _rows_per_chunk(dim: int, memory_mb: int) -> int:
+    # a chunk exists ~4 times at once (arrow columns, float32 stack, sorted copy, cast)
+    return int(max(1024, min(1_000_000, memory_mb * 1024 * 1024 // max(1, dim * 4 * 4))))
+
+
+def ingest(instances, wells, out, settings: IngestSettings | None = None, show_progress: bool = True
+           ) -> InstanceStore:
+    settings = settings or IngestSettings()
+    started = time.perf_counter()
+    well_table = read_wells(wells)
+    probe = InstanceSource(instances)
+    source = InstanceSource(instances, chunk_rows=_rows_per_chunk(probe.dim, settings.memory_mb))
+
+    keys = pd.Index(well_table[PLATE].astype(str) + "\x1f" + well_table[WELL].astype(str))
+    counts = np.zeros(len(keys), dtype=np.int64)
+    total_rows = 0
+    with progress(desc="ingest: counting", unit="rows", enabled=show_progress) as bar:
+        for plates, well_names, first_row, file in source.iter_keys():
+            index = keys.get_indexer(pd.Index(plates.astype(str)) + "\x1f" + pd.Index(well_names.astype(str)))
+            unknown = index < 0
+            if unknown.any():
+                row = int(np.argmax(unknown))
+                raise InputError(file, f"instance row {first_row + row + 1} belongs to well {plates[row]}/"
+                                 f"{well_names[row]}, which {Path(wells).name} does not list "
+                                 f"({int(unknown.sum())} such rows in this block)",
+                                 "add the well to the wells table or drop its instances")
+            counts += np.bincount(index, minlength=len(keys))
+            total_rows += len(index)
+            bar.update(len(index))
+    if total_rows == 0:
+        raise InputError(instances, "holds no instances", "the instance table is empty")
+
+    empty = counts == 0
+    if empty.any():
+        names = ", ".join((well_table[PLATE] + "/" + well_table[WELL])[empty].head(5))
+        message = f"{int(empty.sum())} well(s) listed in {Path(wells).name} have no instance (empty bags: {names})"
+        if not settings.drop_empty_wells:
+            raise InputError(instances, message, "remove them from the wells table or pass --drop-empty-wells")
+        warnings.warn(f"{instances}: {message}; they are dropped", stacklevel=2)
+    keep = ~empty
+    # plate-major order keeps each plate's rows together (plate-wise correction reads them in one sweep)
+    table = well_table.assign(count=counts, _key=np.arange(len(keys)))[keep]
+    table = table.sort_values([PLATE, WELL], kind="stable").reset_index(drop=True)
+
+    record = provenance("ingest", settings, inputs={"instances": instances, "wells": wells},
+                        rows=int(total_rows), dropped_empty_wells=int(empty.sum()))
+    writer = StoreWriter.create(out, dim=source.dim, dtype=settings.dtype, feature_names=source.feature_names,
+                                overwrite=settings.overwrite)
+    with writer:
+        offsets = writer.reserve(table.drop(columns="_key"), source=wells)
+        offset_of_key = np.full(len(keys), -1, dtype=np.int64)
+        offset_of_key[table["_key"].to_numpy()] = offsets
+        cursor = np.zeros(len(keys), dtype=np.int64)
+        with progress(total=total_rows, desc="ingest: writing", unit="rows", enabled=show_progress) as bar:
+            for chunk in source.iter_chunks():
+                index = keys.get_indexer(pd.Index(chunk.plates.astype(str)) + "\x1f"
+                                         + pd.Index(chunk.wells.astype(str)))
+                within = pd.Series(index).groupby(index).cumcount().to_numpy()
+                positions = offset_of_key[index] + cursor[index] + within
+                cursor += np.bincount(index, minlength=len(keys))
+                writer.write_rows(positions, chunk.features)
+                writer.add_meta(chunk.meta, positions)
+                bar.update(len(index))
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        writer.set_provenance(record)
+    return InstanceStore(out)

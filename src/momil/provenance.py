@@ -1,0 +1,137 @@
+"""Atomic writes and provenance records: every output says which inputs, settings and version made it."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+_HASH_LIMIT = 64 * 1024 * 1024  # inputs up to this size are hashed; larger ones are recorded by size and mtime
+
+
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+@contextlib.contextmanager
+def atomic_path(path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on error removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path``, on error it is removed.
+
+    An interrupted run leaves only a hidden ``.name.tmp-*`` folder, never a half-written ``path``.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        from momil.errors import MomilError
+
+        raise MomilError(f"{path}: already exists -- choose another output or pass --overwrite")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            old = _temp_name(path)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json_atomic(obj: Any, path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=_json_default, sort_keys=False) + "\n")
+    return path
+
+
+def _json_default(value):
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    if isinstance(value, Path):
+        return str(value)
+    try:
+        import numpy as np
+
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    return str(value)
+
+
+def describe_input(path) -> dict:
+    """Path, size, modification time and (for files up to 64 MiB) SHA-256 of one input."""
+    path = Path(path)
+    record: dict[str, Any] = {"path": str(path.resolve())}
+    if not path.exists():
+        record["exists"] = False
+        return record
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        record["files"] = len(files)
+        record["bytes"] = sum(p.stat().st_size for p in files)
+        return record
+    stat = path.stat()
+    record["bytes"] = stat.st_size
+    record["modified"] = _dt.datetime.fromtimestamp(stat.st_mtime, _dt.timezone.utc).isoformat()
+    if stat.st_size <= _HASH_LIMIT:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        record["sha256"] = digest.hexdigest()
+    return record
+
+
+def provenance(stage: str, settings: Any = None, inputs: dict | None = None, **extra) -> dict:
+    """The record every output carries: stage, settings, inputs, versions, command line, time."""
+    from momil import __version__
+
+    versions = {"momil": __version__, "python": platform.python_version()}
+    for name in ("numpy", "pandas", "pyarrow", "torch", "rdkit", "sklearn"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "__version__"):
+            versions[name] = module.__version__
+    if dataclasses.is_dataclass(settings):
+        settings = dataclasses.asdict(settings)
+    record = {
+        "stage": stage,
+        "momil_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "settings": settings or {},
+        "inputs": {k: describe_input(v) for k, v in (inputs or {}).items() if v is not None},
+        "versions": versions,
+    }
+    record.update(extra)
+    return json.loads(json.dumps(record, default=_json_default))

@@ -1,0 +1,558 @@
+"""`momil simulate`: synthetic screens in the input contract, for demos, tests and benchmarks.
+
+The generative model (every choice below is a setting of :class:`SimulateSettings`):
+
+* **Targets.** ``n_targets`` latent targets, each with a signature direction in feature space and a group of
+  real gene symbols (a gene and its strongest neighbours in the shipped iRefIndex network).
+* **Compounds.** Each compound hits each target with probability ``hit_rate`` at a potency in [0.5, 1.5].
+  Synthetic compounds come in chemical series (analogues of real molecules made with RDKit) whose members share
+  their parent's hits with probability ``series_inheritance``, so chemistry predicts activity as in real
+  libraries and chemical-similarity folds matter.
+* **Assays.** Each assay reads one target (``related`` assays: primary assays each on their own target,
+  secondary assays on a primary's target or another target) or none (``unrelated``: labels independent of
+  morphology). Active = potency on the assay's target plus assay noise above a per-assay threshold. Assays of a
+  shared target get genes from that target's group, so the written association table agrees with relatedness.
+* **Wells.** Plates use the real JUMP-Target-1 384-well map: its 64 DMSO positions are ``negcon`` wells. A
+  compound's replicate wells lie on different plates; plates are spread over batches.
+* **Instances.** A well's instances come from a mixture of ``n_states`` cell states whose proportions vary from
+  well to well (nuisance variation that mean pooling mixes into the signal). In wells of an active compound only
+  a fraction ``responder_fraction`` of instances respond, shifted along the signatures of the compound's
+  targets by ``effect_size`` (noise sd units): attention can find them, a well mean dilutes them.
+* **Plates and batches.** Each plate and batch adds an offset and a per-feature gain large enough that
+  plate-wise correction against DMSO wells matters.
+* **Labels** are masked to ``label_density`` (``primary_density`` for primary assays); in the ``hti-cnn`` mode
+  the compounds, assays and the pattern of known labels are the real hti-cnn matrix's and only label values are
+  simulated (matching each assay's real active fraction).
+
+Output folder: ``wells.parquet``, ``instances.parquet`` (or ``load_data.parquet`` + TIFF fields with
+``render_images``), ``compounds.parquet``, ``labels.parquet``, ``assays.parquet``, ``associations.parquet``,
+``truth/`` (latent activity, assay targets, responding instances) and ``simulation.json``.
+Everything streams: one plate is in memory at a time, so paper scale (84,000 wells x 36 x 768) fits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from momil.errors import MomilError
+from momil.io.contract import BATCH, COMPOUND, CONTROL, INCHIKEY, PLATE, SITE, SMILES, WELL, read_labels_mtx
+from momil.progress import progress
+from momil.provenance import atomic_dir, provenance, write_json_atomic
+
+DMSO = "DMSO"
+
+
+@dataclasses.dataclass
+class SimulateSettings:
+    mode: str = "synthetic"  # "synthetic" or "hti-cnn" (real compounds, assays and label pattern)
+    n_compounds: int = 300  # synthetic: compounds; hti-cnn: keep the n most-labelled (0 = all 10,574)
+    n_assays: int = 24  # synthetic only (hti-cnn has its 209)
+    n_primary: int = 6
+    n_targets: int = 10
+    related_fraction: float = 0.6  # secondary assays on a primary's target; the rest split below
+    unrelated_fraction: float = 0.2  # secondary assays whose labels do not depend on morphology
+    hit_rate: float = 0.2
+    series_size: int = 6  # synthetic: compounds per chemical series
+    series_inheritance: float = 0.8
+    assay_noise: float = 0.35  # sd of assay-specific noise on potency
+    active_rate: float = 0.35  # synthetic: fraction of actives among known labels
+    label_density: float = 0.043  # synthetic: fraction of known (compound, assay) pairs overall
+    primary_density: float = 0.183  # synthetic: fraction of known pairs in primary assays
+    replicates: int = 3
+    negcon_per_plate: int = 0  # 0: all 64 DMSO positions of the real plate map; n: the first n of them
+    n_batches: int = 2
+    instances: int = 36  # per well
+    instances_jitter: int = 0  # counts drawn uniformly in instances +- jitter
+    sites: int = 4  # fields of view per well (instances are split over them as tiles)
+    dim: int = 64
+    n_states: int = 4
+    state_scale: float = 1.5
+    responder_fraction: float = 0.15
+    effect_size: float = 3.0
+    plate_effect: float = 2.0  # sd of plate offsets (noise sd units)
+    batch_effect: float = 2.0
+    gain_effect: float = 0.3  # sd of per-feature multiplicative plate gains
+    render_images: bool = False  # write 5-channel TIFF fields + load_data.parquet instead of instance features
+    image_size: int = 128
+    seed: int = 0
+    overwrite: bool = False
+
+
+# --------------------------------------------------------------------------------------------- shipped data
+def data_path(*parts: str) -> Path:
+    return Path(str(resources.files("momil").joinpath("data", *parts)))
+
+
+def real_platemap() -> pd.DataFrame:
+    """JUMP-Target-1's 384-well map: well_position and negcon flag (empty broad_sample = DMSO)."""
+    frame = pd.read_csv(data_path("jump-target", "JUMP-Target-1_compound_platemap.tsv"), sep="\t", dtype=str)
+    frame["negcon"] = frame["broad_sample"].isna() | (frame["broad_sample"].fillna("") == "")
+    return frame[["well_position", "negcon"]]
+
+
+def hti_cnn_labels():
+    return read_labels_mtx(data_path("hti-cnn-labels", "label-matrix.mtx.gz"),
+                           data_path("hti-cnn-labels", "row-compound-index.csv.gz"),
+                           data_path("hti-cnn-labels", "column-assay-index.csv"))
+
+
+def hti_cnn_smiles() -> pd.DataFrame:
+    return pd.read_csv(data_path("hti-cnn-labels", "hti_compounds_smiles.csv.gz"), dtype=str)
+
+
+def ppi_network() -> pd.DataFrame:
+    with gzip.open(data_path("ppi", "irefindex_pcsf_edges.csv.gz"), "rt") as handle:
+        frame = pd.read_csv(handle, dtype={"from": str, "to": str})
+    frame["score"] = 1.0 - frame["cost"].astype(float)
+    return frame
+
+
+# -------------------------------------------------------------------------------------------------- chemistry
+_SUBSTITUENTS = ("C", "F", "Cl", "O", "N", "C(F)(F)F", "OC", "C#N", "Br", "CC")
+
+
+def analogue_smiles(parents: list[str], n: int, rng: np.random.Generator) -> list[str]:
+    """``n`` analogues of each parent: 1-2 random substituents on ring carbons bearing hydrogens."""
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    out = []
+    for parent in parents:
+        mol = Chem.MolFromSmiles(parent)
+        series = [Chem.MolToSmiles(mol)]
+        attempts = 0
+        while len(series) < n and attempts < 20 * n:
+            attempts += 1
+            rw = Chem.RWMol(mol)
+            sites = [a.GetIdx() for a in rw.GetAtoms() if a.GetSymbol() == "C" and a.GetTotalNumHs() > 0]
+            if not sites:
+                break
+            for _ in range(int(rng.integers(1, 3))):
+                site = int(rng.choice(sites))
+                fragment = Chem.MolFromSmiles(_SUBSTITUENTS[int(rng.integers(len(_SUBSTITUENTS)))])
+                combined = Chem.RWMol(Chem.CombineMols(rw, fragment))
+                combined.AddBond(site, rw.GetNumAtoms(), Chem.BondType.SINGLE)
+                rw = combined
+            try:
+                candidate = rw.GetMol()
+                Chem.SanitizeMol(candidate)
+                smiles = Chem.MolToSmiles(candidate)
+            except Exception:  # noqa: BLE001 - RDKit raises several sanitisation errors; try another
+                continue
+            if smiles not in series:
+                series.append(smiles)
+        while len(series) < n:  # tiny parents with no site left: repeat with a tag so ids stay distinct
+            series.append(series[-1])
+        out.append(series)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- latent world
+@dataclasses.dataclass
+class World:
+    compounds: np.ndarray  # (C,) ids
+    smiles: list  # (C,) SMILES or None
+    inchikeys: list
+    potency: np.ndarray  # (C, K) 0 where no hit
+    assays: np.ndarray  # (T,) names
+    assay_target: np.ndarray  # (T,) target index, -1 = unrelated
+    assay_role: np.ndarray  # (T,) "primary"/"secondary"
+    assay_kind: np.ndarray  # (T,) "primary", "related", "other-target", "unrelated"
+    target_genes: list  # (K,) list of gene symbols
+    assay_genes: list  # (T,) list of gene symbols
+    signatures: np.ndarray  # (K, D) unit vectors
+    states: np.ndarray  # (S, D) cell state means
+
+
+def _gene_groups(n_targets: int, rng: np.random.Generator) -> tuple[list[list[str]], pd.DataFrame]:
+    """Gene groups for targets: a hub gene and its 4 strongest neighbours; hubs pairwise not adjacent."""
+    net = ppi_network()
+    strong = net[net["score"] >= 0.6]
+    degree = pd.concat([strong["from"], strong["to"]]).value_counts()
+    hubs = [g for g in degree.index[:400] if g.isupper() and g.isalnum()]
+    rng.shuffle(hubs)
+    adjacency: dict[str, set] = {}
+    for a, b in zip(net["from"], net["to"]):
+        adjacency.setdefault(a, set()).add(b)
+        adjacency.setdefault(b, set()).add(a)
+    groups: list[list[str]] = []
+    used: set[str] = set()
+    for hub in hubs:
+        if len(groups) == n_targets:
+            break
+        if hub in used or any(hub in adjacency.get(g, ()) for group in groups for g in group):
+            continue
+        mine = strong[(strong["from"] == hub) | (strong["to"] == hub)].sort_values("score", ascending=False)
+        partners = [b if a == hub else a for a, b in zip(mine["from"], mine["to"])]
+        partners = [p for p in dict.fromkeys(partners) if p not in used and p.isalnum()][:4]
+        group = [hub] + partners
+        groups.append(group)
+        used.update(group)
+    if len(groups) < n_targets:
+        raise MomilError(f"cannot find {n_targets} separate gene groups in the shipped network")
+    keep = net["from"].isin(used) & net["to"].isin(used)
+    table = net.loc[keep, ["from", "to", "score"]].rename(columns={"from": "gene_a", "to": "gene_b"})
+    # every pair inside a group is associated (real score where the network has one, else a strong one)
+    extra = []
+    have = set(zip(table["gene_a"], table["gene_b"])) | set(zip(table["gene_b"], table["gene_a"]))
+    for group in groups:
+        for i, a in enumerate(group):
+            for b in group[i + 1:]:
+                if (a, b) not in have:
+                    extra.append((a, b, float(rng.uniform(0.7, 0.95))))
+    table = pd.concat([table, pd.DataFrame(extra, columns=["gene_a", "gene_b", "score"])], ignore_index=True)
+    return groups, table.reset_index(drop=True)
+
+
+def _assay_design(n_assays: int, settings: SimulateSettings, rng: np.random.Generator):
+    k = settings.n_targets
+    n_primary = min(settings.n_primary, n_assays)
+    if n_primary > k:
+        raise MomilError(f"n_primary ({n_primary}) needs at least as many targets (n_targets = {k})")
+    target = np.full(n_assays, -1, dtype=np.int64)
+    kind = np.empty(n_assays, dtype=object)
+    target[:n_primary] = np.arange(n_primary)
+    kind[:n_primary] = "primary"
+    n_secondary = n_assays - n_primary
+    n_unrelated = int(round(settings.unrelated_fraction * n_secondary))
+    n_related = min(n_secondary - n_unrelated, int(round(settings.related_fraction * n_secondary)))
+    n_other = n_secondary - n_unrelated - n_related
+    start = n_primary
+    if n_primary:
+        target[start:start + n_related] = rng.integers(0, n_primary, n_related)
+    kind[start:start + n_related] = "related"
+    start += n_related
+    other_targets = np.arange(n_primary, k) if k > n_primary else np.arange(k)
+    target[start:start + n_other] = rng.choice(other_targets, n_other) if n_other else []
+    kind[start:start + n_other] = "other-target"
+    start += n_other
+    kind[start:] = "unrelated"
+    role = np.where(np.arange(n_assays) < n_primary, "primary", "secondary").astype(object)
+    return target, role, kind
+
+
+def build_world(settings: SimulateSettings, rng: np.random.Generator) -> tuple[World, pd.DataFrame, object]:
+    """Latent targets, compounds, assays; returns (world, associations, real label matrix or None)."""
+    k, d = settings.n_targets, settings.dim
+    groups, associations = _gene_groups(k, rng)
+    signatures = rng.standard_normal((k, d))
+    signatures /= np.linalg.norm(signatures, axis=1, keepdims=True)
+    states = rng.standard_normal((settings.n_states, d)) * settings.state_scale
+
+    real = None
+    if settings.mode == "hti-cnn":
+        real = hti_cnn_labels()
+        per_compound = np.bincount(real.rows, minlength=len(real.compounds))
+        order = np.lexsort((real.compounds.astype(str), -per_compound))
+        if settings.n_compounds:
+            order = order[:settings.n_compounds]
+        real = real.subset_compounds(real.compounds[np.sort(order)])
+        compounds = real.compounds.astype(object)
+        smiles_table = hti_cnn_smiles().set_index("inchikey")["smiles"]
+        smiles = [smiles_table.get(c) for c in compounds]
+        inchikeys = list(compounds)
+        # primary assays: the most-labelled ones, as the paper's primaries carry the densest labels
+        counts = real.counts().sort_values(["n_labelled", "assay"], ascending=[False, True])
+        ordered = list(counts["assay"])
+        assays = np.array(ordered, dtype=object)
+        target, role, kind = _assay_design(len(assays), settings, rng)
+        n = len(compounds)
+        parent = np.arange(n)
+    elif settings.mode == "synthetic":
+        n = settings.n_compounds
+        if n < 1:
+            raise MomilError("n_compounds must be at least 1")
+        parents_needed = int(np.ceil(n / settings.series_size))
+        pool = hti_cnn_smiles()["smiles"].tolist()
+        picks = rng.choice(len(pool), size=parents_needed, replace=parents_needed > len(pool))
+        series = analogue_smiles([pool[i] for i in picks], settings.series_size, rng)
+        smiles, parent = [], []
+        for s, members in enumerate(series):
+            for member in members:
+                smiles.append(member)
+                parent.append(s)
+        smiles, parent = smiles[:n], np.array(parent[:n])
+        compounds = np.array([f"CPD-{i + 1:06d}" for i in range(n)], dtype=object)
+        inchikeys = [None] * n
+        assays = np.array([f"assay-{i + 1:03d}" for i in range(settings.n_assays)], dtype=object)
+        target, role, kind = _assay_design(len(assays), settings, rng)
+    else:
+        raise MomilError(f"mode must be 'synthetic' or 'hti-cnn', not {settings.mode!r}")
+
+    # activity: series share hits with their parent
+    n_series = int(parent.max()) + 1
+    series_hits = rng.random((n_series, k)) < settings.hit_rate
+    own_hits = rng.random((n, k)) < settings.hit_rate
+    inherit = rng.random((n, k)) < settings.series_inheritance
+    hits = np.where(inherit, series_hits[parent], own_hits)
+    potency = hits * rng.uniform(0.5, 1.5, size=(n, k))
+
+    assay_genes = []
+    for t in range(len(assays)):
+        if target[t] >= 0:
+            group = groups[target[t]]
+            assay_genes.append(list(rng.choice(group, size=min(2, len(group)), replace=False)))
+        else:  # unrelated assays: a gene of no target group
+            assay_genes.append([f"UNREL{t + 1}"])
+    world = World(compounds, smiles, inchikeys, potency, assays, target, role, kind, groups, assay_genes,
+                  signatures, states)
+    return world, associations, real
+
+
+def simulate_labels(world: World, settings: SimulateSettings, rng: np.random.Generator, real=None
+                    ) -> pd.DataFrame:
+    """Known labels (long form). hti-cnn: at the real known positions with each assay's real active rate."""
+    n, t = len(world.compounds), len(world.assays)
+    if real is not None:
+        assay_index = pd.Index(world.assays).get_indexer(real.assays[real.cols])
+        rows, cols, truth = real.rows, assay_index, real.values
+    else:
+        density = np.where(world.assay_role == "primary", settings.primary_density, 0.0)
+        n_primary = int((world.assay_role == "primary").sum())
+        if t > n_primary:
+            remaining = settings.label_density * n * t - settings.primary_density * n * n_primary
+            density[world.assay_role != "primary"] = np.clip(remaining / (n * (t - n_primary)), 0.005, 1.0)
+        known = rng.random((n, t)) < density[None, :]
+        rows, cols = np.nonzero(known)
+        truth = None
+    score = np.empty(len(rows))
+    for a in range(t):
+        mine = cols == a
+        if world.assay_target[a] >= 0:
+            signal = world.potency[rows[mine], world.assay_target[a]]
+        else:
+            signal = rng.random(int(mine.sum()))
+        score[mine] = signal + settings.assay_noise * rng.standard_normal(int(mine.sum()))
+    labels = np.zeros(len(rows), dtype=np.int8)
+    for a in range(t):
+        mine = np.flatnonzero(cols == a)
+        if len(mine) == 0:
+            continue
+        rate = truth[mine].mean() if truth is not None else settings.active_rate
+        n_active = int(round(rate * len(mine)))
+        if n_active:
+            labels[mine[np.argsort(-score[mine], kind="stable")[:n_active]]] = 1
+    return pd.DataFrame({COMPOUND: world.compounds[rows], "assay": world.assays[cols], "label": labels})
+
+
+# ----------------------------------------------------------------------------------------------------- layout
+def plate_layout(world: World, settings: SimulateSettings, rng: np.random.Generator) -> pd.DataFrame:
+    """One row per well: replicate r of a compound on the r-th plate set, so replicates are on other plates."""
+    platemap = real_platemap()
+    negcon_positions = platemap.loc[platemap["negcon"], "well_position"].tolist()
+    trt_positions = platemap.loc[~platemap["negcon"], "well_position"].tolist()
+    if settings.negcon_per_plate:
+        negcon_positions = negcon_positions[:settings.negcon_per_plate]
+    n = len(world.compounds)
+    per_plate = len(trt_positions)
+    chunks = int(np.ceil(n / per_plate))
+    order = rng.permutation(n)
+    rows = []
+    n_plates = chunks * settings.replicates
+    for r in range(settings.replicates):
+        for j in range(chunks):
+            plate_number = r * chunks + j
+            plate = f"SIM{plate_number + 1:04d}"
+            batch = f"B{(plate_number * settings.n_batches) // max(1, n_plates) + 1:02d}"
+            members = order[j * per_plate:(j + 1) * per_plate]
+            positions = rng.permutation(trt_positions)[:len(members)]
+            for c, well in zip(members, positions):
+                rows.append((plate, well, batch, world.compounds[c], "trt", int(c)))
+            for well in negcon_positions:
+                rows.append((plate, well, batch, DMSO, "negcon", -1))
+        order = np.roll(order, max(1, per_plate // 3))  # replicate sets mix compounds across plates
+    frame = pd.DataFrame(rows, columns=[PLATE, WELL, BATCH, COMPOUND, CONTROL, "_compound"])
+    return frame.sort_values([PLATE, WELL]).reset_index(drop=True)
+
+
+# -------------------------------------------------------------------------------------------------- instances
+def _plate_effects(plates: list[str], batches: dict[str, str], settings: SimulateSettings, rng) -> dict:
+    d = settings.dim
+    batch_names = sorted(set(batches.values()))
+    batch_offset = {b: rng.standard_normal(d) * settings.batch_effect for b in batch_names}
+    effects = {}
+    for plate in plates:
+        offset = rng.standard_normal(d) * settings.plate_effect + batch_offset[batches[plate]]
+        gain = np.clip(1.0 + rng.standard_normal(d) * settings.gain_effect, 0.3, None)
+        effects[plate] = (offset, gain)
+    return effects
+
+
+def well_instances(world: World, compound_index: int, count: int, settings: SimulateSettings, rng
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(count, D) clean instances (before plate effects) and the responder mask."""
+    d = settings.dim
+    mixture = rng.dirichlet(np.ones(settings.n_states))
+    state = rng.choice(settings.n_states, size=count, p=mixture)
+    x = world.states[state] + rng.standard_normal((count, d))
+    responders = np.zeros(count, dtype=bool)
+    if compound_index >= 0:
+        potency = world.potency[compound_index]
+        if potency.any():
+            responders = rng.random(count) < settings.responder_fraction
+            shift = settings.effect_size * (potency @ world.signatures)  # (D,)
+            x[responders] += shift
+    return x, responders
+
+
+def _instance_counts(n_wells: int, settings: SimulateSettings, rng) -> np.ndarray:
+    lo = max(1, settings.instances - settings.instances_jitter)
+    hi = settings.instances + settings.instances_jitter
+    return rng.integers(lo, hi + 1, size=n_wells)
+
+
+# ------------------------------------------------------------------------------------------------------- images
+CHANNELS = ("OrigDNA", "OrigER", "OrigRNA", "OrigAGP", "OrigMito")
+
+
+def render_field(rng, size: int, n_cells: int, channel_gain: np.ndarray, responder_change: np.ndarray | None,
+                 responders: int) -> np.ndarray:
+    """(5, size, size) uint16 field: Gaussian nuclei (DNA) and cytoplasm (other channels)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    image = np.zeros((5, size, size), dtype=np.float32)
+    for cell in range(n_cells):
+        cy, cx = rng.uniform(8, size - 8, size=2)
+        nucleus = rng.uniform(2.5, 4.0)
+        cytoplasm = nucleus * rng.uniform(2.0, 2.8)
+        level = np.array([1.0, 0.6, 0.5, 0.4, 0.5]) * rng.uniform(0.8, 1.2, size=5)
+        if cell < responders and responder_change is not None:
+            level = level * responder_change[:5]
+            nucleus *= responder_change[5]
+        r2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        image[0] += level[0] * np.exp(-r2 / (2 * nucleus ** 2))
+        body = np.exp(-r2 / (2 * cytoplasm ** 2))
+        image[1:] += level[1:, None, None] * body[None]
+    image *= channel_gain[:, None, None]
+    image += rng.normal(0.02, 0.01, size=image.shape)
+    return np.clip(image * 20000, 0, 65535).astype(np.uint16)
+
+
+# --------------------------------------------------------------------------------------------------- simulate
+def simulate(out, settings: SimulateSettings | None = None, show_progress: bool = True) -> dict:
+    """Write a complete screen into folder ``out``; returns a summary."""
+    settings = settings or SimulateSettings()
+    started = time.perf_counter()
+    rng = np.random.default_rng(settings.seed)
+    if settings.replicates < 1 or settings.instances < 1 or settings.dim < 1:
+        raise MomilError("replicates, instances and dim must be at least 1")
+    world, associations, real = build_world(settings, rng)
+    labels = simulate_labels(world, settings, rng, real)
+    wells = plate_layout(world, settings, rng)
+    counts = _instance_counts(len(wells), settings, rng)
+    plates = list(pd.unique(wells[PLATE]))
+    effects = _plate_effects(plates, dict(zip(wells[PLATE], wells[BATCH])), settings, rng)
+    feature_names = [f"f{i:03d}" for i in range(settings.dim)]
+
+    with atomic_dir(out, overwrite=settings.overwrite) as tmp:
+        (tmp / "truth").mkdir()
+        responder_rows = []
+        if settings.render_images:
+            _write_images(tmp, world, wells, counts, effects, settings, rng, show_progress, responder_rows)
+        else:
+            schema = pa.schema([(PLATE, pa.string()), (WELL, pa.string()), (SITE, pa.int32()),
+                                ("Metadata_Tile", pa.int32())] + [(n, pa.float32()) for n in feature_names])
+            with pq.ParquetWriter(tmp / "instances.parquet", schema) as writer, \
+                    progress(total=int(counts.sum()), desc="simulate", unit="inst", enabled=show_progress) as bar:
+                for plate in plates:
+                    offset, gain = effects[plate]
+                    idx = np.flatnonzero((wells[PLATE] == plate).to_numpy())
+                    blocks, plate_col, well_col, site_col, tile_col = [], [], [], [], []
+                    for i in idx:
+                        x, responders = well_instances(world, int(wells["_compound"].iat[i]), int(counts[i]),
+                                                       settings, rng)
+                        blocks.append((x * gain + offset).astype(np.float32))
+                        n_i = int(counts[i])
+                        per_site = int(np.ceil(n_i / settings.sites))
+                        plate_col += [plate] * n_i
+                        well_col += [wells[WELL].iat[i]] * n_i
+                        site_col.append(np.arange(n_i) // per_site + 1)
+                        tile_col.append(np.arange(n_i) % per_site)
+                        for r in np.flatnonzero(responders):
+                            responder_rows.append((plate, wells[WELL].iat[i], int(r)))
+                    block = np.concatenate(blocks)
+                    columns = [pa.array(plate_col, pa.string()), pa.array(well_col, pa.string()),
+                               pa.array(np.concatenate(site_col).astype(np.int32)),
+                               pa.array(np.concatenate(tile_col).astype(np.int32))]
+                    columns += [pa.array(block[:, j]) for j in range(settings.dim)]
+                    writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+                    bar.update(len(block))
+        pq.write_table(pa.Table.from_pandas(wells.drop(columns="_compound"), preserve_index=False),
+                       tmp / "wells.parquet")
+        compounds = pd.DataFrame({COMPOUND: world.compounds,
+                                  SMILES: pd.array(world.smiles, dtype="string"),
+                                  INCHIKEY: pd.array(world.inchikeys, dtype="string")})
+        pq.write_table(pa.Table.from_pandas(compounds, preserve_index=False), tmp / "compounds.parquet")
+        pq.write_table(pa.Table.from_pandas(labels, preserve_index=False), tmp / "labels.parquet")
+        assays = pd.DataFrame({"assay": world.assays, "role": world.assay_role,
+                               "target_genes": ["|".join(g) for g in world.assay_genes]})
+        pq.write_table(pa.Table.from_pandas(assays, preserve_index=False), tmp / "assays.parquet")
+        pq.write_table(pa.Table.from_pandas(associations, preserve_index=False), tmp / "associations.parquet")
+        # ground truth for tests and benchmarks
+        truth_assays = assays.assign(latent_target=world.assay_target, kind=world.assay_kind)
+        truth_assays.to_parquet(tmp / "truth" / "assays.parquet", index=False)
+        potency = pd.DataFrame(world.potency, columns=[f"target_{k}" for k in range(settings.n_targets)])
+        potency.insert(0, COMPOUND, world.compounds)
+        potency.to_parquet(tmp / "truth" / "compound_potency.parquet", index=False)
+        pd.DataFrame(responder_rows, columns=[PLATE, WELL, "instance"]).to_parquet(
+            tmp / "truth" / "responders.parquet", index=False)
+        pd.DataFrame({"target": range(settings.n_targets), "genes": ["|".join(g) for g in world.target_genes]}
+                     ).to_parquet(tmp / "truth" / "targets.parquet", index=False)
+        summary = {
+            "mode": settings.mode, "wells": int(len(wells)), "plates": len(plates),
+            "batches": int(wells[BATCH].nunique()), "compounds": int(len(world.compounds)),
+            "negcon_wells": int((wells[CONTROL] == "negcon").sum()), "instances": int(counts.sum()),
+            "dim": settings.dim, "assays": int(len(world.assays)),
+            "primary_assays": int((world.assay_role == "primary").sum()), "labels": int(len(labels)),
+            "label_density": round(len(labels) / (len(world.compounds) * len(world.assays)), 4),
+            "active_fraction": round(float(labels["label"].mean()), 4) if len(labels) else 0.0,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        write_json_atomic(provenance("simulate", settings, summary=summary), tmp / "simulation.json")
+    return summary
+
+
+def _write_images(tmp: Path, world: World, wells: pd.DataFrame, counts, effects, settings: SimulateSettings,
+                  rng, show_progress: bool, responder_rows: list) -> None:
+    """Rendered fields: one uint16 TIFF per channel and site, and a LoadData index."""
+    import tifffile
+
+    image_dir = tmp / "images"
+    image_dir.mkdir()
+    # per target: channel intensity and nucleus size changes of responding cells
+    changes = 1.0 + 0.8 * np.tanh(rng.standard_normal((settings.n_targets, 6)))
+    rows = []
+    with progress(total=len(wells) * settings.sites, desc="simulate: render", unit="field",
+                  enabled=show_progress) as bar:
+        for i in range(len(wells)):
+            plate, well = wells[PLATE].iat[i], wells[WELL].iat[i]
+            offset, gain = effects[plate]
+            channel_gain = np.clip(1.0 + 0.1 * offset[:5] / max(settings.plate_effect, 1e-6), 0.5, 1.5)
+            c = int(wells["_compound"].iat[i])
+            change = None
+            if c >= 0 and world.potency[c].any():
+                weights = world.potency[c] / world.potency[c].sum()
+                change = weights @ changes
+            cells_per_site = max(1, int(counts[i]) // settings.sites)
+            for site in range(1, settings.sites + 1):
+                n_resp = int(rng.binomial(cells_per_site, settings.responder_fraction)) if change is not None else 0
+                field = render_field(rng, settings.image_size, cells_per_site, channel_gain, change, n_resp)
+                row = {PLATE: plate, WELL: well, SITE: site}
+                for ch, name in enumerate(CHANNELS):
+                    file_name = f"{plate}_{well}_s{site}_{name}.tiff"
+                    tifffile.imwrite(image_dir / file_name, field[ch])
+                    row[f"FileName_{name}"] = file_name
+                    row[f"PathName_{name}"] = "images"
+                rows.append(row)
+                for r in range(n_resp):
+                    responder_rows.append((plate, well, (site - 1) * cells_per_site + r))
+                bar.update(1)
+    pq.write_table(pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False), tmp / "load_data.parquet")
