@@ -145,3 +145,19 @@ def load_correction_stats(store_path) -> dict[str, tuple[np.ndarray, np.ndarray]
     """Per-plate (median, scale) saved by :func:`correct`, to apply the same correction elsewhere."""
     data = np.load(f"{store_path}/correction_stats.npz")
     return {p: (m, s) for p, m, s in zip(data["plates"], data["median"], data["scale"])}
+
+
+def plate_variance_fraction(store: InstanceStore, control: str = "negcon") -> float:
+    """Share of the variance of control-well mean vectors explained by their plate (0 = no plate effect).
+
+    Averaged over features; a diagnostic of how much plate effect remains (used by the demo and tests).
+    """
+    wells = store.wells[store.wells[CONTROL] == control]
+    if wells[PLATE].nunique() < 2:
+        return 0.0
+    means = np.stack([store.bag(i).astype(np.float64).mean(axis=0) for i in wells.index])  # (wells, D)
+    plate_codes = pd.factorize(wells[PLATE])[0]
+    plate_means = np.stack([means[plate_codes == p].mean(axis=0) for p in range(plate_codes.max() + 1)])
+    between = ((plate_means[plate_codes] - means.mean(axis=0)) ** 2).sum(axis=0)
+    total = ((means - means.mean(axis=0)) ** 2).sum(axis=0)
+    return float(np.mean(between / np.maximum(total, 1e-12)))

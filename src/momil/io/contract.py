@@ -445,6 +445,15 @@ def read_labels_mtx(path, row_index=None, column_index=None) -> LabelMatrix:
     if len(assays) != matrix.shape[1]:
         raise InputError(col_path, f"has {len(assays)} rows but the matrix has {matrix.shape[1]} columns",
                          "the column index must list every matrix column in order")
+    repeated = assays.duplicated(keep=False)
+    if repeated.any():
+        # distinct matrix columns that share an identifier (hti-cnn has 5 such ids): keep them apart
+        occurrence = assays.groupby(assays).cumcount()
+        renamed = assays.where(occurrence == 0, assays + "_" + (occurrence + 1).astype("string"))
+        warnings.warn(f"{col_path}: {int(repeated.sum())} columns share {assays[repeated].nunique()} assay "
+                      f"identifiers (e.g. {assays[repeated].iloc[0]}); later copies are named <id>_2, <id>_3",
+                      stacklevel=2)
+        assays = renamed
     raw = pd.Series(matrix.data)
     values = _label_values(raw.astype(np.int64).astype(str) if np.all(np.mod(matrix.data, 1) == 0) else raw,
                            path, "value", _MTX_VALUES)

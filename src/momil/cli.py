@@ -1,0 +1,247 @@
+"""The `momil` command: one subcommand per stage, thin over the library.
+
+Errors a user can cause are printed as one line (``momil: error: ...``) and exit with status 2; nothing is
+written by a command that fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from momil import __version__
+from momil.config import add_settings_arguments, build_settings
+from momil.errors import MomilError
+
+
+# --------------------------------------------------------------------------------------------------- commands
+def cmd_simulate(args) -> int:
+    from momil.simulate import SimulateSettings, simulate
+
+    settings = build_settings(SimulateSettings, args, args.config, "simulate")
+    summary = simulate(args.out, settings, show_progress=not args.quiet)
+    print(f"simulated screen written to {args.out}")
+    _print_mapping(summary)
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    from momil.io.ingest import IngestSettings, ingest
+
+    settings = build_settings(IngestSettings, args, args.config, "ingest")
+    started = time.perf_counter()
+    store = ingest(args.instances, args.wells, args.out, settings, show_progress=not args.quiet)
+    seconds = time.perf_counter() - started
+    print(f"instance store written to {args.out}")
+    summary = store.summary()
+    summary["seconds"] = round(seconds, 2)
+    summary["rows_per_second"] = round(store.n_instances / max(seconds, 1e-9))
+    _print_mapping(summary)
+    return 0
+
+
+def cmd_correct(args) -> int:
+    from momil.correct import CorrectSettings, correct
+
+    settings = build_settings(CorrectSettings, args, args.config, "correct")
+    store = correct(args.store, args.out, settings, show_progress=not args.quiet)
+    print(f"corrected store written to {args.out} (plate-wise robust z-score against "
+          f"{settings.control} wells, {settings.stats}-level statistics)")
+    _print_mapping(store.summary())
+    return 0
+
+
+def cmd_split(args) -> int:
+    import pandas as pd
+
+    from momil.io.contract import COMPOUND, CONTROL, align_labels, read_compounds, read_labels, read_wells
+    from momil.io.tables import write_table_atomic
+    from momil.provenance import atomic_path, provenance
+    from momil.splits import SplitSettings, split
+
+    settings = build_settings(SplitSettings, args, args.config, "split")
+    if not (args.wells or args.labels or args.compounds):
+        raise MomilError("momil split needs --wells, --labels or --compounds to know which compounds to split")
+    structures = read_compounds(args.compounds) if args.compounds else None
+    labels = read_labels(args.labels, args.row_index, args.column_index) if args.labels else None
+    if args.wells:
+        wells = read_wells(args.wells)
+        if labels is not None:
+            labels, _ = align_labels(labels, wells, args.labels, strict=args.strict_labels)
+        compounds = pd.unique(wells.loc[wells[CONTROL] == "trt", COMPOUND])
+    else:
+        parts = []
+        if labels is not None:
+            parts.append(pd.Series(labels.compounds))
+        if structures is not None:
+            parts.append(structures[COMPOUND])
+        compounds = pd.unique(pd.concat(parts))
+    folds, summary, seconds = split(compounds, structures, labels, settings, show_progress=not args.quiet)
+    record = provenance("split", settings, inputs={"wells": args.wells, "labels": args.labels,
+                                                   "compounds": args.compounds},
+                        seconds=round(seconds, 2), summary=summary.to_dict(orient="records"))
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise MomilError(f"{out}: already exists -- choose another output or pass --overwrite")
+    write_table_atomic(folds, out, metadata=record)
+    summary_path = out.with_name(out.stem + "_summary.csv")
+    with atomic_path(summary_path) as tmp:
+        summary.to_csv(tmp, index=False)
+    print(f"folds written to {out} ({len(folds)} compounds, {settings.n_folds} folds, method {settings.method}, "
+          f"{seconds:.1f} s)")
+    print(summary.to_string(index=False))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    """Read and check every input given; write nothing."""
+    from momil.io.contract import (InstanceSource, align_labels, read_assays, read_associations, read_compounds,
+                                   read_labels, read_load_data, read_wells)
+
+    wells = None
+    if args.wells:
+        wells = read_wells(args.wells)
+        print(f"wells: {args.wells}: {len(wells)} wells, {wells['Metadata_Plate'].nunique()} plates, "
+              f"{(wells['Metadata_ControlType'] == 'negcon').sum()} negcon wells")
+    if args.instances:
+        source = InstanceSource(args.instances)
+        rows = 0
+        for chunk in source.iter_chunks(with_meta=False):
+            rows += len(chunk.features)
+        print(f"instances: {args.instances}: {rows} instances x {source.dim} features, all finite")
+    if args.load_data:
+        table, channels = read_load_data(args.load_data)
+        print(f"load data: {args.load_data}: {len(table)} fields, channels {channels}")
+    if args.compounds:
+        compounds = read_compounds(args.compounds)
+        print(f"compounds: {args.compounds}: {len(compounds)} compounds, "
+              f"{compounds['Metadata_SMILES'].notna().sum()} with SMILES")
+    labels = None
+    if args.labels:
+        labels = read_labels(args.labels, args.row_index, args.column_index)
+        print(f"labels: {args.labels}: {labels.n_labels} labels, {labels.shape[0]} compounds x {labels.shape[1]} "
+              f"assays ({100 * labels.density:.2f} % known, {int(labels.values.sum())} active)")
+        if wells is not None:
+            labels, unknown = align_labels(labels, wells, args.labels, strict=args.strict_labels)
+            print(f"labels: {len(unknown)} labelled compounds without wells left out; {labels.n_labels} remain")
+    if args.assays:
+        assays = read_assays(args.assays, list(labels.assays) if labels is not None else None)
+        print(f"assays: {args.assays}: {len(assays)} assays, {(assays['role'] == 'primary').sum()} primary")
+    if args.associations:
+        assoc = read_associations(args.associations, args.string_info)
+        print(f"associations: {args.associations}: {len(assoc)} gene pairs")
+    print("all inputs valid")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from momil.io.store import InstanceStore
+
+    store = InstanceStore(args.store)
+    _print_mapping(store.summary())
+    if args.history:
+        print(json.dumps(store.manifest.get("history", []), indent=2))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from momil.demo import run_demo
+
+    run_demo(Path(args.out), n_compounds=args.n_compounds, show_progress=not args.quiet)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from momil.correct import CorrectSettings
+    from momil.io.ingest import IngestSettings
+    from momil.simulate import SimulateSettings
+    from momil.splits import SplitSettings
+
+    parser = argparse.ArgumentParser(
+        prog="momil", description="MoMIL: predict compound activity in target-directed assays from Cell Painting.")
+    parser.add_argument("--version", action="version", version=f"momil {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<stage>")
+
+    def stage(name, help_text, func):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", help="TOML file with a table for this stage")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.set_defaults(func=func)
+        return p
+
+    p = stage("simulate", "write a simulated screen in the input contract", cmd_simulate)
+    p.add_argument("--out", required=True, help="output folder")
+    add_settings_arguments(p, SimulateSettings)
+
+    p = stage("ingest", "instance features + wells -> instance store", cmd_ingest)
+    p.add_argument("--instances", required=True, help="instance table (Parquet/CSV) or folder of Parquet parts")
+    p.add_argument("--wells", required=True, help="wells table (Parquet/CSV)")
+    p.add_argument("--out", required=True, help="store folder to create")
+    add_settings_arguments(p, IngestSettings)
+
+    p = stage("correct", "plate-wise robust z-score against negcon wells", cmd_correct)
+    p.add_argument("--store", required=True, help="instance store to correct")
+    p.add_argument("--out", required=True, help="corrected store folder to create")
+    add_settings_arguments(p, CorrectSettings)
+
+    p = stage("split", "compound folds by chemical similarity", cmd_split)
+    p.add_argument("--wells", help="wells table: split its treatment compounds")
+    p.add_argument("--compounds", help="compounds table with Metadata_SMILES / Metadata_InChIKey")
+    p.add_argument("--labels", help="labels (long, wide or .mtx) to balance folds")
+    p.add_argument("--row-index", help=".mtx labels: row (compound) index file")
+    p.add_argument("--column-index", help=".mtx labels: column (assay) index file")
+    p.add_argument("--strict-labels", action="store_true", help="labels of compounds without wells are an error")
+    p.add_argument("--out", required=True, help="folds file to write (.parquet)")
+    p.add_argument("--overwrite", action="store_true")
+    add_settings_arguments(p, SplitSettings)
+
+    p = stage("validate", "check inputs against the input contract without writing anything", cmd_validate)
+    for name in ("wells", "instances", "load-data", "compounds", "labels", "row-index", "column-index", "assays",
+                 "associations", "string-info"):
+        p.add_argument(f"--{name}")
+    p.add_argument("--strict-labels", action="store_true")
+
+    p = stage("info", "describe an instance store", cmd_info)
+    p.add_argument("store")
+    p.add_argument("--history", action="store_true", help="print the provenance of every write")
+
+    p = stage("demo", "simulate over the real hti-cnn labels and run the pipeline", cmd_demo)
+    p.add_argument("--out", default="momil-demo", help="demo folder (replaced if it holds an earlier demo)")
+    p.add_argument("--n-compounds", type=int, default=600, help="most-labelled hti-cnn compounds to keep")
+    return parser
+
+
+def _print_mapping(mapping: dict) -> None:
+    width = max((len(str(k)) for k in mapping), default=0)
+    for key, value in mapping.items():
+        print(f"  {str(key).ljust(width)}  {value}")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"momil: warning: {message}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    warnings.showwarning = _show_warning
+    try:
+        return int(args.func(args) or 0)
+    except MomilError as err:
+        print(f"momil: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("momil: interrupted; nothing was committed by the unfinished step", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
