@@ -100,9 +100,13 @@ def real_platemap() -> pd.DataFrame:
 
 
 def hti_cnn_labels():
-    return read_labels_mtx(data_path("hti-cnn-labels", "label-matrix.mtx.gz"),
-                           data_path("hti-cnn-labels", "row-compound-index.csv.gz"),
-                           data_path("hti-cnn-labels", "column-assay-index.csv"))
+    import warnings
+
+    with warnings.catch_warnings():  # the shipped matrix repeats 5 assay ids; read_labels_mtx renames them
+        warnings.simplefilter("ignore")
+        return read_labels_mtx(data_path("hti-cnn-labels", "label-matrix.mtx.gz"),
+                               data_path("hti-cnn-labels", "row-compound-index.csv.gz"),
+                               data_path("hti-cnn-labels", "column-assay-index.csv"))
 
 
 def hti_cnn_smiles() -> pd.DataFrame:

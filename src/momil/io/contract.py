@@ -241,7 +241,9 @@ def read_load_data(path) -> tuple[pd.DataFrame, list[str]]:
     """Contract part 2b: a CellProfiler LoadData index. Returns (table, channel names in column order)."""
     frame = read_table(path, dtype_str=(PLATE, WELL, SITE))
     require_columns(frame, (PLATE, WELL, SITE), path, "LoadData")
-    channels = [c[len("FileName_"):] for c in frame.columns if c.startswith("FileName_")]
+    # image channels; FileName_Illum* are CellProfiler illumination functions, not images
+    channels = [c[len("FileName_"):] for c in frame.columns
+                if c.startswith("FileName_") and not c.startswith("FileName_Illum")]
     if not channels:
         raise InputError(path, "no FileName_<Channel> columns", "add FileName_<Channel> and PathName_<Channel> "
                          "for every channel (CellProfiler LoadData convention)")

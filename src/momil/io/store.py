@@ -162,6 +162,8 @@ class StoreWriter:
         self._wells_committed = wells
         self._new_wells: list[pd.DataFrame] = []
         self._new_meta: list[pd.DataFrame] = []
+        self._keys: set[str] | None = None
+        self._bag_records: list[dict] = []  # wells added one at a time by add_bag
         self.n_rows = int(manifest["n_instances"])  # rows in use, committed + pending
         self._meta_counter = len(manifest.get("meta_files", []))
         self._file = open(work_path / "features.bin", "r+b" if (work_path / "features.bin").exists() else "w+b")
@@ -206,17 +208,18 @@ class StoreWriter:
             raise MomilError("store writer is closed")
 
     def _check_new_wells(self, wells: pd.DataFrame, source) -> None:
-        keys = wells[PLATE].astype(str) + "/" + wells[WELL].astype(str)
-        dup = keys.duplicated()
-        if dup.any():
-            raise InputError(source, f"well {keys[dup].iloc[0]} is given twice", "each well is one bag")
-        existing = set(self._wells_committed[PLATE].astype(str) + "/" + self._wells_committed[WELL].astype(str))
-        for frame in self._new_wells:
-            existing |= set(frame[PLATE].astype(str) + "/" + frame[WELL].astype(str))
-        clash = [k for k in keys if k in existing]
+        keys = (wells[PLATE].astype(str) + "/" + wells[WELL].astype(str)).tolist()
+        if len(set(keys)) != len(keys):
+            dup = pd.Series(keys)[pd.Series(keys).duplicated()].iloc[0]
+            raise InputError(source, f"well {dup} is given twice", "each well is one bag")
+        if self._keys is None:
+            committed = self._wells_committed
+            self._keys = set(committed[PLATE].astype(str) + "/" + committed[WELL].astype(str))
+        clash = [k for k in keys if k in self._keys]
         if clash:
             raise InputError(source, f"well {clash[0]} is already in the store {self.final_path}",
                              "a store holds each well once; write the new wells to a new store")
+        self._keys.update(keys)
 
     def reserve(self, wells: pd.DataFrame, source="wells") -> np.ndarray:
         """Reserve rows for wells with a known ``count`` column; returns their offsets (int64)."""
@@ -287,7 +290,12 @@ class StoreWriter:
         record = {c: well.get(c) for c in WELL_COLUMNS}
         record.update({k: v for k, v in well.items() if k not in record})
         record["count"] = len(features)
-        offset = int(self.reserve(pd.DataFrame([record]), source=self.final_path)[0])
+        self._check_new_wells(pd.DataFrame({PLATE: [record[PLATE]], WELL: [record[WELL]]}), self.final_path)
+        offset = self.n_rows
+        record["offset"] = offset
+        self._bag_records.append(record)
+        self.n_rows += len(features)
+        self._file.truncate(self.n_rows * self.dim * self.dtype.itemsize)
         self.write_rows(np.arange(offset, offset + len(features)), features)
         if meta is not None:
             self.add_meta(meta, np.arange(offset, offset + len(features)))
@@ -300,8 +308,14 @@ class StoreWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         self._flush_meta()
-        wells = pd.concat([self._wells_committed] + self._new_wells, ignore_index=True) \
-            if self._new_wells else self._wells_committed
+        if self._bag_records:
+            self._new_wells.append(pd.DataFrame(self._bag_records))
+            self._bag_records = []
+        if self._new_wells:
+            new = pd.concat(self._new_wells, ignore_index=True).sort_values("offset", kind="stable")
+            wells = pd.concat([self._wells_committed, new], ignore_index=True)
+        else:
+            wells = self._wells_committed.copy()
         for column in WELL_COLUMNS:
             wells[column] = wells[column].astype("string")
         wells["offset"] = wells["offset"].astype(np.int64)

@@ -1,0 +1,58 @@
+"""Tiny fixtures made in code, and paths to the real data in ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("MOMIL_NO_PROGRESS", "1")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+if not SHARED.exists():  # a checkout without the shared folder beside it
+    SHARED = Path(os.environ.get("MOMIL_SHARED_DATA", SHARED))
+
+
+def shared(*parts) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available at {path} (set MOMIL_SHARED_DATA)")
+    return path
+
+
+def tiny_wells(plates=("P1", "P2"), wells_per_plate=6, negcon=2, batch=True) -> pd.DataFrame:
+    rows = []
+    for p, plate in enumerate(plates):
+        for w in range(wells_per_plate):
+            well = f"{chr(ord('A') + w // 12)}{w % 12 + 1:02d}"
+            control = "negcon" if w < negcon else "trt"
+            compound = "DMSO" if control == "negcon" else f"C{(w - negcon) % 3 + 1}"
+            rows.append({"Metadata_Plate": plate, "Metadata_Well": well, "Metadata_Compound": compound,
+                         "Metadata_ControlType": control, "Metadata_Batch": f"B{p % 2}" if batch else None})
+    return pd.DataFrame(rows)
+
+
+def tiny_instances(wells: pd.DataFrame, per_well=3, dim=4, seed=0, shuffle=False) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _, w in wells.iterrows():
+        for i in range(per_well):
+            rows.append({"Metadata_Plate": w["Metadata_Plate"], "Metadata_Well": w["Metadata_Well"],
+                         "Metadata_Site": i + 1, **{f"feat{j}": rng.normal() for j in range(dim)}})
+    frame = pd.DataFrame(rows)
+    if shuffle:
+        frame = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    return frame
+
+
+@pytest.fixture
+def tiny_screen(tmp_path):
+    """wells.parquet + instances.parquet for 2 plates x 6 wells x 3 instances x 4 features."""
+    wells = tiny_wells()
+    instances = tiny_instances(wells)
+    wells.to_parquet(tmp_path / "wells.parquet", index=False)
+    instances.to_parquet(tmp_path / "instances.parquet", index=False)
+    return tmp_path, wells, instances
