@@ -196,6 +196,10 @@ def make_folds(compounds: Sequence[str], structures: pd.DataFrame | None = None,
         raise MomilError("no compounds to split")
     table = pd.DataFrame({COMPOUND: compounds})
     if structures is not None:
+        structures = structures.copy()
+        for column in (SMILES, INCHIKEY):
+            if column not in structures.columns:
+                structures[column] = pd.NA
         table = table.merge(structures[[COMPOUND, SMILES, INCHIKEY]].drop_duplicates(COMPOUND), on=COMPOUND,
                             how="left")
     else:
