@@ -41,7 +41,7 @@ class SplitSettings:
     n_bits: int = 2048  # Morgan fingerprint length
     n_folds: int = 5
     seed: int = 0  # breaks ties between equally good folds
-    block_rows: int = 1024  # Butina: rows of the similarity matrix computed at once (memory ~ block x n x 12 B)
+    block_rows: int = 512  # Butina: rows of the similarity matrix computed at once (memory ~ block x n x 9 B)
 
 
 # ------------------------------------------------------------------------------------------------ chemistry
@@ -81,30 +81,39 @@ def tanimoto_neighbours(bits: np.ndarray, cutoff: float, block_rows: int = 1024,
                         ) -> list[np.ndarray]:
     """For each row, the indices of rows within Tanimoto distance ``cutoff`` (itself excluded).
 
-    Memory: neighbour pairs plus one (block_rows, n) block; time: n^2/2 similarity evaluations by BLAS.
+    Intersections come from a float32 matrix product (exact for bit counts below 2^24); candidate pairs are
+    confirmed with RDKit's arithmetic (``1 - c / (a + b - c) <= cutoff`` in float64). Memory: the neighbour
+    pairs plus one (block_rows, n) block at ~9 bytes per entry; time: n^2/2 similarity evaluations.
     """
     n = len(bits)
-    ones = bits.sum(axis=1).astype(np.float64)
+    ones = bits.sum(axis=1).astype(np.float32)
     dense = bits.astype(np.float32)
+    min_similarity = np.float32(max(0.0, 1.0 - cutoff - 1e-6))
     pair_i, pair_j = [], []
     with progress(total=n, desc="split: similarities", unit="cpd", enabled=show_progress) as bar:
         for start in range(0, n, block_rows):
             stop = min(n, start + block_rows)
-            inter = (dense[start:stop] @ dense[:stop].T).astype(np.float64)  # exact integers
-            union = ones[start:stop, None] + ones[None, :stop] - inter
-            with np.errstate(invalid="ignore", divide="ignore"):
-                similarity = np.where(union > 0, inter / union, 1.0)  # two empty fingerprints are identical
-            # keep j < i only (lower triangle); the pair is mirrored below
-            rows, cols = np.nonzero((1.0 - similarity) <= cutoff + 1e-12)
-            rows = rows + start
-            keep = cols < rows
-            pair_i.append(rows[keep])
-            pair_j.append(cols[keep])
+            inter = dense[start:stop] @ dense[:stop].T  # (block, stop) exact integer counts
+            union = ones[start:stop, None] + ones[None, :stop]
+            union -= inter
+            candidate = inter >= min_similarity * union
+            del union
+            # lower triangle only (j < i); the pair is mirrored below
+            candidate &= np.arange(stop)[None, :] < np.arange(start, stop)[:, None]
+            rows, cols = np.nonzero(candidate)
+            del candidate
+            c = inter[rows, cols].astype(np.float64)
+            u = ones[rows + start].astype(np.float64) + ones[cols].astype(np.float64) - c
+            similarity = np.divide(c, u, out=np.ones_like(c), where=u > 0)  # two empty fingerprints: identical
+            keep = (1.0 - similarity) <= cutoff
+            pair_i.append((rows[keep] + start).astype(np.int32))
+            pair_j.append(cols[keep].astype(np.int32))
             bar.update(stop - start)
-    i = np.concatenate(pair_i) if pair_i else np.zeros(0, np.int64)
-    j = np.concatenate(pair_j) if pair_j else np.zeros(0, np.int64)
+    i = np.concatenate(pair_i) if pair_i else np.zeros(0, np.int32)
+    j = np.concatenate(pair_j) if pair_j else np.zeros(0, np.int32)
     src = np.concatenate([i, j])
     dst = np.concatenate([j, i])
+    del i, j, pair_i, pair_j
     order = np.lexsort((dst, src))
     src, dst = src[order], dst[order]
     bounds = np.searchsorted(src, np.arange(n + 1))
@@ -131,15 +140,18 @@ def butina_clusters(neighbours: list[np.ndarray]) -> np.ndarray:
     return cluster
 
 
-def scaffold_clusters(mols: Sequence) -> np.ndarray:
+def scaffold_key(mol, index: int) -> str:
+    """Bemis-Murcko scaffold SMILES; an acyclic molecule is its own group."""
     from rdkit import Chem
     from rdkit.Chem.Scaffolds import MurckoScaffold
 
-    keys = []
-    for i, mol in enumerate(mols):
-        scaffold = MurckoScaffold.GetScaffoldForMol(mol)
-        smiles = Chem.MolToSmiles(scaffold) if scaffold is not None and scaffold.GetNumAtoms() else ""
-        keys.append(smiles if smiles else f"__acyclic_{i}")
+    scaffold = MurckoScaffold.GetScaffoldForMol(mol)
+    key = Chem.MolToSmiles(scaffold) if scaffold is not None and scaffold.GetNumAtoms() else ""
+    return key if key else f"__acyclic_{index}"
+
+
+def scaffold_clusters(mols: Sequence) -> np.ndarray:
+    keys = [scaffold_key(mol, i) for i, mol in enumerate(mols)]
     _, cluster = np.unique(np.array(keys, dtype=object), return_inverse=True)
     return cluster.astype(np.int64)
 
@@ -178,6 +190,35 @@ def pack_clusters(cluster_vectors: np.ndarray, n_folds: int, seed: int = 0) -> n
 
 
 # ---------------------------------------------------------------------------------------------------- split
+def structure_features(smiles: Sequence, settings: SplitSettings) -> tuple[np.ndarray, object]:
+    """Parse SMILES one at a time (molecules are not kept: 50,000 of them take ~2 GB) into Morgan bits
+    (``butina``: (n_valid, n_bits) uint8) or scaffold keys (``scaffold``: list of str)."""
+    from rdkit import Chem, DataStructs
+    from rdkit.Chem import rdFingerprintGenerator
+
+    _quiet_rdkit()
+    generator = rdFingerprintGenerator.GetMorganGenerator(radius=settings.radius, fpSize=settings.n_bits)
+    valid = np.zeros(len(smiles), dtype=bool)
+    rows: list[np.ndarray] = []
+    keys: list[str] = []
+    for i, text in enumerate(smiles):
+        if text is None or text is pd.NA or (isinstance(text, float) and np.isnan(text)) or not str(text).strip():
+            continue
+        mol = Chem.MolFromSmiles(str(text))
+        if mol is None or mol.GetNumAtoms() == 0:
+            continue
+        valid[i] = True
+        if settings.method == "butina":
+            row = np.zeros(settings.n_bits, dtype=np.uint8)
+            DataStructs.ConvertToNumpyArray(generator.GetFingerprint(mol), row)
+            rows.append(row)
+        else:
+            keys.append(scaffold_key(mol, i))
+    if settings.method == "butina":
+        return valid, (np.stack(rows) if rows else np.zeros((0, settings.n_bits), np.uint8))
+    return valid, keys
+
+
 def make_folds(compounds: Sequence[str], structures: pd.DataFrame | None = None,
                labels: LabelMatrix | None = None, settings: SplitSettings | None = None,
                show_progress: bool = True) -> pd.DataFrame:
@@ -205,20 +246,18 @@ def make_folds(compounds: Sequence[str], structures: pd.DataFrame | None = None,
     else:
         table[SMILES] = pd.NA
         table[INCHIKEY] = pd.NA
-    mols = parse_smiles(table[SMILES].tolist())
-    has_structure = np.array([m is not None and m.GetNumAtoms() > 0 for m in mols])
+    has_structure, features = structure_features(table[SMILES].tolist(), settings)
     unparsable = int(np.sum(table[SMILES].notna().to_numpy() & ~has_structure))
 
     cluster_key = np.empty(n, dtype=object)
     structured = np.flatnonzero(has_structure)
     if len(structured):
-        good = [mols[i] for i in structured]
         if settings.method == "butina":
-            bits = morgan_bits(good, settings.radius, settings.n_bits)
-            neighbours = tanimoto_neighbours(bits, settings.cutoff, settings.block_rows, show_progress)
+            neighbours = tanimoto_neighbours(features, settings.cutoff, settings.block_rows, show_progress)
+            del features
             cluster = butina_clusters(neighbours)
         else:
-            cluster = scaffold_clusters(good)
+            _, cluster = np.unique(np.array(features, dtype=object), return_inverse=True)
         cluster_key[structured] = [f"{settings.method}:{c}" for c in cluster]
 
     # labels per compound -> per cluster counts, (assay, class) dims plus a compound count
