@@ -69,10 +69,17 @@ def main() -> None:
     read_only = ("import pyarrow.parquet as pq\n"
                  f"f = pq.ParquetFile({str(instances)!r})\n"
                  "for b in f.iter_batches(batch_size=40000): b.column(5).to_numpy()\n")
+    read_lean = ("import pyarrow.parquet as pq\n"
+                 f"f = pq.ParquetFile({str(instances)!r}, pre_buffer=False)\n"
+                 "for b in f.iter_batches(batch_size=16384, use_threads=False): b.column(5).to_numpy()\n")
     seconds, peak, code = run_measured(python_code(read_only))
-    results.append({"what": "pyarrow read only", "seconds": f"{seconds:.1f}", "rows/s": f"{rows / seconds:,.0f}",
+    results.append({"what": "pyarrow read only (defaults)", "seconds": f"{seconds:.1f}", "rows/s": f"{rows / seconds:,.0f}",
                     "MB/s": f"{size_mb / seconds:.0f}", "peak RSS MB": f"{peak:.0f}", "ok": code == 0})
-    for dtype, memory in (("float32", 512), ("float16", 512), ("float32", 128)):
+    seconds, peak, code = run_measured(python_code(read_lean))
+    results.append({"what": "pyarrow read only (pre_buffer off)", "seconds": f"{seconds:.1f}",
+                    "rows/s": f"{rows / seconds:,.0f}", "MB/s": f"{size_mb / seconds:.0f}",
+                    "peak RSS MB": f"{peak:.0f}", "ok": code == 0})
+    for dtype, memory in (("float32", 256), ("float16", 256), ("float32", 64), ("float32", 1024)):
         out = folder / f"store-{dtype}-{memory}"
         code_text = ("from momil.io.ingest import ingest, IngestSettings\n"
                      f"ingest({str(instances)!r}, {str(wells)!r}, {str(out)!r}, "

@@ -171,8 +171,9 @@ class InstanceSource:
 
     def _batches(self, file: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
         if file.suffix in (".parquet", ".pq"):
-            handle = pq.ParquetFile(file)
-            yield from handle.iter_batches(batch_size=self.chunk_rows, columns=columns)
+            # pre_buffer=False: pyarrow otherwise reads ahead and holds far more than one row group
+            handle = pq.ParquetFile(file, pre_buffer=False)
+            yield from handle.iter_batches(batch_size=self.chunk_rows, columns=columns, use_threads=False)
         else:
             # bytes per block ~ rows x columns x ~10 characters: keeps memory near the Parquet path's.
             block = max(1 << 20, self.chunk_rows * (len(columns) + 2) * 10)

@@ -25,7 +25,7 @@ from momil.provenance import provenance
 @dataclasses.dataclass
 class IngestSettings:
     dtype: str = "float32"  # float16 halves the store; float32 keeps every digit
-    memory_mb: int = 512  # bound on the feature rows held at once
+    memory_mb: int = 256  # bound on the feature rows held at once (plus one Parquet row group being decoded)
     drop_empty_wells: bool = False  # wells listed without instances: error (default) or drop with a warning
     overwrite: bool = False
 
