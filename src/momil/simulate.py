@@ -182,10 +182,11 @@ def _gene_groups(n_targets: int, rng: np.random.Generator) -> tuple[list[list[st
     net = ppi_network()
     strong = net[net["score"] >= 0.6]
     degree = pd.concat([strong["from"], strong["to"]]).value_counts()
-    hubs = [g for g in degree.index[:400] if g.isupper() and g.isalnum()]
+    # hubs with enough strong partners to form a group, but not so central that every group touches them
+    hubs = sorted(g for g, d in degree.items() if 4 <= d <= 60 and g.isupper() and g.isalnum())
     rng.shuffle(hubs)
     adjacency: dict[str, set] = {}
-    for a, b in zip(net["from"], net["to"]):
+    for a, b in zip(strong["from"], strong["to"]):
         adjacency.setdefault(a, set()).add(b)
         adjacency.setdefault(b, set()).add(a)
     groups: list[list[str]] = []
@@ -197,7 +198,8 @@ def _gene_groups(n_targets: int, rng: np.random.Generator) -> tuple[list[list[st
             continue
         mine = strong[(strong["from"] == hub) | (strong["to"] == hub)].sort_values("score", ascending=False)
         partners = [b if a == hub else a for a, b in zip(mine["from"], mine["to"])]
-        partners = [p for p in dict.fromkeys(partners) if p not in used and p.isalnum()][:4]
+        partners = [p for p in dict.fromkeys(partners)
+                    if p not in used and p.isalnum() and degree.get(p, 0) <= 60][:4]
         group = [hub] + partners
         groups.append(group)
         used.update(group)

@@ -1,0 +1,94 @@
+"""Training bags: wells of the store with their labelled (assay, label) pairs, loaded as padded batches.
+
+A compound's label is copied to each of its replicate wells (paper section 3). Only known labels become pairs,
+so unknown labels cost nothing and change nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import torch
+
+from momil.io.contract import COMPOUND, LabelMatrix
+from momil.io.store import InstanceStore
+
+
+@dataclasses.dataclass
+class WellPairs:
+    """Labelled pairs per store well in CSR form: pairs of well ``w`` are ``ptr[w]:ptr[w+1]``."""
+
+    ptr: np.ndarray  # (n_store_wells + 1,) int64
+    assay: np.ndarray  # (pairs,) int64, index into ``assays``
+    label: np.ndarray  # (pairs,) float32 0/1
+    assays: list[str]
+
+    @classmethod
+    def build(cls, store_wells: pd.DataFrame, labels: LabelMatrix, assays: list[str],
+              extra: pd.DataFrame | None = None) -> "WellPairs":
+        """Pairs for every store well whose compound has labels in ``assays``. ``extra`` (Metadata_Compound,
+        assay, label) adds labels, e.g. imputed ones."""
+        long = labels.to_long()
+        if extra is not None and len(extra):
+            long = pd.concat([long, extra[[COMPOUND, "assay", "label"]]], ignore_index=True)
+        assay_index = {a: i for i, a in enumerate(assays)}
+        long = long[long["assay"].isin(assay_index)]
+        long = long.assign(assay_index=long["assay"].map(assay_index).astype(np.int64))
+        by_compound = {c: (g["assay_index"].to_numpy(np.int64), g["label"].to_numpy(np.float32))
+                       for c, g in long.groupby(COMPOUND, sort=False)}
+        counts = np.zeros(len(store_wells), dtype=np.int64)
+        pieces_a, pieces_l = [], []
+        for w, compound in enumerate(store_wells[COMPOUND].astype(str)):
+            found = by_compound.get(compound)
+            if found is not None:
+                counts[w] = len(found[0])
+                pieces_a.append(found[0])
+                pieces_l.append(found[1])
+        ptr = np.concatenate([[0], np.cumsum(counts)])
+        assay = np.concatenate(pieces_a) if pieces_a else np.zeros(0, np.int64)
+        label = np.concatenate(pieces_l) if pieces_l else np.zeros(0, np.float32)
+        return cls(ptr, assay, label, list(assays))
+
+    def count(self, wells: np.ndarray) -> np.ndarray:
+        return self.ptr[wells + 1] - self.ptr[wells]
+
+    def labelled_wells(self, wells: np.ndarray, assay_mask: np.ndarray | None = None) -> np.ndarray:
+        """Wells (of ``wells``) with at least one pair, or one pair in an assay where ``assay_mask``."""
+        wells = np.asarray(wells, dtype=np.int64)
+        if assay_mask is None:
+            return wells[self.count(wells) > 0]
+        keep = [w for w in wells if assay_mask[self.assay[self.ptr[w]:self.ptr[w + 1]]].any()]
+        return np.asarray(keep, dtype=np.int64)
+
+    def pairs(self, wells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row in ``wells``, assay, label) of every pair of ``wells``."""
+        starts, stops = self.ptr[wells], self.ptr[wells + 1]
+        lengths = stops - starts
+        rows = np.repeat(np.arange(len(wells)), lengths)
+        index = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)]) if len(wells) else np.zeros(0, int)
+        index = index.astype(np.int64)
+        return rows, self.assay[index], self.label[index]
+
+
+def load_bags(store: InstanceStore, wells: np.ndarray, device: torch.device | str = "cpu"
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded float32 bags (B, N_max, D) and mask (B, N_max) for store wells; reads only their rows."""
+    counts = store.counts[wells]
+    n_max = int(counts.max()) if len(wells) else 0
+    bags = np.zeros((len(wells), n_max, store.dim), dtype=np.float32)
+    mask = np.zeros((len(wells), n_max), dtype=bool)
+    for row, well in enumerate(wells):
+        bag = store.bag(int(well))
+        bags[row, :len(bag)] = bag
+        mask[row, :len(bag)] = True
+    return torch.from_numpy(bags).to(device), torch.from_numpy(mask).to(device)
+
+
+def wells_of(store_wells: pd.DataFrame, compounds) -> np.ndarray:
+    """Store rows of the wells of ``compounds`` (treatment wells only)."""
+    chosen = set(map(str, compounds))
+    mask = store_wells[COMPOUND].astype(str).isin(chosen).to_numpy() \
+        & (store_wells["Metadata_ControlType"] == "trt").to_numpy()
+    return np.flatnonzero(mask).astype(np.int64)

@@ -1,0 +1,249 @@
+"""`momil cv`: the paper's evaluation protocol.
+
+K chemical-similarity folds with the 3-1-1 rotation (test fold k, validation fold k+1, train the rest). In each
+rotation every configuration of the hyperparameter grid is trained and the one with the best mean well-level
+validation ROC-AUC over primary assays is kept (the test fold is never looked at). Its test-well probabilities
+are pooled over rotations and averaged over a compound's wells; per-assay compound-level ROC-AUC and PR-AUC
+follow, and their mean over primary assays.
+
+An assay whose pooled test labels hold one class has undefined AUCs: it is reported as such (NaN, ``defined``
+False) and left out of the means, never counted as 0.5 or 1.
+
+Configurations (``--config-name``): ``mtl-all`` (one model over every labelled assay, the paper's
+MoMIL |T| = 200), ``mtl-primary`` (one model over the primary assays) and ``stl`` (one model per primary assay).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from momil.data import WellPairs, load_bags, wells_of
+from momil.errors import MomilError
+from momil.io.contract import COMPOUND, LabelMatrix
+from momil.io.store import InstanceStore
+from momil.progress import progress
+from momil.provenance import atomic_path, provenance, write_json_atomic
+from momil.splits import rotation, rotation_compounds
+from momil.train import TrainSettings, fit, resolve_device, save_model
+
+CONFIGURATIONS = ("mtl-all", "mtl-primary", "stl")
+
+
+@dataclasses.dataclass
+class CVSettings:
+    configuration: str = "mtl-all"  # "mtl-all", "mtl-primary" or "stl"
+    projector_dims: str = "64,128"  # grid for F_phi's size d
+    head_dims: str = "32,64,128"  # grid for the heads' size
+    lrs: str = "1e-4,5e-5,1e-5"  # grid for the learning rate
+    rotations: str = "all"  # "all" or comma-separated test folds, e.g. "0,1"
+    overwrite: bool = False
+
+
+def grid(settings: CVSettings) -> list[dict]:
+    def parse(text, kind):
+        try:
+            return [kind(v) for v in str(text).split(",") if v.strip()]
+        except ValueError as err:
+            raise MomilError(f"bad grid value in {text!r}: {err}") from err
+
+    return [{"projector_dim": p, "head_dim": h, "lr": lr}
+            for p, h, lr in itertools.product(parse(settings.projector_dims, int), parse(settings.head_dims, int),
+                                               parse(settings.lrs, float))]
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+def assay_metrics(frame: pd.DataFrame, score: str = "probability") -> pd.DataFrame:
+    """Per assay: n, positives, negatives, ROC-AUC and PR-AUC (NaN where one class), ``defined``."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rows = []
+    for assay, group in frame.groupby("assay", sort=True):
+        y = group["label"].to_numpy()
+        p = group[score].to_numpy()
+        n_pos = int(y.sum())
+        defined = 0 < n_pos < len(y)
+        rows.append({"assay": assay, "n": len(y), "n_pos": n_pos, "n_neg": int(len(y) - n_pos),
+                     "roc_auc": float(roc_auc_score(y, p)) if defined else float("nan"),
+                     "pr_auc": float(average_precision_score(y, p)) if defined else float("nan"),
+                     "defined": defined})
+    return pd.DataFrame(rows)
+
+
+def compound_predictions(well_predictions: pd.DataFrame) -> pd.DataFrame:
+    """Compound-level probability = mean over the compound's wells (per assay)."""
+    keys = [COMPOUND, "assay"] + (["fold"] if "fold" in well_predictions.columns else [])
+    grouped = well_predictions.groupby(keys, sort=True)
+    out = grouped["probability"].mean().rename("probability").reset_index()
+    out["n_wells"] = grouped.size().to_numpy()
+    return out
+
+
+def attach_labels(predictions: pd.DataFrame, labels: LabelMatrix) -> pd.DataFrame:
+    """Known labels joined onto (compound, assay) predictions; unlabelled pairs dropped."""
+    return predictions.merge(labels.to_long(), on=[COMPOUND, "assay"], how="inner")
+
+
+def summarise(metrics: pd.DataFrame, primary: set[str]) -> dict:
+    mine = metrics[metrics["assay"].isin(primary)]
+    defined = mine[mine["defined"]]
+    return {"mean_roc_auc_primary": float(defined["roc_auc"].mean()) if len(defined) else float("nan"),
+            "mean_pr_auc_primary": float(defined["pr_auc"].mean()) if len(defined) else float("nan"),
+            "primary_assays": int(len(mine)), "primary_assays_defined": int(len(defined)),
+            "undefined_primary_assays": sorted(mine.loc[~mine["defined"], "assay"].astype(str))}
+
+
+# ------------------------------------------------------------------------------------------------- prediction
+@torch.no_grad()
+def predict_wells(model, store: InstanceStore, wells: np.ndarray, assays: list[str] | None = None,
+                  device="cpu", batch_wells: int = 64, show_progress: bool = False) -> pd.DataFrame:
+    """Well-level probabilities for every well and assay (all the model's assays by default)."""
+    device = torch.device(device) if isinstance(device, str) else device
+    names = model.assays if assays is None else list(assays)
+    index = [model.assays.index(a) for a in names]
+    frames = []
+    model.eval()
+    with progress(total=len(wells), desc="predict", unit="well", enabled=show_progress) as bar:
+        for start in range(0, len(wells), batch_wells):
+            batch = np.asarray(wells[start:start + batch_wells], dtype=np.int64)
+            bags, mask = load_bags(store, batch, device)
+            probs = model.predict(bags, mask, index).float().cpu().numpy()  # (B, T)
+            meta = store.wells.iloc[batch]
+            frames.append(pd.DataFrame({
+                "Metadata_Plate": np.repeat(meta["Metadata_Plate"].to_numpy(), len(names)),
+                "Metadata_Well": np.repeat(meta["Metadata_Well"].to_numpy(), len(names)),
+                COMPOUND: np.repeat(meta[COMPOUND].to_numpy(), len(names)),
+                "assay": np.tile(np.array(names, dtype=object), len(batch)),
+                "probability": probs.reshape(-1)}))
+            bar.update(len(batch))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["Metadata_Plate", "Metadata_Well", COMPOUND, "assay", "probability"])
+
+
+# --------------------------------------------------------------------------------------------------------- cv
+@dataclasses.dataclass
+class CVResult:
+    metrics: pd.DataFrame
+    summary: dict
+    compound_predictions: pd.DataFrame
+    selections: pd.DataFrame
+
+
+def _model_assay_sets(configuration: str, assays: list[str], primary: list[str]) -> list[list[str]]:
+    if configuration == "mtl-all":
+        return [assays]
+    if configuration == "mtl-primary":
+        return [primary]
+    if configuration == "stl":
+        return [[a] for a in primary]
+    raise MomilError(f"configuration must be one of {CONFIGURATIONS}, not {configuration!r}")
+
+
+def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFrame, primary: list[str],
+                   out, cv: CVSettings | None = None, train: TrainSettings | None = None,
+                   show_progress: bool = True, extra_labels: pd.DataFrame | None = None) -> CVResult:
+    """Run the protocol; writes ``out``/ (metrics.csv, predictions, selections, summary.json, models).
+
+    Finished (rotation, model, grid point) runs are kept in ``out``/runs and reused when the command is run
+    again, so an interrupted cross-validation resumes where it stopped.
+    """
+    cv = cv or CVSettings()
+    train = train or TrainSettings()
+    started = time.perf_counter()
+    out = Path(out)
+    if out.exists() and (out / "summary.json").exists() and not cv.overwrite:
+        raise MomilError(f"{out}: holds a finished cross-validation -- choose another --out or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    assays = [a for a in labels.assays if a in set(labels.assays[np.unique(labels.cols)])]
+    primary = [a for a in primary if a in set(assays)]
+    if not primary:
+        raise MomilError("no primary assay has labels -- check assays.parquet roles and the labels")
+    n_folds = int(folds["fold"].max()) + 1
+    test_folds = list(range(n_folds)) if cv.rotations == "all" else [int(k) for k in cv.rotations.split(",")]
+    points = grid(cv)
+    model_sets = _model_assay_sets(cv.configuration, assays, primary)
+    device = resolve_device(train.device)
+
+    well_predictions, selections = [], []
+    runs = len(test_folds) * len(model_sets) * len(points)
+    with progress(total=runs, desc=f"cv {cv.configuration}", unit="fit", enabled=show_progress) as bar:
+        for k in test_folds:
+            rot = rotation(k, n_folds)
+            parts = rotation_compounds(folds, rot)
+            train_wells = wells_of(store.wells, parts["train"])
+            val_wells = wells_of(store.wells, parts["val"])
+            test_wells = wells_of(store.wells, parts["test"])
+            # extra (imputed) labels may only ever touch training compounds
+            extra = None
+            if extra_labels is not None and len(extra_labels):
+                extra = extra_labels[extra_labels[COMPOUND].isin(set(parts["train"]))]
+            for m, model_assays in enumerate(model_sets):
+                pairs = WellPairs.build(store.wells, labels, model_assays, extra)
+                is_primary = np.array([a in set(primary) for a in model_assays])
+                best = None
+                for g, point in enumerate(points):
+                    settings = dataclasses.replace(train, **point)
+                    run_dir = out / "runs" / f"rot{k}" / f"model{m}" / f"grid{g}"
+                    result = fit(store, pairs, train_wells, val_wells, is_primary, settings, run_dir,
+                                 show_progress=False)
+                    selections.append({"test_fold": k, "val_fold": rot.val_fold, "model": m,
+                                       "assays": len(model_assays), **point, "best_epoch": result.best_epoch,
+                                       "val_auc": result.best_score, "epochs_run": len(result.history),
+                                       "seconds": round(result.seconds, 2)})
+                    if best is None or result.best_score > best[0].best_score:
+                        best = (result, g, settings)
+                    bar.update(1)
+                result, g, settings = best
+                selections[-len(points) + g]["selected"] = True
+                save_model(out / "models" / f"rot{k}_model{m}.pt", result.model,
+                           {"test_fold": k, "val_fold": rot.val_fold, "settings": dataclasses.asdict(settings),
+                            "val_auc": result.best_score})
+                targets = [a for a in model_assays if a in set(primary)] if cv.configuration != "mtl-all" \
+                    else model_assays
+                frame = predict_wells(result.model, store, test_wells, targets, device)
+                frame["fold"] = k
+                well_predictions.append(frame)
+
+    wells_frame = pd.concat(well_predictions, ignore_index=True)
+    compounds = compound_predictions(wells_frame)
+    scored = attach_labels(compounds, labels)
+    metrics = assay_metrics(scored)
+    metrics["primary"] = metrics["assay"].isin(set(primary))
+    summary = summarise(metrics, set(primary))
+    summary.update({"configuration": cv.configuration, "rotations": test_folds, "grid_points": len(points),
+                    "models_per_rotation": len(model_sets), "seconds": round(time.perf_counter() - started, 1)})
+    selection_frame = pd.DataFrame(selections)
+    if "selected" not in selection_frame:
+        selection_frame["selected"] = False
+    selection_frame["selected"] = selection_frame["selected"].fillna(False).astype(bool)
+    record = provenance("cv", {"cv": dataclasses.asdict(cv), "train": dataclasses.asdict(train)},
+                        inputs={"store": store.path}, summary=summary)
+    with atomic_path(out / "well_predictions.parquet") as tmp:
+        wells_frame.to_parquet(tmp, index=False)
+    with atomic_path(out / "compound_predictions.parquet") as tmp:
+        compounds.to_parquet(tmp, index=False)
+    with atomic_path(out / "metrics.csv") as tmp:
+        metrics.to_csv(tmp, index=False)
+    with atomic_path(out / "selections.csv") as tmp:
+        selection_frame.to_csv(tmp, index=False)
+    write_json_atomic({**record, "summary": summary}, out / "summary.json")
+    return CVResult(metrics, summary, compounds, selection_frame)
+
+
+def metrics_table(metrics: pd.DataFrame, primary_only: bool = True) -> str:
+    frame = metrics[metrics["primary"]] if primary_only and "primary" in metrics else metrics
+    lines = [f"{'assay':<14} {'n':>5} {'pos':>5} {'ROC-AUC':>8} {'PR-AUC':>7}"]
+    for _, row in frame.iterrows():
+        roc = "undef." if not row["defined"] else f"{row['roc_auc']:.3f}"
+        pr = "undef." if not row["defined"] else f"{row['pr_auc']:.3f}"
+        lines.append(f"{str(row['assay']):<14} {row['n']:>5} {row['n_pos']:>5} {roc:>8} {pr:>7}")
+    defined = frame[frame["defined"]]
+    if len(defined):
+        lines.append(f"{'mean':<14} {'':>5} {'':>5} {defined['roc_auc'].mean():>8.3f} {defined['pr_auc'].mean():>7.3f}")
+    return "\n".join(lines)

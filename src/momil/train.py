@@ -1,0 +1,258 @@
+"""`momil train`: fit a MoMIL model on the training wells, early-stopped and selected on validation wells.
+
+AdamW (weight decay 5e-4), linear warm-up then cosine annealing (per step), dropout 0.5, early stopping on the
+mean well-level ROC-AUC over primary assays on validation (patience 10), the best epoch's weights kept.
+A checkpoint is written after every epoch (atomically); a run killed at any point and started again with the
+same settings and checkpoint folder resumes from the last checkpoint and ends with the same numbers as an
+uninterrupted run: the checkpoint holds the model, optimiser, schedule, the shuffling generator and torch's RNG.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from momil.data import WellPairs, load_bags
+from momil.errors import MomilError
+from momil.io.store import InstanceStore
+from momil.model.momil import MoMIL
+from momil.progress import progress
+from momil.provenance import atomic_path
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    head: str = "dsmil"  # "dsmil" (the paper's), "abmil" (gated attention) or "mean" (mean pooling, no attention)
+    projector_dim: int = 128  # F_phi output size d (grid: 64, 128)
+    head_dim: int = 64  # F_gamma size inside each head (grid: 32, 64, 128)
+    dropout: float = 0.5
+    lr: float = 1e-4  # (grid: 1e-4, 5e-5, 1e-5)
+    weight_decay: float = 5e-4
+    epochs: int = 100
+    warmup_epochs: int = 20  # linear warm-up, then cosine annealing to 0 at the last epoch
+    patience: int = 10  # epochs without a better validation score before stopping
+    batch_wells: int = 32  # wells per step
+    shared_projector: bool = True  # False: heads read the instance features directly (single-assay models)
+    device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
+    seed: int = 0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MomilError("device cuda was asked for but torch sees no GPU -- use --device cpu or auto")
+    return torch.device(name)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Linear warm-up to 1, then cosine annealing to 0."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    remaining = max(1, total_steps - warmup_steps)
+    progress_ = min(1.0, (step - warmup_steps) / remaining)
+    return 0.5 * (1.0 + math.cos(math.pi * progress_))
+
+
+def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
+    """ROC-AUC, NaN when ``y`` holds one class (undefined, never 0.5)."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y)
+    if len(y) == 0 or y.min() == y.max():
+        return float("nan")
+    return float(roc_auc_score(y, score))
+
+
+@dataclasses.dataclass
+class FitResult:
+    model: MoMIL
+    best_epoch: int
+    best_score: float
+    history: list[dict]
+    seconds: float
+
+
+def _signature(settings: TrainSettings, assays: list[str], train_wells: np.ndarray, val_wells: np.ndarray) -> str:
+    digest = hashlib.sha1()
+    digest.update(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
+    digest.update("\x1f".join(assays).encode())
+    digest.update(np.asarray(train_wells, np.int64).tobytes())
+    digest.update(np.asarray(val_wells, np.int64).tobytes())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def predict_pairs(model: MoMIL, store: InstanceStore, wells: np.ndarray, pairs: WellPairs, device,
+                  batch_wells: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Probabilities for the labelled pairs of ``wells``: (well, assay, label, probability) arrays."""
+    model.eval()
+    out_w, out_a, out_y, out_p = [], [], [], []
+    for start in range(0, len(wells), batch_wells):
+        batch = wells[start:start + batch_wells]
+        rows, assay, label = pairs.pairs(batch)
+        if len(rows) == 0:
+            continue
+        bags, mask = load_bags(store, batch, device)
+        with _autocast(device):
+            out = model(bags, mask, torch.from_numpy(rows).to(device), torch.from_numpy(assay).to(device))
+        out_w.append(batch[rows])
+        out_a.append(assay)
+        out_y.append(label)
+        out_p.append(model.probability(out).float().cpu().numpy())
+    if not out_w:
+        empty = np.zeros(0)
+        return empty.astype(np.int64), empty.astype(np.int64), empty, empty
+    return np.concatenate(out_w), np.concatenate(out_a), np.concatenate(out_y), np.concatenate(out_p)
+
+
+def validation_score(assay: np.ndarray, label: np.ndarray, prob: np.ndarray, primary: np.ndarray
+                     ) -> tuple[float, dict]:
+    """Mean well-level ROC-AUC over primary assays with both classes (all assays if no primary has them)."""
+    per_assay = {}
+    for t in np.unique(assay):
+        mine = assay == t
+        per_assay[int(t)] = roc_auc(label[mine], prob[mine])
+    chosen = [v for t, v in per_assay.items() if primary[t] and not math.isnan(v)]
+    if not chosen:
+        chosen = [v for v in per_assay.values() if not math.isnan(v)]
+    return (float(np.mean(chosen)) if chosen else float("nan")), per_assay
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wells: np.ndarray,
+        primary: np.ndarray, settings: TrainSettings | None = None, checkpoint_dir=None,
+        show_progress: bool = True, on_epoch_end: Callable[[int], None] | None = None) -> FitResult:
+    """Train on ``train_wells`` (store rows), select on ``val_wells``. ``primary`` (T,) bool marks the
+    assays whose validation AUC selects the model. ``on_epoch_end`` is called after each checkpoint."""
+    settings = settings or TrainSettings()
+    started = time.perf_counter()
+    device = resolve_device(settings.device)
+    train_wells = pairs.labelled_wells(np.asarray(train_wells, np.int64))
+    val_wells = pairs.labelled_wells(np.asarray(val_wells, np.int64))
+    if len(train_wells) == 0:
+        raise MomilError("no training well carries a label for the model's assays")
+    torch.manual_seed(settings.seed)
+    model = MoMIL(store.dim, pairs.assays, settings.head, settings.projector_dim, settings.head_dim,
+                  settings.dropout, settings.shared_projector).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    steps_per_epoch = math.ceil(len(train_wells) / settings.batch_wells)
+    total_steps = steps_per_epoch * settings.epochs
+    warmup_steps = steps_per_epoch * min(settings.warmup_epochs, settings.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup_steps))
+    rng = np.random.default_rng(settings.seed)
+    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": [],
+             "best_state": None}
+    signature = _signature(settings, pairs.assays, train_wells, val_wells)
+
+    checkpoint = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    if checkpoint is not None and checkpoint.exists():
+        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        if saved.get("signature") != signature:
+            raise MomilError(f"{checkpoint}: was written by a run with other settings or data -- use another "
+                             "checkpoint folder or delete it to start again")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        rng.bit_generator.state = saved["numpy_rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        if device.type == "cuda" and saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng"])
+        state = saved["state"]
+
+    bar = progress(total=settings.epochs, desc="train", unit="epoch", enabled=show_progress,
+                   initial=state["epoch"])
+    with bar:
+        while state["epoch"] < settings.epochs and state["bad_epochs"] < settings.patience:
+            model.train()
+            order = rng.permutation(train_wells)
+            total_loss, total_pairs = 0.0, 0
+            for start in range(0, len(order), settings.batch_wells):
+                batch = order[start:start + settings.batch_wells]
+                rows, assay, label = pairs.pairs(batch)
+                bags, mask = load_bags(store, batch, device)
+                with _autocast(device):
+                    out = model(bags, mask, torch.from_numpy(rows).to(device), torch.from_numpy(assay).to(device))
+                    loss_sum = model.loss(out, torch.from_numpy(label).to(device))
+                loss = loss_sum / len(rows)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total_loss += float(loss_sum.detach())
+                total_pairs += len(rows)
+            _, v_assay, v_label, v_prob = predict_pairs(model, store, val_wells, pairs, device)
+            score, _ = validation_score(v_assay, v_label, v_prob, primary)
+            epoch = state["epoch"]
+            state["history"].append({"epoch": epoch, "train_loss": total_loss / max(1, total_pairs),
+                                     "val_auc": score, "lr": optimizer.param_groups[0]["lr"]})
+            comparable = score if not math.isnan(score) else -total_loss / max(1, total_pairs)
+            if comparable > state["best_score"] + 1e-12:
+                state.update(best_score=comparable, best_epoch=epoch, bad_epochs=0,
+                             best_state={k: v.detach().clone().cpu() for k, v in model.state_dict().items()})
+            else:
+                state["bad_epochs"] += 1
+            state["epoch"] = epoch + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{total_loss / max(1, total_pairs):.4f}", val_auc=f"{score:.3f}",
+                            best=f"{state['best_score']:.3f}")
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, model, optimizer, scheduler, rng, state, signature, device)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"])
+    model.eval()
+    return FitResult(model, state["best_epoch"], state["best_score"], state["history"],
+                     time.perf_counter() - started)
+
+
+def _save_checkpoint(path: Path, model, optimizer, scheduler, rng, state, signature, device) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+               "scheduler": scheduler.state_dict(), "numpy_rng": rng.bit_generator.state,
+               "torch_rng": torch.get_rng_state(),
+               "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+               "state": state, "signature": signature}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def save_model(path, model: MoMIL, extra: dict | None = None) -> Path:
+    """A checkpoint `momil predict` can load: hyperparameters, weights, and what made it."""
+    payload = {"format": "momil-model", "hparams": model.hparams, "state_dict": model.state_dict(),
+               "extra": extra or {}}
+    with atomic_path(Path(path)) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_model(path, device="cpu") -> tuple[MoMIL, dict]:
+    path = Path(path)
+    if not path.exists():
+        raise MomilError(f"{path}: model file not found")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a bad file
+        raise MomilError(f"{path}: not a momil model ({err})") from err
+    if not isinstance(payload, dict) or payload.get("format") != "momil-model":
+        raise MomilError(f"{path}: not a momil model file (train one with `momil train` or `momil cv`)")
+    hp = payload["hparams"]
+    model = MoMIL(hp["in_dim"], hp["assays"], hp["head"], hp["projector_dim"], hp["head_dim"], hp["dropout"],
+                  hp["shared_projector"])
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model.to(device), payload.get("extra", {})

@@ -1,0 +1,177 @@
+"""MoMIL model: gradients, permutation invariance, label masking, batched heads equal a per-assay reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from momil.model.heads import HEADS, DSMILHeads, GatedAttentionHeads, masked_softmax
+from momil.model.momil import MoMIL
+
+
+def random_bags(b=4, n=7, d=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    bags = torch.randn(b, n, d, generator=g, dtype=torch.float64)
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[1, 5:] = False  # ragged bags
+    mask[3, 2:] = False
+    return bags, mask
+
+
+@pytest.mark.parametrize("kind", sorted(HEADS))
+def test_head_gradient_matches_finite_differences(kind):
+    torch.manual_seed(0)
+    heads = HEADS[kind](n_assays=3, in_dim=5, hidden=4, dropout=0.0).double()
+    bags, mask = random_bags()
+    wells = torch.tensor([0, 1, 2, 3, 0])
+    assays = torch.tensor([0, 2, 1, 2, 1])
+    target = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+
+    def loss_of(x):
+        return heads.loss(heads(x[wells], mask[wells], assays), target)
+
+    assert torch.autograd.gradcheck(loss_of, (bags.clone().requires_grad_(True),), eps=1e-6, atol=1e-5)
+    params = [p for p in heads.parameters()]
+
+    def loss_params(*flat):
+        for p, v in zip(params, flat):
+            p.data = v.detach()
+        return heads.loss(heads(bags[wells], mask[wells], assays), target)
+
+    # parameter gradients against central differences on a few coordinates
+    loss = heads.loss(heads(bags[wells], mask[wells], assays), target)
+    grads = torch.autograd.grad(loss, params)
+    for p, g in zip(params, grads):
+        flat = p.data.view(-1)
+        for index in range(0, flat.numel(), max(1, flat.numel() // 4)):
+            old = flat[index].item()
+            flat[index] = old + 1e-6
+            up = heads.loss(heads(bags[wells], mask[wells], assays), target).item()
+            flat[index] = old - 1e-6
+            down = heads.loss(heads(bags[wells], mask[wells], assays), target).item()
+            flat[index] = old
+            assert g.view(-1)[index].item() == pytest.approx((up - down) / 2e-6, abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", sorted(HEADS))
+def test_permutation_invariance(kind):
+    torch.manual_seed(1)
+    model = MoMIL(in_dim=5, assays=["a", "b"], head=kind, projector_dim=6, head_dim=4, dropout=0.0).double().eval()
+    bags, mask = random_bags()
+    full = torch.ones_like(mask)
+    base = model.predict(bags, full)
+    perm = torch.randperm(bags.shape[1])
+    shuffled = model.predict(bags[:, perm], full)
+    torch.testing.assert_close(base, shuffled)
+    # padding is invisible: a bag with extra masked rows predicts as the bag alone
+    alone = model.predict(bags[3:4, :2], torch.ones(1, 2, dtype=torch.bool))
+    padded = model.predict(bags[3:4], mask[3:4])
+    torch.testing.assert_close(alone, padded)
+
+
+def test_attention_is_a_distribution_over_real_instances():
+    torch.manual_seed(2)
+    for kind in ("abmil", "dsmil"):
+        model = MoMIL(in_dim=5, assays=["a", "b", "c"], head=kind, projector_dim=6, head_dim=4).double().eval()
+        bags, mask = random_bags()
+        out = model(bags, mask, torch.tensor([0, 1, 3]), torch.tensor([2, 0, 1]))
+        att = out["attention"]
+        torch.testing.assert_close(att.sum(dim=1), torch.ones(3, dtype=torch.float64))
+        assert torch.all(att[1, 5:] == 0) and torch.all(att[2, 2:] == 0)
+        single = model.attention(bags[0], 2)
+        assert single.shape == (7,) and single.sum().item() == pytest.approx(1.0)
+
+
+def test_unknown_labels_change_neither_loss_nor_gradient():
+    """Labels enter only as pairs; pairs of unknown labels do not exist, whatever value they would hold."""
+    torch.manual_seed(3)
+    model = MoMIL(in_dim=5, assays=["a", "b", "c"], projector_dim=6, head_dim=4, dropout=0.0).double()
+    bags, mask = random_bags()
+    known = (torch.tensor([0, 1, 2]), torch.tensor([0, 2, 1]), torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64))
+
+    def loss_and_grads(extra_bags):
+        model.zero_grad()
+        b = bags.clone()
+        b[3] = extra_bags  # a well whose labels are all unknown: it is in the batch but in no pair
+        out = model(b, mask, known[0], known[1])
+        loss = model.loss(out, known[2])
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+    loss1, grads1 = loss_and_grads(bags[3])
+    loss2, grads2 = loss_and_grads(torch.randn_like(bags[3]) * 100)
+    assert loss1 == loss2
+    for g1, g2 in zip(grads1, grads2):
+        torch.testing.assert_close(g1, g2)
+
+
+class ReferenceABMIL(nn.Module):
+    """One assay's gated-attention head written plainly, sharing weights with stacked heads' slice t."""
+
+    def __init__(self, heads: GatedAttentionHeads, t: int):
+        super().__init__()
+        self.h, self.t = heads, t
+
+    def forward(self, x):  # x (N, d)
+        h, t = self.h, self.t
+        hidden = torch.relu(x @ h.gamma_w[t] + h.gamma_b[t])
+        gate = torch.tanh(hidden @ h.v_w[t] + h.v_b[t]) * torch.sigmoid(hidden @ h.u_w[t] + h.u_b[t])
+        a = torch.softmax((gate @ h.w_w[t] + h.w_b[t]).squeeze(-1), dim=0)
+        return (a @ hidden) @ h.c_w[t] + h.c_b[t]
+
+
+class ReferenceDSMIL(nn.Module):
+    def __init__(self, heads: DSMILHeads, t: int):
+        super().__init__()
+        self.h, self.t = heads, t
+
+    def forward(self, x):
+        h, t = self.h, self.t
+        hidden = torch.relu(x @ h.gamma_w[t] + h.gamma_b[t])
+        inst = (hidden @ h.inst_w[t] + h.inst_b[t]).squeeze(-1)
+        m = int(inst.argmax())
+        q = torch.tanh(hidden @ h.q_w[t] + h.q_b[t])
+        a = torch.softmax(q @ q[m] / h.query_dim ** 0.5, dim=0)
+        bag = (a @ hidden) @ h.c_w[t] + h.c_b[t]
+        return 0.5 * (torch.sigmoid(bag) + torch.sigmoid(inst[m]))
+
+
+@pytest.mark.parametrize("kind", ["abmil", "dsmil"])
+def test_batched_heads_equal_per_assay_reference(kind):
+    torch.manual_seed(4)
+    heads = HEADS[kind](n_assays=6, in_dim=5, hidden=4, dropout=0.0).double().eval()
+    bags, mask = random_bags(b=5, n=9)
+    wells = torch.tensor([0, 0, 1, 2, 3, 4, 4, 1])
+    assays = torch.tensor([0, 5, 3, 2, 1, 4, 0, 5])
+    prob = heads.probability(heads(bags[wells], mask[wells], assays))
+    for i, (w, t) in enumerate(zip(wells.tolist(), assays.tolist())):
+        x = bags[w][mask[w]]
+        if kind == "abmil":
+            expected = torch.sigmoid(ReferenceABMIL(heads, t)(x)).squeeze()
+        else:
+            expected = ReferenceDSMIL(heads, t)(x).squeeze()
+        torch.testing.assert_close(prob[i], expected)
+
+
+def test_cost_follows_pairs_not_wells_times_assays():
+    """The head evaluates exactly the pairs asked for: tensors inside scale with P, not B x T."""
+    torch.manual_seed(5)
+    model = MoMIL(in_dim=8, assays=[f"t{i}" for i in range(500)], projector_dim=8, head_dim=4)
+    bags = torch.randn(16, 10, 8)
+    mask = torch.ones(16, 10, dtype=torch.bool)
+    out = model(bags, mask, torch.tensor([0, 3, 7]), torch.tensor([1, 499, 250]))
+    assert out["logit"].shape == (3,) and out["attention"].shape == (3, 10)
+
+
+def test_masked_softmax():
+    scores = torch.tensor([[1.0, 2.0, 3.0]])
+    mask = torch.tensor([[True, True, False]])
+    torch.testing.assert_close(masked_softmax(scores, mask), torch.tensor([[1 / (1 + torch.e), torch.e / (1 + torch.e), 0.0]]))
+
+
+def test_unknown_head_refused():
+    from momil.errors import MomilError
+
+    with pytest.raises(MomilError, match="head must be one of"):
+        MoMIL(in_dim=3, assays=["a"], head="transformer")
