@@ -155,6 +155,122 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _model_inputs(args):
+    """Store, labels aligned to its wells, folds and primary assays for train / cv."""
+    from momil.io.contract import align_labels, default_assays, read_assays, read_labels
+    from momil.io.store import InstanceStore
+    from momil.splits import read_folds
+
+    store = InstanceStore(args.store)
+    labels = read_labels(args.labels, getattr(args, "row_index", None), getattr(args, "column_index", None))
+    labels, _ = align_labels(labels, store.wells, args.labels)
+    folds = read_folds(args.folds)
+    missing = sorted(set(labels.compounds) - set(folds["Metadata_Compound"]))
+    if missing:
+        raise MomilError(f"{args.folds}: {len(missing)} labelled compounds have no fold (e.g. {missing[0]}) -- "
+                         "make the folds from the same wells and labels with `momil split`")
+    assays = read_assays(args.assays, list(labels.assays)) if args.assays else default_assays(labels.assays)
+    primary = list(assays.loc[assays["role"] == "primary", "assay"])
+    return store, labels, folds, assays, primary
+
+
+def cmd_train(args) -> int:
+    import dataclasses
+
+    import numpy as np
+    import pandas as pd
+
+    from momil.data import WellPairs, wells_of
+    from momil.provenance import provenance, write_json_atomic
+    from momil.splits import rotation, rotation_compounds
+    from momil.train import TrainSettings, fit, save_model
+
+    settings = build_settings(TrainSettings, args, args.config, "train")
+    store, labels, folds, assays, primary = _model_inputs(args)
+    labelled = [a for a in labels.assays if a in set(labels.assays[np.unique(labels.cols)])]
+    if args.assay:
+        unknown = [a for a in args.assay if a not in labelled]
+        if unknown:
+            raise MomilError(f"--assay {unknown[0]} has no labels -- labelled assays include {labelled[:5]}")
+        model_assays = list(args.assay)
+    else:
+        model_assays = primary if args.configuration == "mtl-primary" else labelled
+    n_folds = int(folds["fold"].max()) + 1
+    rot = rotation(args.test_fold, n_folds)
+    parts = rotation_compounds(folds, rot)
+    pairs = WellPairs.build(store.wells, labels, model_assays)
+    out = Path(args.out)
+    result = fit(store, pairs, wells_of(store.wells, parts["train"]), wells_of(store.wells, parts["val"]),
+                 np.array([a in set(primary) for a in model_assays]), settings, out / "checkpoint",
+                 show_progress=not args.quiet)
+    record = provenance("train", settings, inputs={"store": args.store, "labels": args.labels, "folds": args.folds},
+                        test_fold=rot.test_fold, val_fold=rot.val_fold, assays=len(model_assays),
+                        best_epoch=result.best_epoch, val_auc=result.best_score)
+    save_model(out / "model.pt", result.model, {"provenance": record, "feature_names": store.feature_names,
+                                                 "primary": [a for a in model_assays if a in set(primary)]})
+    pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
+    write_json_atomic(record, out / "train.json")
+    print(f"model written to {out / 'model.pt'}: {len(model_assays)} assays, best epoch {result.best_epoch}, "
+          f"validation AUC (mean over primary assays, well level) {result.best_score:.3f}")
+    return 0
+
+
+def cmd_cv(args) -> int:
+    from momil.evaluate import CVSettings, cross_validate, metrics_table
+    from momil.train import TrainSettings
+
+    cv_settings = build_settings(CVSettings, args, args.config, "cv")
+    train_settings = build_settings(TrainSettings, args, args.config, "train")
+    store, labels, folds, assays, primary = _model_inputs(args)
+    result = cross_validate(store, labels, folds, primary, args.out, cv_settings, train_settings,
+                            show_progress=not args.quiet)
+    summary = result.summary
+    print(f"cross-validation ({summary['configuration']}, rotations {summary['rotations']}, "
+          f"{summary['grid_points']} grid points) written to {args.out}")
+    print("compound-level test metrics, predictions pooled over rotations:")
+    print(metrics_table(result.metrics))
+    if summary["undefined_primary_assays"]:
+        print(f"undefined (one class in the test pool, left out of the mean): {summary['undefined_primary_assays']}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from momil.evaluate import compound_predictions, predict_wells
+    from momil.io.store import InstanceStore
+    from momil.provenance import atomic_path, provenance, write_json_atomic
+    from momil.train import load_model, resolve_device
+
+    device = resolve_device(args.device)
+    model, extra = load_model(args.model, device)
+    store = InstanceStore(args.store)
+    if store.dim != model.hparams["in_dim"]:
+        raise MomilError(f"{args.store}: instances have {store.dim} features, the model was trained on "
+                         f"{model.hparams['in_dim']} -- score a store made the same way as the training store")
+    names = extra.get("feature_names")
+    if names and list(names) != list(store.feature_names):
+        raise MomilError(f"{args.store}: feature names differ from the training store's -- use the same extraction")
+    wells = np.flatnonzero((store.wells["Metadata_ControlType"] != "negcon").to_numpy()) if not args.all_wells \
+        else np.arange(store.n_wells)
+    assays = args.assay or None
+    frame = predict_wells(model, store, wells, assays, device, show_progress=not args.quiet)
+    compounds = compound_predictions(frame)
+    out = Path(args.out)
+    with atomic_path(out) as tmp:
+        compounds.to_parquet(tmp, index=False)
+    wells_path = out.with_name(out.stem + "_wells.parquet")
+    with atomic_path(wells_path) as tmp:
+        frame.to_parquet(tmp, index=False)
+    write_json_atomic(provenance("predict", {"model": str(args.model), "assays": assays},
+                                 inputs={"model": args.model, "store": args.store}),
+                      out.with_name(out.stem + "_provenance.json"))
+    print(f"predictions for {frame['Metadata_Well'].size // max(1, len(model.assays if assays is None else assays))} "
+          f"wells and {compounds['Metadata_Compound'].nunique()} compounds written to {out} (compound level) and "
+          f"{wells_path} (well level)")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from momil.correct import CorrectSettings
@@ -199,6 +315,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folds file to write (.parquet)")
     p.add_argument("--overwrite", action="store_true")
     add_settings_arguments(p, SplitSettings)
+
+    from momil.evaluate import CVSettings
+    from momil.train import TrainSettings
+
+    def model_inputs(p):
+        p.add_argument("--store", required=True, help="(corrected) instance store")
+        p.add_argument("--labels", required=True, help="labels (long, wide or .mtx)")
+        p.add_argument("--row-index", help=".mtx labels: row (compound) index file")
+        p.add_argument("--column-index", help=".mtx labels: column (assay) index file")
+        p.add_argument("--folds", required=True, help="folds file from `momil split`")
+        p.add_argument("--assays", help="assays table (roles); without it every assay is primary")
+        p.add_argument("--out", required=True, help="output folder")
+
+    p = stage("train", "train one MoMIL model on one fold rotation", cmd_train)
+    model_inputs(p)
+    p.add_argument("--test-fold", type=int, default=0, help="held-out fold; validation is the next one")
+    p.add_argument("--configuration", choices=["mtl-all", "mtl-primary"], default="mtl-all")
+    p.add_argument("--assay", action="append", help="train on this assay only (repeat for several): STL")
+    add_settings_arguments(p, TrainSettings)
+
+    p = stage("cv", "the paper's cross-validation protocol (3-1-1 rotation, grid on validation)", cmd_cv)
+    model_inputs(p)
+    add_settings_arguments(p, CVSettings)
+    add_settings_arguments(p, TrainSettings, skip=("projector_dim", "head_dim", "lr"))
+
+    p = stage("predict", "score wells and compounds of a store with a trained model", cmd_predict)
+    p.add_argument("--model", required=True, help="model.pt from `momil train` or `momil cv`")
+    p.add_argument("--store", required=True, help="(corrected) instance store to score")
+    p.add_argument("--out", required=True, help="compound-level predictions (.parquet); wells go beside it")
+    p.add_argument("--assay", action="append", help="only these assays (repeatable)")
+    p.add_argument("--all-wells", action="store_true", help="score control wells too")
+    p.add_argument("--device", default="auto")
 
     p = stage("validate", "check inputs against the input contract without writing anything", cmd_validate)
     for name in ("wells", "instances", "load-data", "compounds", "labels", "row-index", "column-index", "assays",

@@ -1,0 +1,116 @@
+"""The protocol: metrics with undefined assays, compound aggregation, cross-validation without leakage."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import momil.evaluate as evaluate
+from momil.errors import MomilError
+from momil.evaluate import CVSettings, assay_metrics, compound_predictions, cross_validate, grid, summarise
+from momil.train import TrainSettings
+from test_train import needle_screen
+
+
+def test_assay_metrics_mark_one_class_assays_undefined():
+    frame = pd.DataFrame({"assay": ["a"] * 4 + ["b"] * 3,
+                          "label": [0, 1, 0, 1, 1, 1, 1],
+                          "probability": [0.1, 0.9, 0.2, 0.8, 0.3, 0.4, 0.5]})
+    metrics = assay_metrics(frame).set_index("assay")
+    assert metrics.loc["a", "roc_auc"] == 1.0 and metrics.loc["a", "pr_auc"] == 1.0
+    assert not metrics.loc["b", "defined"] and math.isnan(metrics.loc["b", "roc_auc"])
+    summary = summarise(metrics.reset_index(), {"a", "b"})
+    assert summary["mean_roc_auc_primary"] == 1.0  # b is left out, not counted as 0.5
+    assert summary["undefined_primary_assays"] == ["b"] and summary["primary_assays_defined"] == 1
+
+
+def test_compound_prediction_is_mean_of_wells():
+    wells = pd.DataFrame({"Metadata_Compound": ["c1", "c1", "c2"], "assay": ["a"] * 3,
+                          "probability": [0.2, 0.6, 0.9]})
+    out = compound_predictions(wells).set_index("Metadata_Compound")
+    assert out.loc["c1", "probability"] == pytest.approx(0.4) and out.loc["c1", "n_wells"] == 2
+
+
+def test_paper_grid():
+    points = grid(CVSettings())
+    assert len(points) == 2 * 3 * 3
+    assert {p["projector_dim"] for p in points} == {64, 128} and {p["lr"] for p in points} == {1e-4, 5e-5, 1e-5}
+
+
+def _folds(labels, k=5):
+    compounds = list(labels.compounds)
+    return pd.DataFrame({"Metadata_Compound": compounds, "fold": [i % k for i in range(len(compounds))]})
+
+
+def test_cross_validation_never_trains_on_test_compounds(tmp_path, monkeypatch):
+    store, labels = needle_screen(tmp_path / "store", n_compounds=40, per_well=6)
+    folds = _folds(labels)
+    fold_of = dict(zip(folds["Metadata_Compound"], folds["fold"]))
+    seen = []
+    real_fit = evaluate.fit
+
+    def spying_fit(store_, pairs, train_wells, val_wells, *args, **kwargs):
+        seen.append((set(store_.wells["Metadata_Compound"].iloc[train_wells]),
+                     set(store_.wells["Metadata_Compound"].iloc[val_wells])))
+        return real_fit(store_, pairs, train_wells, val_wells, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "fit", spying_fit)
+    result = cross_validate(store, labels, folds, ["needle"], tmp_path / "cv",
+                            CVSettings(projector_dims="8", head_dims="8", lrs="1e-2,1e-3"),
+                            TrainSettings(epochs=3, warmup_epochs=1, batch_wells=8), show_progress=False)
+    assert len(seen) == 5 * 2
+    for i, (train_c, val_c) in enumerate(seen):
+        test_fold = i // 2
+        assert all(fold_of[c] != test_fold for c in train_c | val_c)
+        assert all(fold_of[c] == (test_fold + 1) % 5 for c in val_c)
+    predictions = result.compound_predictions
+    assert set(predictions["Metadata_Compound"]) == set(labels.compounds)  # every compound tested once
+    assert predictions.groupby("Metadata_Compound")["fold"].nunique().max() == 1
+    assert (predictions["n_wells"] == 2).all()
+    assert result.selections["selected"].sum() == 5
+    for name in ("metrics.csv", "summary.json", "well_predictions.parquet", "compound_predictions.parquet",
+                 "selections.csv"):
+        assert (tmp_path / "cv" / name).exists()
+    assert len(list((tmp_path / "cv" / "models").glob("*.pt"))) == 5
+    # a finished cross-validation is not overwritten by accident
+    with pytest.raises(MomilError, match="finished cross-validation"):
+        cross_validate(store, labels, folds, ["needle"], tmp_path / "cv", show_progress=False)
+
+
+def test_stl_trains_one_model_per_primary_assay(tmp_path):
+    store, labels = needle_screen(tmp_path / "store", n_compounds=30, per_well=4)
+    long = labels.to_long()
+    second = long.assign(assay="needle-2", label=1 - long["label"])
+    from momil.io.contract import LabelMatrix
+
+    both = LabelMatrix.from_long(pd.concat([long, second], ignore_index=True))
+    result = cross_validate(store, both, _folds(both), ["needle", "needle-2"], tmp_path / "cv",
+                            CVSettings(configuration="stl", projector_dims="4", head_dims="4", lrs="1e-2",
+                                       rotations="0,1"),
+                            TrainSettings(epochs=2, warmup_epochs=1), show_progress=False)
+    assert len(list((tmp_path / "cv" / "models").glob("*.pt"))) == 2 * 2
+    assert set(result.metrics["assay"]) == {"needle", "needle-2"}
+    assert result.summary["rotations"] == [0, 1]
+
+
+def test_resumed_cross_validation_reuses_finished_fits(tmp_path):
+    store, labels = needle_screen(tmp_path / "store", n_compounds=20, per_well=4)
+    settings = CVSettings(projector_dims="4", head_dims="4", lrs="1e-2", rotations="0")
+    train = TrainSettings(epochs=3, warmup_epochs=1)
+    first = cross_validate(store, labels, _folds(labels), ["needle"], tmp_path / "cv", settings, train,
+                           show_progress=False)
+    (tmp_path / "cv" / "summary.json").unlink()  # as if killed before the end
+    second = cross_validate(store, labels, _folds(labels), ["needle"], tmp_path / "cv", settings, train,
+                            show_progress=False)
+    pd.testing.assert_frame_equal(first.compound_predictions, second.compound_predictions)
+    assert np.isclose(first.summary["mean_roc_auc_primary"], second.summary["mean_roc_auc_primary"],
+                      equal_nan=True)
+
+
+def test_no_primary_with_labels_refused(tmp_path):
+    store, labels = needle_screen(tmp_path / "store", n_compounds=6, per_well=3)
+    with pytest.raises(MomilError, match="no primary assay has labels"):
+        cross_validate(store, labels, _folds(labels, 3), ["absent"], tmp_path / "cv", show_progress=False)

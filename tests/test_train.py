@@ -1,0 +1,145 @@
+"""Training: schedule, resume equivalence after a kill at any epoch, and attention beating mean pooling."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from momil.data import WellPairs, load_bags, wells_of
+from momil.errors import MomilError
+from momil.io.contract import LabelMatrix
+from momil.io.store import InstanceStore, StoreWriter
+from momil.train import TrainSettings, fit, load_model, lr_factor, roc_auc, save_model
+
+
+def test_warmup_then_cosine():
+    factors = [lr_factor(s, 100, 20) for s in range(100)]
+    assert factors[0] == pytest.approx(1 / 20) and factors[19] == pytest.approx(1.0)
+    assert factors[20] == pytest.approx(1.0) and factors[60] == pytest.approx(0.5)
+    assert factors[99] < 0.01 and all(a >= b for a, b in zip(factors[20:], factors[21:]))
+
+
+def test_roc_auc_undefined_for_one_class():
+    assert math.isnan(roc_auc(np.array([1, 1]), np.array([0.2, 0.4])))
+    assert roc_auc(np.array([0, 1]), np.array([0.2, 0.4])) == 1.0
+
+
+def needle_screen(path, n_compounds=120, per_well=30, dim=8, responders=2, seed=0):
+    """Wells where an active compound shows in `responders` instances only (a needle in the bag), and the
+    bag's mean is swamped by a per-well nuisance offset: attention can find the needle, a mean cannot."""
+    rng = np.random.default_rng(seed)
+    direction = np.zeros(dim)
+    direction[0] = 1.0
+    active = rng.random(n_compounds) < 0.5
+    rows = []
+    with StoreWriter.create(path, dim=dim) as writer:
+        for c in range(n_compounds):
+            for r in range(2):
+                bag = rng.normal(size=(per_well, dim))
+                bag += rng.normal(scale=3.0) * direction  # nuisance shift of the whole well along the signal
+                if active[c]:
+                    bag[:responders, 0] += 8.0
+                writer.add_bag({"Metadata_Plate": f"P{r}", "Metadata_Well": f"W{c:04d}", "Metadata_Batch": "b",
+                                "Metadata_Compound": f"c{c}", "Metadata_ControlType": "trt"}, bag)
+            rows.append((f"c{c}", "needle", int(active[c])))
+    labels = LabelMatrix.from_long(pd.DataFrame(rows, columns=["Metadata_Compound", "assay", "label"]))
+    return InstanceStore(path), labels
+
+
+def _split(labels):
+    compounds = labels.compounds
+    return compounds[: int(0.6 * len(compounds))], compounds[int(0.6 * len(compounds)): int(0.8 * len(compounds))], \
+        compounds[int(0.8 * len(compounds)):]
+
+
+def test_attention_beats_chance_and_mean_pooling(tmp_path):
+    store, labels = needle_screen(tmp_path / "store")
+    pairs = WellPairs.build(store.wells, labels, ["needle"])
+    train_c, val_c, test_c = _split(labels)
+    train, val, test = (wells_of(store.wells, c) for c in (train_c, val_c, test_c))
+    scores = {}
+    for head in ("dsmil", "abmil", "mean"):
+        settings = TrainSettings(head=head, projector_dim=16, head_dim=16, dropout=0.0, lr=3e-3, epochs=40,
+                                 warmup_epochs=2, patience=40, batch_wells=16, seed=0)
+        result = fit(store, pairs, train, val, np.array([True]), settings, show_progress=False)
+        bags, mask = load_bags(store, test)
+        prob = result.model.predict(bags, mask).numpy()[:, 0]
+        _, _, y = pairs.pairs(test)
+        scores[head] = roc_auc(y, prob)
+    assert scores["dsmil"] > 0.85 and scores["abmil"] > 0.85, scores
+    assert scores["mean"] < 0.75, scores
+    assert min(scores["dsmil"], scores["abmil"]) > scores["mean"] + 0.15, scores
+
+
+def test_resume_gives_the_same_numbers(tmp_path):
+    store, labels = needle_screen(tmp_path / "store", n_compounds=40, per_well=10)
+    pairs = WellPairs.build(store.wells, labels, ["needle"])
+    train_c, val_c, _ = _split(labels)
+    train, val = wells_of(store.wells, train_c), wells_of(store.wells, val_c)
+    settings = TrainSettings(projector_dim=8, head_dim=8, lr=1e-2, epochs=6, warmup_epochs=2, patience=100,
+                             batch_wells=8, seed=3)
+    whole = fit(store, pairs, train, val, np.array([True]), settings, tmp_path / "whole", show_progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at(epoch_to_die):
+        def callback(epoch):
+            if epoch == epoch_to_die:
+                raise Killed
+        return callback
+
+    for die in (0, 3):
+        folder = tmp_path / f"killed{die}"
+        with pytest.raises(Killed):
+            fit(store, pairs, train, val, np.array([True]), settings, folder, show_progress=False,
+                on_epoch_end=kill_at(die))
+        resumed = fit(store, pairs, train, val, np.array([True]), settings, folder, show_progress=False)
+        assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
+        assert [h["val_auc"] for h in resumed.history] == [h["val_auc"] for h in whole.history]
+        for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+            assert torch.equal(a, b), name
+
+
+def test_checkpoint_from_other_settings_refused(tmp_path):
+    store, labels = needle_screen(tmp_path / "store", n_compounds=10, per_well=4)
+    pairs = WellPairs.build(store.wells, labels, ["needle"])
+    wells = wells_of(store.wells, labels.compounds)
+    fit(store, pairs, wells, wells, np.array([True]), TrainSettings(epochs=1, projector_dim=4, head_dim=4),
+        tmp_path / "ck", show_progress=False)
+    with pytest.raises(MomilError, match="other settings or data"):
+        fit(store, pairs, wells, wells, np.array([True]), TrainSettings(epochs=1, projector_dim=8, head_dim=4),
+            tmp_path / "ck", show_progress=False)
+
+
+def test_same_seed_same_model_and_save_load(tmp_path):
+    store, labels = needle_screen(tmp_path / "store", n_compounds=16, per_well=5)
+    pairs = WellPairs.build(store.wells, labels, ["needle"])
+    wells = wells_of(store.wells, labels.compounds)
+    settings = TrainSettings(epochs=2, projector_dim=4, head_dim=4, seed=7)
+    a = fit(store, pairs, wells, wells, np.array([True]), settings, show_progress=False)
+    b = fit(store, pairs, wells, wells, np.array([True]), settings, show_progress=False)
+    for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()):
+        assert torch.equal(x, y)
+    save_model(tmp_path / "m.pt", a.model, {"note": "test"})
+    loaded, extra = load_model(tmp_path / "m.pt")
+    bags, mask = load_bags(store, wells[:4])
+    torch.testing.assert_close(loaded.predict(bags, mask), a.model.predict(bags, mask))
+    assert extra == {"note": "test"}
+    (tmp_path / "bad.pt").write_bytes(b"nonsense")
+    with pytest.raises(MomilError, match="not a momil model"):
+        load_model(tmp_path / "bad.pt")
+
+
+def test_no_labels_refused(tmp_path):
+    store, labels = needle_screen(tmp_path / "store", n_compounds=4, per_well=3)
+    pairs = WellPairs.build(store.wells, labels, ["other-assay"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(MomilError, match="no training well carries a label"):
+            fit(store, pairs, np.arange(4), np.arange(4), np.array([True]), show_progress=False)
