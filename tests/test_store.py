@@ -34,6 +34,7 @@ def test_bags_round_trip_and_are_views(tmp_path):
     assert list(store.offsets) == [0, 2, 7] and list(store.counts) == [2, 5, 1]
     assert list(store.instance_meta(1)["Metadata_Site"]) == [1, 2, 3, 4, 5]
     assert store.well_index("P1", "A03") == 2
+    np.testing.assert_array_equal(store.read_rows(2, 7), bags[1])
 
 
 def test_float16_store(tmp_path):

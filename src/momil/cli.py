@@ -151,7 +151,7 @@ def cmd_info(args) -> int:
 def cmd_demo(args) -> int:
     from momil.demo import run_demo
 
-    run_demo(Path(args.out), n_compounds=args.n_compounds, show_progress=not args.quiet)
+    run_demo(Path(args.out), n_compounds=args.n_compounds, show_progress=not args.quiet, rotations=args.rotations)
     return 0
 
 
@@ -361,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("demo", "simulate over the real hti-cnn labels and run the pipeline", cmd_demo)
     p.add_argument("--out", default="momil-demo", help="demo folder (replaced if it holds an earlier demo)")
     p.add_argument("--n-compounds", type=int, default=600, help="most-labelled hti-cnn compounds to keep")
+    p.add_argument("--rotations", default="all", help="test folds to run (\"all\" or e.g. \"0\")")
     return parser
 
 

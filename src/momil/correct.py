@@ -66,10 +66,13 @@ def plate_statistics(store: InstanceStore, wells: pd.DataFrame, settings: Correc
         warnings.warn(f"plate {plate} has no {settings.control} wells: statistics from all its wells",
                       stacklevel=2)
         control, source = wells, "all"
+    def bag(i):  # plain reads: no mapped pages left resident after a sweep over a large store
+        return store.read_rows(int(store.offsets[i]), int(store.offsets[i] + store.counts[i]))
+
     if settings.stats == "well":
-        rows = np.stack([store.bag(i).astype(np.float64).mean(axis=0) for i in control.index])
+        rows = np.stack([bag(i).astype(np.float64).mean(axis=0) for i in control.index])
     elif settings.stats == "instance":
-        rows = np.concatenate([store.bag(i) for i in control.index]).astype(np.float64)
+        rows = np.concatenate([bag(i) for i in control.index]).astype(np.float64)
     else:
         raise MomilError(f"stats must be 'instance' or 'well', not {settings.stats!r}")
     median, scale = robust_center_scale(rows, settings.eps)
@@ -115,7 +118,7 @@ def correct(store_path, out, settings: CorrectSettings | None = None, show_progr
                 block_rows = max(1, (64 << 20) // (8 * store.dim))
                 for lo in range(start, stop, block_rows):
                     hi = min(stop, lo + block_rows)
-                    z = (store.features[lo:hi].astype(np.float64) - median) / scale
+                    z = (store.read_rows(lo, hi).astype(np.float64) - median) / scale
                     writer.write_rows(np.arange(offsets[0] + lo - start, offsets[0] + hi - start), z)
                     bar.update(hi - lo)
             else:  # pragma: no cover - stores written by ingest are plate-contiguous

@@ -78,6 +78,15 @@ class InstanceStore:
                                            shape=(self.n_instances, self.dim))
         return self._features
 
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as a fresh array read with plain file I/O (no mapping): sequential sweeps over
+        a large store then keep only the block in memory, where touched memmap pages would stay resident."""
+        count = max(0, stop - start)
+        with open(self.path / "features.bin", "rb") as handle:
+            handle.seek(start * self.dim * self.dtype.itemsize)
+            data = np.fromfile(handle, dtype=self.dtype, count=count * self.dim)
+        return data.reshape(count, self.dim)
+
     @property
     def offsets(self) -> np.ndarray:
         return self.wells["offset"].to_numpy(np.int64)
