@@ -143,3 +143,45 @@ def test_no_labels_refused(tmp_path):
         warnings.simplefilter("ignore")
         with pytest.raises(MomilError, match="no training well carries a label"):
             fit(store, pairs, np.arange(4), np.arange(4), np.array([True]), show_progress=False)
+
+
+def test_lazy_head_adamw_equals_adamw_when_every_head_is_used():
+    from momil.model.momil import MoMIL
+    from momil.train import LazyHeadAdamW, training_step
+
+    torch.manual_seed(0)
+    bags = torch.randn(6, 5, 4)
+    mask = torch.ones(6, 5, dtype=torch.bool)
+    rows = np.repeat(np.arange(6), 3)
+    assay = np.tile(np.arange(3), 6)
+    label = (np.arange(18) % 2).astype(np.float32)
+    models = []
+    for lazy_heads in (False, True):
+        torch.manual_seed(1)
+        model = MoMIL(4, ["a", "b", "c"], "dsmil", 6, 5, dropout=0.0)
+        if lazy_heads:
+            lazy = LazyHeadAdamW(dict(model.heads.named_parameters()), 5e-4)
+            optimizer = torch.optim.AdamW(model.projector.parameters(), lr=1e-2, weight_decay=5e-4)
+        else:
+            lazy, optimizer = None, torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=5e-4)
+        for step in range(5):
+            training_step(model, bags, mask, rows, assay, label, optimizer, lazy, 1e-2 * (step + 1) / 5, torch.device("cpu"))
+        models.append(model)
+    for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_lazy_heads_leave_unused_heads_untouched():
+    from momil.model.momil import MoMIL
+    from momil.train import LazyHeadAdamW, training_step
+
+    torch.manual_seed(0)
+    model = MoMIL(4, ["a", "b", "c"], "abmil", 6, 5, dropout=0.0)
+    before = {n: p.detach().clone() for n, p in model.heads.named_parameters()}
+    lazy = LazyHeadAdamW(dict(model.heads.named_parameters()), 5e-4)
+    optimizer = torch.optim.AdamW(model.projector.parameters(), lr=1e-2)
+    training_step(model, torch.randn(2, 3, 4), torch.ones(2, 3, dtype=torch.bool), np.array([0, 1]),
+                  np.array([0, 2]), np.array([1.0, 0.0], dtype=np.float32), optimizer, lazy, 1e-2, torch.device("cpu"))
+    for name, param in model.heads.named_parameters():
+        assert torch.equal(param[1], before[name][1])  # head "b" had no pair
+        assert not torch.equal(param[0], before[name][0])

@@ -1,6 +1,7 @@
 """`momil train`: fit a MoMIL model on the training wells, early-stopped and selected on validation wells.
 
-AdamW (weight decay 5e-4), linear warm-up then cosine annealing (per step), dropout 0.5, early stopping on the
+AdamW (weight decay 5e-4; lazily per head, see :class:`LazyHeadAdamW`), linear warm-up then cosine annealing
+(per step), dropout 0.5, early stopping on the
 mean well-level ROC-AUC over primary assays on validation (patience 10), the best epoch's weights kept.
 A checkpoint is written after every epoch (atomically); a run killed at any point and started again with the
 same settings and checkpoint folder resumes from the last checkpoint and ends with the same numbers as an
@@ -41,6 +42,7 @@ class TrainSettings:
     patience: int = 10  # epochs without a better validation score before stopping
     batch_wells: int = 32  # wells per step
     shared_projector: bool = True  # False: heads read the instance features directly (single-assay models)
+    lazy_heads: bool = True  # AdamW moves a head only in steps where it has labelled pairs (cost ~ labels, not assays)
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
     seed: int = 0
 
@@ -70,6 +72,82 @@ def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
     if len(y) == 0 or y.min() == y.max():
         return float("nan")
     return float(roc_auc_score(y, score))
+
+
+class LazyHeadAdamW:
+    """AdamW for the stacked head parameters that updates only the heads (rows) used in a step.
+
+    Like TensorFlow's LazyAdam: a head's weights, moments and bias-correction step count change only in steps
+    where it has labelled pairs, so a step costs the same with 200 or 2,000 assays. When every head has pairs in
+    every step it is exactly AdamW (decoupled weight decay, bias correction), which ``tests/test_train.py``
+    checks. ``lazy_heads=False`` trains the heads with plain AdamW instead.
+    """
+
+    def __init__(self, params: dict[str, torch.nn.Parameter], weight_decay: float, betas=(0.9, 0.999),
+                 eps: float = 1e-8):
+        self.params = params
+        self.weight_decay, self.betas, self.eps = weight_decay, betas, eps
+        self.exp_avg = {n: torch.zeros_like(p) for n, p in params.items()}
+        self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in params.items()}
+        first = next(iter(params.values()))
+        self.steps = torch.zeros(first.shape[0], dtype=torch.long, device=first.device)
+
+    @torch.no_grad()
+    def step(self, rows: torch.Tensor, grads: dict[str, torch.Tensor], lr: float) -> None:
+        beta1, beta2 = self.betas
+        self.steps[rows] += 1
+        count = self.steps[rows].to(torch.float64)
+        correction1 = (1 - beta1 ** count).float()
+        correction2 = (1 - beta2 ** count).float()
+        for name, param in self.params.items():
+            grad = grads[name]
+            shape = (-1,) + (1,) * (param.dim() - 1)
+            value = param.index_select(0, rows) * (1 - lr * self.weight_decay)
+            m = self.exp_avg[name].index_select(0, rows).lerp_(grad, 1 - beta1)
+            v = self.exp_avg_sq[name].index_select(0, rows).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (v / correction2.view(shape)).sqrt_().add_(self.eps)
+            value.addcdiv_(m / correction1.view(shape), denom, value=-lr)
+            param.index_copy_(0, rows, value)
+            self.exp_avg[name].index_copy_(0, rows, m)
+            self.exp_avg_sq[name].index_copy_(0, rows, v)
+
+    def state_dict(self) -> dict:
+        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self.params:
+            self.exp_avg[name].copy_(state["exp_avg"][name])
+            self.exp_avg_sq[name].copy_(state["exp_avg_sq"][name])
+        self.steps.copy_(state["steps"])
+
+
+def training_step(model: MoMIL, bags, mask, rows, assay, label, optimizer, lazy: LazyHeadAdamW | None,
+                  lr: float, device) -> float:
+    """One optimisation step over the labelled pairs; returns the summed loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    rows_t = torch.from_numpy(rows).to(device)
+    assay_t = torch.from_numpy(assay).to(device)
+    target = torch.from_numpy(label).to(device)
+    optimizer.zero_grad(set_to_none=True)
+    with _autocast(device):
+        if lazy is None:
+            out = model(bags, mask, rows_t, assay_t)
+            sub = None
+        else:
+            used, inverse = torch.unique(assay_t, return_inverse=True)
+            sub = {n: p.detach().index_select(0, used).requires_grad_(True)
+                   for n, p in model.heads.named_parameters()}
+            encoded = model.encode(bags, mask)
+            out = torch.func.functional_call(model.heads, sub, (encoded.index_select(0, rows_t),
+                                                                mask.index_select(0, rows_t), inverse))
+        loss_sum = model.loss(out, target)
+    (loss_sum / len(rows)).backward()
+    if optimizer.param_groups[0]["params"]:
+        optimizer.step()
+    if lazy is not None:
+        lazy.step(used, {n: t.grad for n, t in sub.items()}, lr)
+    return float(loss_sum.detach())
 
 
 @dataclasses.dataclass
@@ -148,13 +226,17 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
     torch.manual_seed(settings.seed)
     model = MoMIL(store.dim, pairs.assays, settings.head, settings.projector_dim, settings.head_dim,
                   settings.dropout, settings.shared_projector).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    if settings.lazy_heads:
+        lazy = LazyHeadAdamW(dict(model.heads.named_parameters()), settings.weight_decay)
+        dense_params = list(model.projector.parameters())
+    else:
+        lazy, dense_params = None, list(model.parameters())
+    optimizer = torch.optim.AdamW(dense_params, lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(len(train_wells) / settings.batch_wells)
     total_steps = steps_per_epoch * settings.epochs
     warmup_steps = steps_per_epoch * min(settings.warmup_epochs, settings.epochs)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup_steps))
     rng = np.random.default_rng(settings.seed)
-    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": [],
+    state = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": [],
              "best_state": None}
     signature = _signature(settings, pairs.assays, train_wells, val_wells)
 
@@ -166,7 +248,8 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
                              "checkpoint folder or delete it to start again")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
+        if lazy is not None:
+            lazy.load_state_dict(saved["lazy"])
         rng.bit_generator.state = saved["numpy_rng"]
         torch.set_rng_state(saved["torch_rng"])
         if device.type == "cuda" and saved.get("cuda_rng") is not None:
@@ -184,16 +267,10 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
                 batch = order[start:start + settings.batch_wells]
                 rows, assay, label = pairs.pairs(batch)
                 bags, mask = load_bags(store, batch, device)
-                with _autocast(device):
-                    out = model(bags, mask, torch.from_numpy(rows).to(device), torch.from_numpy(assay).to(device))
-                    loss_sum = model.loss(out, torch.from_numpy(label).to(device))
-                loss = loss_sum / len(rows)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                total_loss += float(loss_sum.detach())
+                lr = settings.lr * lr_factor(state["step"], total_steps, warmup_steps)
+                total_loss += training_step(model, bags, mask, rows, assay, label, optimizer, lazy, lr, device)
                 total_pairs += len(rows)
+                state["step"] += 1
             _, v_assay, v_label, v_prob = predict_pairs(model, store, val_wells, pairs, device)
             score, _ = validation_score(v_assay, v_label, v_prob, primary)
             epoch = state["epoch"]
@@ -210,7 +287,7 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
             bar.set_postfix(loss=f"{total_loss / max(1, total_pairs):.4f}", val_auc=f"{score:.3f}",
                             best=f"{state['best_score']:.3f}")
             if checkpoint is not None:
-                _save_checkpoint(checkpoint, model, optimizer, scheduler, rng, state, signature, device)
+                _save_checkpoint(checkpoint, model, optimizer, lazy, rng, state, signature, device)
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
     if state["best_state"] is not None:
@@ -220,10 +297,10 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
                      time.perf_counter() - started)
 
 
-def _save_checkpoint(path: Path, model, optimizer, scheduler, rng, state, signature, device) -> None:
+def _save_checkpoint(path: Path, model, optimizer, lazy, rng, state, signature, device) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-               "scheduler": scheduler.state_dict(), "numpy_rng": rng.bit_generator.state,
+               "lazy": lazy.state_dict() if lazy is not None else None, "numpy_rng": rng.bit_generator.state,
                "torch_rng": torch.get_rng_state(),
                "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
                "state": state, "signature": signature}

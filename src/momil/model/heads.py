@@ -34,8 +34,33 @@ def _stacked_linear(n: int, fan_in: int, fan_out: int) -> tuple[nn.Parameter, nn
 
 
 def _apply(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, assay: torch.Tensor) -> torch.Tensor:
-    """Per-pair linear map: x (P, N, in) with the weights of each pair's assay -> (P, N, out)."""
-    return torch.baddbmm(bias[assay].unsqueeze(1), x, weight[assay])
+    """Per-pair linear map: x (P, N, in) with the weights of each pair's assay -> (P, N, out).
+
+    index_select (its backward is an index_add) is about twice as fast as advanced indexing here."""
+    return torch.baddbmm(bias.index_select(0, assay).unsqueeze(1), x, weight.index_select(0, assay))
+
+
+class FastDropout(nn.Module):
+    """Inverted dropout drawing one random byte per element (the drop probability is rounded to 1/256).
+
+    On CPU it is about 4x faster than ``nn.Dropout``'s Bernoulli sampling, which otherwise takes a quarter of a
+    training step. It draws from torch's global generator, so seeds and checkpoints govern it as usual."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), not {p}")
+        self.p = p
+        self.threshold = int(round(p * 256))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.threshold == 0:
+            return x
+        keep = torch.empty(x.shape, dtype=torch.uint8, device=x.device).random_() >= self.threshold
+        return x * keep * (256.0 / (256 - self.threshold))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 def full(t: torch.Tensor) -> torch.Tensor:
@@ -55,7 +80,7 @@ class StackedHeads(nn.Module):
         super().__init__()
         self.n_assays, self.in_dim, self.hidden = n_assays, in_dim, hidden
         self.gamma_w, self.gamma_b = _stacked_linear(n_assays, in_dim, hidden)  # F_gamma
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = FastDropout(dropout)
 
     def project(self, x: torch.Tensor, assay: torch.Tensor) -> torch.Tensor:
         return self.dropout(torch.relu(_apply(x, self.gamma_w, self.gamma_b, assay)))  # (P, N, h)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from momil.errors import MomilError
-from momil.model.heads import HEADS
+from momil.model.heads import HEADS, FastDropout
 
 
 class MoMIL(nn.Module):
@@ -24,7 +24,7 @@ class MoMIL(nn.Module):
         self.hparams = {"in_dim": in_dim, "assays": self.assays, "head": head, "projector_dim": projector_dim,
                         "head_dim": head_dim, "dropout": dropout, "shared_projector": shared_projector}
         if shared_projector:
-            self.projector = nn.Sequential(nn.Linear(in_dim, projector_dim), nn.ReLU(), nn.Dropout(dropout))
+            self.projector = nn.Sequential(nn.Linear(in_dim, projector_dim), nn.ReLU(), FastDropout(dropout))
             head_in = projector_dim
         else:
             self.projector = nn.Identity()
