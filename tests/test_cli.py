@@ -112,8 +112,54 @@ def test_split_real_hti_cnn_matrix(tmp_path, capsys):
 
 def test_demo(tmp_path, capsys):
     code, out, err = run(capsys, "demo", "--out", tmp_path / "demo", "--n-compounds", 120, "--rotations", "0",
-                         "--quiet")
+                         "--epochs", 4, "--quiet")
     assert code == 0, err
     assert "plate" in out and "fold" in out and "ROC-AUC" in out
     assert (tmp_path / "demo" / "folds.parquet").exists()
     assert InstanceStore(tmp_path / "demo" / "store-corrected").n_wells > 0
+
+
+def test_train_cv_predict_from_the_shell(tmp_path, capsys):
+    screen = tmp_path / "screen"
+    assert run(capsys, "simulate", "--out", screen, "--n-compounds", 60, "--replicates", 2, "--negcon-per-plate", 8,
+               "--dim", 6, "--instances", 6, "--n-assays", 8, "--n-primary", 3, "--label-density", 0.3,
+               "--primary-density", 0.6, "--quiet")[0] == 0
+    assert run(capsys, "ingest", "--instances", screen / "instances.parquet", "--wells", screen / "wells.parquet",
+               "--out", tmp_path / "raw", "--quiet")[0] == 0
+    assert run(capsys, "correct", "--store", tmp_path / "raw", "--out", tmp_path / "store", "--quiet")[0] == 0
+    assert run(capsys, "split", "--wells", screen / "wells.parquet", "--labels", screen / "labels.parquet",
+               "--compounds", screen / "compounds.parquet", "--out", tmp_path / "folds.parquet", "--quiet")[0] == 0
+    common = ["--store", tmp_path / "store", "--labels", screen / "labels.parquet", "--folds",
+              tmp_path / "folds.parquet", "--assays", screen / "assays.parquet"]
+    code, out, err = run(capsys, "train", *common, "--out", tmp_path / "model", "--epochs", 2, "--warmup-epochs", 1,
+                         "--projector-dim", 8, "--head-dim", 4, "--quiet")
+    assert code == 0, err
+    assert "best epoch" in out and (tmp_path / "model" / "model.pt").exists()
+    history = pd.read_csv(tmp_path / "model" / "history.csv")
+    assert len(history) == 2 and {"train_loss", "val_auc"} <= set(history.columns)
+
+    code, out, err = run(capsys, "predict", "--model", tmp_path / "model" / "model.pt", "--store", tmp_path / "store",
+                         "--out", tmp_path / "pred.parquet", "--quiet")
+    assert code == 0, err
+    compounds = pd.read_parquet(tmp_path / "pred.parquet")
+    wells = pd.read_parquet(tmp_path / "pred_wells.parquet")
+    assert compounds["probability"].between(0, 1).all()
+    assert compounds["Metadata_Compound"].nunique() == 60 and "DMSO" not in set(compounds["Metadata_Compound"])
+    assert len(wells) == 120 * 8  # every treatment well x every assay of the model
+
+    code, out, err = run(capsys, "cv", *common, "--out", tmp_path / "cv", "--rotations", "0", "--projector-dims", 8,
+                         "--head-dims", 4, "--lrs", "1e-3", "--epochs", 2, "--warmup-epochs", 1,
+                         "--configuration", "mtl-primary", "--quiet")
+    assert code == 0, err
+    assert "ROC-AUC" in out and (tmp_path / "cv" / "metrics.csv").exists()
+    metrics = pd.read_csv(tmp_path / "cv" / "metrics.csv")
+    assert set(metrics.loc[metrics["primary"], "assay"]) <= {"assay-001", "assay-002", "assay-003"}
+
+    # a model meets a store of another width: refused with the fix
+    assert run(capsys, "simulate", "--out", tmp_path / "other", "--n-compounds", 4, "--replicates", 1,
+               "--negcon-per-plate", 2, "--dim", 5, "--instances", 2, "--n-assays", 6, "--quiet")[0] == 0
+    assert run(capsys, "ingest", "--instances", tmp_path / "other" / "instances.parquet", "--wells",
+               tmp_path / "other" / "wells.parquet", "--out", tmp_path / "other-store", "--quiet")[0] == 0
+    code, _, err = run(capsys, "predict", "--model", tmp_path / "model" / "model.pt", "--store",
+                       tmp_path / "other-store", "--out", tmp_path / "bad.parquet", "--quiet")
+    assert code == 2 and "5 features, the model was trained on 6" in err and not (tmp_path / "bad.parquet").exists()

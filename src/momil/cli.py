@@ -151,7 +151,8 @@ def cmd_info(args) -> int:
 def cmd_demo(args) -> int:
     from momil.demo import run_demo
 
-    run_demo(Path(args.out), n_compounds=args.n_compounds, show_progress=not args.quiet, rotations=args.rotations)
+    run_demo(Path(args.out), n_compounds=args.n_compounds, show_progress=not args.quiet, rotations=args.rotations,
+             epochs=args.epochs)
     return 0
 
 
@@ -362,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="momil-demo", help="demo folder (replaced if it holds an earlier demo)")
     p.add_argument("--n-compounds", type=int, default=600, help="most-labelled hti-cnn compounds to keep")
     p.add_argument("--rotations", default="all", help="test folds to run (\"all\" or e.g. \"0\")")
+    p.add_argument("--epochs", type=int, help="training epochs per fit (default 25)")
     return parser
 
 

@@ -16,11 +16,12 @@ import pandas as pd
 from momil.errors import MomilError
 
 
-DEMO_TRAIN = dict(head="dsmil", epochs=30, warmup_epochs=3, patience=8, batch_wells=16)
+DEMO_TRAIN = dict(head="dsmil", epochs=25, warmup_epochs=3, patience=6, batch_wells=32)
 DEMO_GRID = dict(projector_dims="64", head_dims="32", lrs="1e-3,3e-4")
 
 
-def run_demo(out: Path, n_compounds: int = 600, show_progress: bool = True, rotations: str = "all") -> dict:
+def run_demo(out: Path, n_compounds: int = 600, show_progress: bool = True, rotations: str = "all",
+             epochs: int | None = None) -> dict:
     from momil.correct import CorrectSettings, correct, plate_variance_fraction
     from momil.io.contract import COMPOUND, CONTROL, align_labels, read_compounds, read_labels, read_wells
     from momil.io.ingest import IngestSettings, ingest
@@ -39,7 +40,7 @@ def run_demo(out: Path, n_compounds: int = 600, show_progress: bool = True, rota
     print(f"momil demo: a screen simulated over the real hti-cnn label matrix, in {out}/\n")
 
     settings = SimulateSettings(mode="hti-cnn", n_compounds=n_compounds, replicates=3, dim=64, instances=36,
-                                n_targets=10, hit_rate=0.35, seed=0)
+                                n_targets=10, hit_rate=0.5, effect_size=4.0, seed=0)
     summary = simulate(out / "screen", settings, show_progress=show_progress)
     print(f"1. simulate -> {out / 'screen'}")
     print(f"   {summary['compounds']} real hti-cnn compounds, {summary['assays']} real assays "
@@ -84,7 +85,7 @@ def run_demo(out: Path, n_compounds: int = 600, show_progress: bool = True, rota
     assays = read_assays(out / "screen" / "assays.parquet")
     primary = list(assays.loc[assays["role"] == "primary", "assay"])
     cv_settings = CVSettings(configuration="mtl-all", rotations=rotations, **DEMO_GRID)
-    train_settings = TrainSettings(**DEMO_TRAIN)
+    train_settings = TrainSettings(**{**DEMO_TRAIN, **({"epochs": epochs} if epochs else {})})
     print(f"\n5. cv -> {out / 'cv'}: MoMIL (shared projector + one DSMIL head per assay, {len(labels.assays)} "
           f"assays), 3-1-1 rotation over the folds, learning rate chosen on validation from {DEMO_GRID['lrs']}")
     result = cross_validate(corrected, labels, folds, primary, out / "cv", cv_settings, train_settings,

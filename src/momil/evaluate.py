@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import shutil
 import time
 from pathlib import Path
 
@@ -157,8 +158,10 @@ def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFram
     train = train or TrainSettings()
     started = time.perf_counter()
     out = Path(out)
-    if out.exists() and (out / "summary.json").exists() and not cv.overwrite:
-        raise MomilError(f"{out}: holds a finished cross-validation -- choose another --out or pass --overwrite")
+    if out.exists() and (out / "summary.json").exists():
+        if not cv.overwrite:
+            raise MomilError(f"{out}: holds a finished cross-validation -- choose another --out or pass --overwrite")
+        shutil.rmtree(out)  # start afresh: fits kept from the old run would not match new settings
     out.mkdir(parents=True, exist_ok=True)
     assays = [a for a in labels.assays if a in set(labels.assays[np.unique(labels.cols)])]
     primary = [a for a in primary if a in set(assays)]

@@ -266,8 +266,12 @@ def build_world(settings: SimulateSettings, rng: np.random.Generator) -> tuple[W
         smiles_table = hti_cnn_smiles().set_index("inchikey")["smiles"]
         smiles = [smiles_table.get(c) for c in compounds]
         inchikeys = list(compounds)
-        # primary assays: the most-labelled ones, as the paper's primaries carry the densest labels
-        counts = real.counts().sort_values(["n_labelled", "assay"], ascending=[False, True])
+        # primary assays: the most-labelled ones (the paper's primaries carry the densest labels) among those
+        # whose actives are 10-90 % of their labels, so that their test AUCs measure something
+        counts = real.counts()
+        counts["balanced"] = (counts["n_pos"] >= 0.1 * counts["n_labelled"]) & \
+            (counts["n_pos"] <= 0.9 * counts["n_labelled"])
+        counts = counts.sort_values(["balanced", "n_labelled", "assay"], ascending=[False, False, True])
         ordered = list(counts["assay"])
         assays = np.array(ordered, dtype=object)
         target, role, kind = _assay_design(len(assays), settings, rng)
