@@ -27,21 +27,37 @@ class WellPairs:
 
     @classmethod
     def build(cls, store_wells: pd.DataFrame, labels: LabelMatrix, assays: list[str],
-              extra: pd.DataFrame | None = None) -> "WellPairs":
-        """Pairs for every store well whose compound has labels in ``assays``. ``extra`` (Metadata_Compound,
-        assay, label) adds labels, e.g. imputed ones."""
+              extra: pd.DataFrame | None = None, extra_wells: pd.DataFrame | None = None) -> "WellPairs":
+        """Pairs for every store well whose compound has labels in ``assays``.
+
+        ``extra`` (Metadata_Compound, assay, label) adds compound-level labels, copied to the compound's wells;
+        ``extra_wells`` (well = store row, assay, label) adds labels of single wells, e.g. imputed ones. A pair
+        that is already labelled is never labelled twice (the measured label wins)."""
         long = labels.to_long()
         if extra is not None and len(extra):
             long = pd.concat([long, extra[[COMPOUND, "assay", "label"]]], ignore_index=True)
+            long = long.drop_duplicates([COMPOUND, "assay"], keep="first")
         assay_index = {a: i for i, a in enumerate(assays)}
         long = long[long["assay"].isin(assay_index)]
         long = long.assign(assay_index=long["assay"].map(assay_index).astype(np.int64))
         by_compound = {c: (g["assay_index"].to_numpy(np.int64), g["label"].to_numpy(np.float32))
                        for c, g in long.groupby(COMPOUND, sort=False)}
+        by_well: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if extra_wells is not None and len(extra_wells):
+            mine = extra_wells[extra_wells["assay"].isin(assay_index)]
+            mine = mine.assign(assay_index=mine["assay"].map(assay_index).astype(np.int64))
+            by_well = {int(w): (g["assay_index"].to_numpy(np.int64), g["label"].to_numpy(np.float32))
+                       for w, g in mine.groupby("well", sort=False)}
         counts = np.zeros(len(store_wells), dtype=np.int64)
         pieces_a, pieces_l = [], []
         for w, compound in enumerate(store_wells[COMPOUND].astype(str)):
             found = by_compound.get(compound)
+            added = by_well.get(w)
+            if found is not None and added is not None:
+                fresh = ~np.isin(added[0], found[0])
+                found = (np.concatenate([found[0], added[0][fresh]]), np.concatenate([found[1], added[1][fresh]]))
+            elif found is None:
+                found = added
             if found is not None:
                 counts[w] = len(found[0])
                 pieces_a.append(found[0])
@@ -50,6 +66,15 @@ class WellPairs:
         assay = np.concatenate(pieces_a) if pieces_a else np.zeros(0, np.int64)
         label = np.concatenate(pieces_l) if pieces_l else np.zeros(0, np.float32)
         return cls(ptr, assay, label, list(assays))
+
+    def digest(self) -> str:
+        """A short hash of every pair (part of a training checkpoint's signature)."""
+        import hashlib
+
+        h = hashlib.sha1()
+        for array in (self.ptr, self.assay, self.label):
+            h.update(np.ascontiguousarray(array).tobytes())
+        return h.hexdigest()[:16]
 
     def count(self, wells: np.ndarray) -> np.ndarray:
         return self.ptr[wells + 1] - self.ptr[wells]

@@ -9,8 +9,13 @@ follow, and their mean over primary assays.
 An assay whose pooled test labels hold one class has undefined AUCs: it is reported as such (NaN, ``defined``
 False) and left out of the means, never counted as 0.5 or 1.
 
-Configurations (``--config-name``): ``mtl-all`` (one model over every labelled assay, the paper's
+Configurations (``--configuration``): ``mtl-all`` (one model over every labelled assay, the paper's
 MoMIL |T| = 200), ``mtl-primary`` (one model over the primary assays) and ``stl`` (one model per primary assay).
+
+``--select`` (MoMIL + AS) runs assay selection (:mod:`momil.selection`) inside every rotation on that rotation's
+training and validation wells, and the mtl-all model is trained on the primary plus the selected assays;
+``--impute`` (+ LI) continues from the grid's best fit with conformal label imputation and self-training rounds
+(:mod:`momil.imputation`), again on training and validation wells only. The test fold reaches neither.
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ class CVSettings:
     head_dims: str = "32,64,128"  # grid for the heads' size
     lrs: str = "1e-4,5e-5,1e-5"  # grid for the learning rate
     rotations: str = "all"  # "all" or comma-separated test folds, e.g. "0,1"
+    select: bool = False  # assay selection inside each rotation (MoMIL + AS; mtl-all only)
+    selection: str = ""  # reuse a `momil select --rotations all` folder instead of selecting here
+    impute: bool = False  # conformal label imputation and self-training after the grid's best fit (+ LI)
     overwrite: bool = False
 
 
@@ -134,6 +142,8 @@ class CVResult:
     summary: dict
     compound_predictions: pd.DataFrame
     selections: pd.DataFrame
+    assay_selection: pd.DataFrame | None = None
+    imputed: pd.DataFrame | None = None
 
 
 def _model_assay_sets(configuration: str, assays: list[str], primary: list[str]) -> list[list[str]]:
@@ -148,14 +158,32 @@ def _model_assay_sets(configuration: str, assays: list[str], primary: list[str])
 
 def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFrame, primary: list[str],
                    out, cv: CVSettings | None = None, train: TrainSettings | None = None,
-                   show_progress: bool = True, extra_labels: pd.DataFrame | None = None) -> CVResult:
-    """Run the protocol; writes ``out``/ (metrics.csv, predictions, selections, summary.json, models).
+                   show_progress: bool = True, extra_labels: pd.DataFrame | None = None,
+                   assays_frame: pd.DataFrame | None = None, associations: pd.DataFrame | None = None,
+                   select: "SelectSettings | None" = None, impute: "ImputeSettings | None" = None) -> CVResult:
+    """Run the protocol; writes ``out``/ (metrics.csv, predictions, selections, summary.json, models; with
+    ``cv.select`` assay_selection.csv, with ``cv.impute`` imputed_labels.parquet, imputation_thresholds.csv and
+    imputation_rounds.csv).
 
-    Finished (rotation, model, grid point) runs are kept in ``out``/runs and reused when the command is run
-    again, so an interrupted cross-validation resumes where it stopped.
+    Finished (rotation, model, grid point) runs, selections and imputation rounds are kept in ``out``/runs and
+    reused when the command is run again, so an interrupted cross-validation resumes where it stopped.
     """
+    from momil.imputation import ImputeSettings, self_train
+    from momil.io.contract import default_assays
+    from momil.selection import SelectSettings, load_selection, select_assays
+
     cv = cv or CVSettings()
     train = train or TrainSettings()
+    select = select or SelectSettings()
+    impute = impute or ImputeSettings()
+    selecting = cv.select or bool(cv.selection)
+    if selecting and cv.configuration != "mtl-all":
+        raise MomilError("assay selection chooses secondary assays for the mtl-all model -- use --configuration "
+                         "mtl-all with --select")
+    if cv.impute:
+        impute.check()
+    if selecting:
+        select.stage_list()
     started = time.perf_counter()
     out = Path(out)
     if out.exists() and (out / "summary.json").exists():
@@ -173,7 +201,12 @@ def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFram
     model_sets = _model_assay_sets(cv.configuration, assays, primary)
     device = resolve_device(train.device)
 
+    if assays_frame is None:
+        assays_frame = default_assays(labels.assays)
+
     well_predictions, selections = [], []
+    selection_tables, imputed_frames, threshold_frames, round_frames = [], [], [], []
+    per_rotation: dict[int, dict] = {}
     runs = len(test_folds) * len(model_sets) * len(points)
     with progress(total=runs, desc=f"cv {cv.configuration}", unit="fit", enabled=show_progress) as bar:
         for k in test_folds:
@@ -186,7 +219,22 @@ def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFram
             extra = None
             if extra_labels is not None and len(extra_labels):
                 extra = extra_labels[extra_labels[COMPOUND].isin(set(parts["train"]))]
-            for m, model_assays in enumerate(model_sets):
+            rotation_sets = model_sets
+            info = per_rotation.setdefault(k, {})
+            if selecting:
+                if cv.selection:
+                    chosen = load_selection(Path(cv.selection) / f"rot{k}", train_wells, val_wells)
+                else:
+                    found = select_assays(store, labels, assays_frame, associations, train_wells, val_wells,
+                                          out / "runs" / f"rot{k}" / "selection", select, train,
+                                          show_progress=False)
+                    chosen = found.selected
+                    selection_tables.append(found.table.assign(test_fold=k))
+                chosen_set = set(chosen) | set(primary)
+                rotation_sets = [[a for a in assays if a in chosen_set]]
+                info["selected_secondary"] = len(chosen)
+                bar.set_postfix(rotation=k, selected=len(chosen))
+            for m, model_assays in enumerate(rotation_sets):
                 pairs = WellPairs.build(store.wells, labels, model_assays, extra)
                 is_primary = np.array([a in set(primary) for a in model_assays])
                 best = None
@@ -204,9 +252,23 @@ def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFram
                     bar.update(1)
                 result, g, settings = best
                 selections[-len(points) + g]["selected"] = True
+                imputation = None
+                if cv.impute:
+                    done = self_train(store, labels, model_assays, [a for a in model_assays if a in set(primary)],
+                                      train_wells, val_wells, settings, impute,
+                                      out / "runs" / f"rot{k}" / f"model{m}" / "impute", first=result,
+                                      show_progress=False)
+                    result = done.fit
+                    imputation = done.summary()
+                    imputed_frames.append(done.imputed.assign(test_fold=k, model=m))
+                    threshold_frames.append(done.thresholds.assign(test_fold=k, model=m))
+                    round_frames.append(done.rounds.assign(test_fold=k, model=m))
+                    info["imputed_labels"] = info.get("imputed_labels", 0) + len(done.imputed)
+                    bar.set_postfix(rotation=k, imputed=len(done.imputed))
+                info["model_assays"] = info.get("model_assays", 0) + len(model_assays)
                 save_model(out / "models" / f"rot{k}_model{m}.pt", result.model,
                            {"test_fold": k, "val_fold": rot.val_fold, "settings": dataclasses.asdict(settings),
-                            "val_auc": result.best_score})
+                            "val_auc": result.best_score, "imputation": imputation})
                 targets = [a for a in model_assays if a in set(primary)] if cv.configuration != "mtl-all" \
                     else model_assays
                 frame = predict_wells(result.model, store, test_wells, targets, device)
@@ -219,14 +281,36 @@ def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFram
     metrics = assay_metrics(scored)
     metrics["primary"] = metrics["assay"].isin(set(primary))
     summary = summarise(metrics, set(primary))
-    summary.update({"configuration": cv.configuration, "rotations": test_folds, "grid_points": len(points),
-                    "models_per_rotation": len(model_sets), "seconds": round(time.perf_counter() - started, 1)})
+    summary.update({"configuration": cv.configuration, "select": selecting, "impute": cv.impute,
+                    "rotations": test_folds, "grid_points": len(points), "models_per_rotation": len(model_sets),
+                    "per_rotation": {str(k): v for k, v in per_rotation.items()},
+                    "seconds": round(time.perf_counter() - started, 1)})
+    if selecting:
+        summary["mean_selected_secondary"] = float(np.mean([v["selected_secondary"] for v in per_rotation.values()]))
+    if cv.impute:
+        summary["imputed_labels"] = int(sum(v.get("imputed_labels", 0) for v in per_rotation.values()))
     selection_frame = pd.DataFrame(selections)
     if "selected" not in selection_frame:
         selection_frame["selected"] = False
     selection_frame["selected"] = selection_frame["selected"].fillna(False).astype(bool)
-    record = provenance("cv", {"cv": dataclasses.asdict(cv), "train": dataclasses.asdict(train)},
-                        inputs={"store": store.path}, summary=summary)
+    assay_selection = pd.concat(selection_tables, ignore_index=True) if selection_tables else None
+    imputed = pd.concat(imputed_frames, ignore_index=True) if imputed_frames else None
+    if assay_selection is not None:
+        with atomic_path(out / "assay_selection.csv") as tmp:
+            assay_selection.to_csv(tmp, index=False)
+    if cv.impute:
+        with atomic_path(out / "imputed_labels.parquet") as tmp:
+            (imputed if imputed is not None else pd.DataFrame()).to_parquet(tmp, index=False)
+        with atomic_path(out / "imputation_thresholds.csv") as tmp:
+            pd.concat(threshold_frames, ignore_index=True).to_csv(tmp, index=False)
+        with atomic_path(out / "imputation_rounds.csv") as tmp:
+            pd.concat(round_frames, ignore_index=True).to_csv(tmp, index=False)
+    settings_record = {"cv": dataclasses.asdict(cv), "train": dataclasses.asdict(train)}
+    if selecting:
+        settings_record["select"] = dataclasses.asdict(select)
+    if cv.impute:
+        settings_record["impute"] = dataclasses.asdict(impute)
+    record = provenance("cv", settings_record, inputs={"store": store.path}, summary=summary)
     with atomic_path(out / "well_predictions.parquet") as tmp:
         wells_frame.to_parquet(tmp, index=False)
     with atomic_path(out / "compound_predictions.parquet") as tmp:
@@ -236,7 +320,7 @@ def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFram
     with atomic_path(out / "selections.csv") as tmp:
         selection_frame.to_csv(tmp, index=False)
     write_json_atomic({**record, "summary": summary}, out / "summary.json")
-    return CVResult(metrics, summary, compounds, selection_frame)
+    return CVResult(metrics, summary, compounds, selection_frame, assay_selection, imputed)
 
 
 def metrics_table(metrics: pd.DataFrame, primary_only: bool = True) -> str:

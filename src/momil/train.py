@@ -1,8 +1,9 @@
 """`momil train`: fit a MoMIL model on the training wells, early-stopped and selected on validation wells.
 
 AdamW (weight decay 5e-4; lazily per head, see :class:`LazyHeadAdamW`), linear warm-up then cosine annealing
-(per step), dropout 0.5, early stopping on the
-mean well-level ROC-AUC over primary assays on validation (patience 10), the best epoch's weights kept.
+(per step), dropout 0.5, early stopping on the mean well-level ROC-AUC over primary assays on validation
+(patience 10), the best epoch's weights kept (equal AUCs, common on small validation sets, are decided by the
+lower validation BCE).
 A checkpoint is written after every epoch (atomically); a run killed at any point and started again with the
 same settings and checkpoint folder resumes from the last checkpoint and ends with the same numbers as an
 uninterrupted run: the checkpoint holds the model, optimiser, schedule, the shuffling generator and torch's RNG.
@@ -159,10 +160,11 @@ class FitResult:
     seconds: float
 
 
-def _signature(settings: TrainSettings, assays: list[str], train_wells: np.ndarray, val_wells: np.ndarray) -> str:
+def _signature(settings: TrainSettings, pairs: WellPairs, train_wells: np.ndarray, val_wells: np.ndarray) -> str:
     digest = hashlib.sha1()
     digest.update(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
-    digest.update("\x1f".join(assays).encode())
+    digest.update("\x1f".join(pairs.assays).encode())
+    digest.update(pairs.digest().encode())
     digest.update(np.asarray(train_wells, np.int64).tobytes())
     digest.update(np.asarray(val_wells, np.int64).tobytes())
     return digest.hexdigest()
@@ -205,6 +207,14 @@ def validation_score(assay: np.ndarray, label: np.ndarray, prob: np.ndarray, pri
     return (float(np.mean(chosen)) if chosen else float("nan")), per_assay
 
 
+def _bce(label: np.ndarray, prob: np.ndarray) -> float:
+    """Mean binary cross-entropy of probabilities (NaN without pairs)."""
+    if len(label) == 0:
+        return float("nan")
+    p = np.clip(prob.astype(np.float64), 1e-7, 1 - 1e-7)
+    return float(-np.mean(label * np.log(p) + (1 - label) * np.log(1 - p)))
+
+
 def _autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -231,6 +241,8 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
         dense_params = list(model.projector.parameters())
     else:
         lazy, dense_params = None, list(model.parameters())
+    if not dense_params:  # lazy heads without a shared projector: a placeholder keeps the schedule's bookkeeping
+        dense_params = [torch.nn.Parameter(torch.zeros(0, device=device))]
     optimizer = torch.optim.AdamW(dense_params, lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(len(train_wells) / settings.batch_wells)
     total_steps = steps_per_epoch * settings.epochs
@@ -238,7 +250,7 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
     rng = np.random.default_rng(settings.seed)
     state = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": [],
              "best_state": None}
-    signature = _signature(settings, pairs.assays, train_wells, val_wells)
+    signature = _signature(settings, pairs, train_wells, val_wells)
 
     checkpoint = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
     if checkpoint is not None and checkpoint.exists():
@@ -273,12 +285,16 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
                 state["step"] += 1
             _, v_assay, v_label, v_prob = predict_pairs(model, store, val_wells, pairs, device)
             score, _ = validation_score(v_assay, v_label, v_prob, primary)
+            val_loss = _bce(v_label, v_prob)
             epoch = state["epoch"]
             state["history"].append({"epoch": epoch, "train_loss": total_loss / max(1, total_pairs),
-                                     "val_auc": score, "lr": optimizer.param_groups[0]["lr"]})
+                                     "val_auc": score, "val_loss": val_loss, "lr": optimizer.param_groups[0]["lr"]})
             comparable = score if not math.isnan(score) else -total_loss / max(1, total_pairs)
-            if comparable > state["best_score"] + 1e-12:
-                state.update(best_score=comparable, best_epoch=epoch, bad_epochs=0,
+            # validation AUCs tie often on small validation sets: the lower validation loss breaks the tie
+            better = comparable > state["best_score"] + 1e-12 or (
+                abs(comparable - state["best_score"]) <= 1e-12 and val_loss < state.get("best_val_loss", math.inf))
+            if better:
+                state.update(best_score=comparable, best_epoch=epoch, bad_epochs=0, best_val_loss=val_loss,
                              best_state={k: v.detach().clone().cpu() for k, v in model.state_dict().items()})
             else:
                 state["bad_epochs"] += 1
