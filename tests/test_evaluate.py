@@ -114,3 +114,51 @@ def test_no_primary_with_labels_refused(tmp_path):
     store, labels = needle_screen(tmp_path / "store", n_compounds=6, per_well=3)
     with pytest.raises(MomilError, match="no primary assay has labels"):
         cross_validate(store, labels, _folds(labels, 3), ["absent"], tmp_path / "cv", show_progress=False)
+
+
+def test_select_and_impute_inside_cv_never_see_test_compounds(tmp_path, monkeypatch):
+    import momil.imputation as imputation
+    import momil.selection as selection
+    import momil.train as train_module
+    from momil.imputation import ImputeSettings
+    from momil.selection import SelectSettings
+    from test_selection import ASSOCIATIONS, planted_screen
+
+    store, labels, assays, _ = planted_screen(tmp_path / "store", n_compounds=50, density=0.7)
+    folds = _folds(labels)
+    fold_of = dict(zip(folds["Metadata_Compound"], folds["fold"]))
+    phase = {"test_fold": None}
+    leaks = []
+    for module in (selection, imputation, train_module):
+        real = module.load_bags
+
+        def spy(store_, wells, *args, _real=real, **kwargs):
+            compounds = store_.wells["Metadata_Compound"].iloc[np.asarray(wells)]
+            leaks.extend(c for c in compounds if fold_of[c] == phase["test_fold"])
+            return _real(store_, wells, *args, **kwargs)
+        monkeypatch.setattr(module, "load_bags", spy)
+    original = selection.select_assays
+
+    def tracking_select(store_, labels_, assays_, associations_, train_wells, val_wells, out, *args, **kwargs):
+        phase["test_fold"] = int(str(out).split("rot")[-1].split("/")[0])
+        return original(store_, labels_, assays_, associations_, train_wells, val_wells, out, *args, **kwargs)
+    monkeypatch.setattr(selection, "select_assays", tracking_select)
+
+    cv = CVSettings(projector_dims="8", head_dims="8", lrs="3e-3", rotations="0,1", select=True, impute=True)
+    train = TrainSettings(epochs=12, warmup_epochs=1, batch_wells=16, dropout=0.0)
+    result = cross_validate(store, labels, folds, ["P"], tmp_path / "cv", cv, train, show_progress=False,
+                            assays_frame=assays, associations=ASSOCIATIONS,
+                            select=SelectSettings(stl_head_dim=8, stl_lr=1e-2), impute=ImputeSettings(min_correct=2))
+    assert leaks == []
+    # imputed labels sit on training compounds of their rotation only
+    imputed = result.imputed
+    assert imputed is not None
+    for k in (0, 1):
+        mine = imputed[imputed["test_fold"] == k]
+        assert not {fold_of[c] for c in mine["Metadata_Compound"]} & {k, (k + 1) % 5}
+    sel = result.assay_selection
+    assert set(sel["test_fold"]) == {0, 1} and "S_unrelated" not in set(sel.loc[sel["selected"], "assay"])
+    assert "S_related" in set(sel.loc[sel["selected"], "assay"])
+    assert len(imputed) > 0
+    assert result.summary["select"] and result.summary["impute"]
+    assert (tmp_path / "cv" / "assay_selection.csv").exists()

@@ -220,18 +220,131 @@ def cmd_cv(args) -> int:
     from momil.evaluate import CVSettings, cross_validate, metrics_table
     from momil.train import TrainSettings
 
+    from momil.imputation import ImputeSettings
+    from momil.selection import SelectSettings
+
     cv_settings = build_settings(CVSettings, args, args.config, "cv")
     train_settings = build_settings(TrainSettings, args, args.config, "train")
+    select_settings = build_settings(SelectSettings, args, args.config, "select")
+    impute_settings = build_settings(ImputeSettings, args, args.config, "impute")
     store, labels, folds, assays, primary = _model_inputs(args)
+    associations = _associations(args) if cv_settings.select else None
     result = cross_validate(store, labels, folds, primary, args.out, cv_settings, train_settings,
-                            show_progress=not args.quiet)
+                            show_progress=not args.quiet, assays_frame=assays, associations=associations,
+                            select=select_settings, impute=impute_settings)
     summary = result.summary
-    print(f"cross-validation ({summary['configuration']}, rotations {summary['rotations']}, "
+    extras = (" + assay selection" if summary["select"] else "") + (" + label imputation" if summary["impute"] else "")
+    print(f"cross-validation ({summary['configuration']}{extras}, rotations {summary['rotations']}, "
           f"{summary['grid_points']} grid points) written to {args.out}")
+    for k, info in summary["per_rotation"].items():
+        parts = [f"{info['model_assays']} assays in the model"]
+        if "selected_secondary" in info:
+            parts.append(f"{info['selected_secondary']} secondary assays selected")
+        if "imputed_labels" in info:
+            parts.append(f"{info['imputed_labels']} labels imputed")
+        if summary["select"] or summary["impute"]:
+            print(f"  rotation {k}: " + ", ".join(parts))
     print("compound-level test metrics, predictions pooled over rotations:")
     print(metrics_table(result.metrics))
     if summary["undefined_primary_assays"]:
         print(f"undefined (one class in the test pool, left out of the mean): {summary['undefined_primary_assays']}")
+    return 0
+
+
+def _associations(args):
+    from momil.io.contract import read_associations
+
+    if not getattr(args, "associations", None):
+        return None
+    return read_associations(args.associations, getattr(args, "string_info", None))
+
+
+def _rotations(text: str, n_folds: int) -> list[int]:
+    if text == "all":
+        return list(range(n_folds))
+    try:
+        chosen = [int(k) for k in str(text).split(",") if k.strip()]
+    except ValueError as err:
+        raise MomilError(f"--rotations must be 'all' or comma-separated fold numbers, not {text!r}") from err
+    bad = [k for k in chosen if not 0 <= k < n_folds]
+    if bad:
+        raise MomilError(f"--rotations: fold {bad[0]} does not exist (folds 0..{n_folds - 1})")
+    return chosen
+
+
+def cmd_select(args) -> int:
+    from momil.data import wells_of
+    from momil.selection import SelectSettings, select_assays, selection_table_text
+    from momil.splits import rotation, rotation_compounds
+    from momil.train import TrainSettings
+
+    settings = build_settings(SelectSettings, args, args.config, "select")
+    train_settings = build_settings(TrainSettings, args, args.config, "train")
+    stages = settings.stage_list()
+    store, labels, folds, assays, primary = _model_inputs(args)
+    associations = _associations(args)
+    if "biology" in stages and associations is None:
+        raise MomilError("the biology stage needs --associations (STRING links + --string-info, a gene_a, gene_b, "
+                         "score table, or a from, to, cost network) -- or leave biology out of --stages")
+    n_folds = int(folds["fold"].max()) + 1
+    out = Path(args.out)
+    for k in _rotations(args.rotations, n_folds):
+        rot = rotation(k, n_folds)
+        parts = rotation_compounds(folds, rot)
+        result = select_assays(store, labels, assays, associations, wells_of(store.wells, parts["train"]),
+                               wells_of(store.wells, parts["val"]), out / f"rot{k}", settings, train_settings,
+                               show_progress=not args.quiet)
+        summary = result.summary()
+        print(f"rotation {k} (test fold {k}, validation fold {rot.val_fold}): {summary['candidates']} secondary "
+              f"assays -> biology {summary['after_biology']} -> performance {summary['after_performance']} -> "
+              f"selected {summary['selected']}; table in {out / f'rot{k}' / 'selection.csv'}")
+        if not args.quiet:
+            print(selection_table_text(result.table))
+    print(f"reuse with: momil cv ... --selection {out}")
+    return 0
+
+
+def cmd_impute(args) -> int:
+    import numpy as np
+
+    from momil.data import wells_of
+    from momil.imputation import ImputeSettings, imputed_counts, self_train
+    from momil.provenance import provenance
+    from momil.selection import load_selection
+    from momil.splits import rotation, rotation_compounds
+    from momil.train import TrainSettings, save_model
+
+    settings = build_settings(ImputeSettings, args, args.config, "impute")
+    settings.check()
+    train_settings = build_settings(TrainSettings, args, args.config, "train")
+    store, labels, folds, assays, primary = _model_inputs(args)
+    labelled = [a for a in labels.assays if a in set(labels.assays[np.unique(labels.cols)])]
+    n_folds = int(folds["fold"].max()) + 1
+    rot = rotation(args.test_fold, n_folds)
+    parts = rotation_compounds(folds, rot)
+    train_wells, val_wells = wells_of(store.wells, parts["train"]), wells_of(store.wells, parts["val"])
+    if args.selection:
+        chosen = set(load_selection(Path(args.selection) / f"rot{args.test_fold}", train_wells, val_wells))
+        model_assays = [a for a in labelled if a in chosen or a in set(primary)]
+    elif args.configuration == "mtl-primary":
+        model_assays = [a for a in labelled if a in set(primary)]
+    else:
+        model_assays = labelled
+    out = Path(args.out)
+    result = self_train(store, labels, model_assays, [a for a in model_assays if a in set(primary)], train_wells,
+                        val_wells, train_settings, settings, out, show_progress=not args.quiet)
+    record = provenance("impute", {"impute": settings, "train": train_settings},
+                        inputs={"store": args.store, "labels": args.labels, "folds": args.folds},
+                        test_fold=rot.test_fold, val_fold=rot.val_fold, summary=result.summary())
+    save_model(out / "model.pt", result.fit.model, {"provenance": record, "feature_names": store.feature_names,
+                                                     "primary": [a for a in model_assays if a in set(primary)]})
+    print(f"{len(result.imputed)} labels imputed over {len(result.rounds) - 1} round(s) for {len(model_assays)} "
+          f"assays (test fold {rot.test_fold} untouched); written to {out}")
+    print(result.rounds.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    counts = imputed_counts(result.imputed)
+    if len(counts):
+        print(counts.groupby("assay")[["positive", "negative"]].sum().sort_values("positive", ascending=False)
+              .head(20).to_string())
     return 0
 
 
@@ -336,10 +449,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--assay", action="append", help="train on this assay only (repeat for several): STL")
     add_settings_arguments(p, TrainSettings)
 
+    from momil.imputation import ImputeSettings
+    from momil.selection import SelectSettings
+
+    def association_inputs(p):
+        p.add_argument("--associations", help="protein associations: STRING protein.links, a gene_a, gene_b, score "
+                                              "table or a from, to, cost network")
+        p.add_argument("--string-info", help="STRING protein.info file (with protein.links)")
+
     p = stage("cv", "the paper's cross-validation protocol (3-1-1 rotation, grid on validation)", cmd_cv)
     model_inputs(p)
+    association_inputs(p)
     add_settings_arguments(p, CVSettings)
     add_settings_arguments(p, TrainSettings, skip=("projector_dim", "head_dim", "lr"))
+    add_settings_arguments(p, SelectSettings)
+    add_settings_arguments(p, ImputeSettings)
+
+    p = stage("select", "assay selection: biology -> single-assay performance -> influence, per fold rotation",
+              cmd_select)
+    model_inputs(p)
+    association_inputs(p)
+    p.add_argument("--rotations", default="all", help="test folds whose rotations to select in (\"all\" or e.g. \"0,1\")")
+    add_settings_arguments(p, SelectSettings)
+    add_settings_arguments(p, TrainSettings, skip=("head_dim", "lr", "shared_projector"))
+
+    p = stage("impute", "conformal label imputation and self-training on one fold rotation", cmd_impute)
+    model_inputs(p)
+    p.add_argument("--test-fold", type=int, default=0, help="held-out fold; validation is the next one")
+    p.add_argument("--configuration", choices=["mtl-all", "mtl-primary"], default="mtl-all")
+    p.add_argument("--selection", help="a `momil select` folder: train on the primary plus the selected assays")
+    add_settings_arguments(p, ImputeSettings)
+    add_settings_arguments(p, TrainSettings)
 
     p = stage("predict", "score wells and compounds of a store with a trained model", cmd_predict)
     p.add_argument("--model", required=True, help="model.pt from `momil train` or `momil cv`")

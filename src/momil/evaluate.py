@@ -182,8 +182,9 @@ def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFram
                          "mtl-all with --select")
     if cv.impute:
         impute.check()
-    if selecting:
-        select.stage_list()
+    if cv.select and "biology" in select.stage_list() and associations is None:
+        raise MomilError("assay selection's biology stage needs protein associations (--associations) -- pass "
+                         "them, or leave biology out of --stages")
     started = time.perf_counter()
     out = Path(out)
     if out.exists() and (out / "summary.json").exists():

@@ -229,7 +229,7 @@ def select_assays(store: InstanceStore, labels: LabelMatrix, assays: pd.DataFram
         best = bio.sort_values(["secondary", "score", "primary"], ascending=[True, False, True]) \
             .drop_duplicates("secondary").set_index("secondary")
         table["bio_score"] = table["assay"].map(best["score"]).fillna(0.0).to_numpy()
-        table["bio_primary"] = table["assay"].map(best["primary"]).where(table["bio_score"] > 0, "")
+        table["bio_primary"] = table["assay"].map(best["primary"]).astype(object).where(table["bio_score"] > 0, "")
         table["bio_kept"] = (table["bio_score"] >= settings.th_bio) | (no_genes & settings.keep_without_genes)
         table.loc[no_genes & ~table["bio_kept"], "reason"] = "no target genes"
         table.loc[no_genes & table["bio_kept"], "reason"] = ""
@@ -302,10 +302,12 @@ def select_assays(store: InstanceStore, labels: LabelMatrix, assays: pd.DataFram
         best = influence.sort_values(["assay", "ratio", "primary"], ascending=[True, False, True], na_position="last") \
             .drop_duplicates("assay").set_index("assay")
         table["influence_ratio"] = table["assay"].map(best["ratio"]).astype(float)
-        table["influence_primary"] = table["assay"].map(best["primary"]).fillna("")
-        kept_any = influence[influence["kept"]].groupby("assay")["primary"].apply(lambda s: "|".join(s))
+        table["influence_primary"] = table["assay"].map(best["primary"]).astype(object).fillna("")
+        kept_rows = influence.loc[influence["kept"].astype(bool)]
+        kept_any = kept_rows.groupby("assay")["primary"].agg(lambda s: "|".join(s)) if len(kept_rows) \
+            else pd.Series(dtype=object)
         table["influence_kept"] = alive & table["assay"].isin(kept_any.index)
-        table["influential_for"] = table["assay"].map(kept_any).fillna("")
+        table["influential_for"] = table["assay"].map(kept_any).astype(object).fillna("")
         dropped = alive & ~table["influence_kept"]
         reasons = []
         for a, r in zip(table.loc[dropped, "assay"], table.loc[dropped, "influence_ratio"]):
