@@ -316,7 +316,7 @@ def select_assays(store: InstanceStore, labels: LabelMatrix, assays: pd.DataFram
             elif math.isnan(r):
                 reasons.append("influence undefined (one class in the primary's training or validation labels)")
             else:
-                reasons.append(f"influence {r:.2f} x self < th_inf {settings.th_inf:g}")
+                reasons.append(f"influence {r:.3f} x self < th_inf {settings.th_inf:g}")
         table.loc[dropped, "reason"] = reasons
         alive &= table["influence_kept"]
     else:

@@ -25,6 +25,7 @@ import torch
 from momil.data import WellPairs, load_bags
 from momil.errors import MomilError
 from momil.io.store import InstanceStore
+from momil.model.heads import gather_rows
 from momil.model.momil import MoMIL
 from momil.progress import progress
 from momil.provenance import atomic_path
@@ -140,7 +141,7 @@ def training_step(model: MoMIL, bags, mask, rows, assay, label, optimizer, lazy:
             sub = {n: p.detach().index_select(0, used).requires_grad_(True)
                    for n, p in model.heads.named_parameters()}
             encoded = model.encode(bags, mask)
-            out = torch.func.functional_call(model.heads, sub, (encoded.index_select(0, rows_t),
+            out = torch.func.functional_call(model.heads, sub, (gather_rows(encoded, rows_t),
                                                                 mask.index_select(0, rows_t), inverse))
         loss_sum = model.loss(out, target)
     (loss_sum / len(rows)).backward()

@@ -33,11 +33,18 @@ def _stacked_linear(n: int, fan_in: int, fan_out: int) -> tuple[nn.Parameter, nn
     return weight, bias
 
 
-def _apply(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, assay: torch.Tensor) -> torch.Tensor:
-    """Per-pair linear map: x (P, N, in) with the weights of each pair's assay -> (P, N, out).
+def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` along dim 0 for a table of any shape, as an embedding lookup.
 
-    index_select (its backward is an index_add) is about twice as fast as advanced indexing here."""
-    return torch.baddbmm(bias.index_select(0, assay).unsqueeze(1), x, weight.index_select(0, assay))
+    On CPU the embedding's backward (a sum over sorted indices) is about 3x faster than index_select's
+    (an index_add) and 4x faster than advanced indexing, and on CUDA it is deterministic."""
+    flat = nn.functional.embedding(index, table.reshape(table.shape[0], -1))
+    return flat.view((index.shape[0],) + tuple(table.shape[1:]))
+
+
+def _apply(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, assay: torch.Tensor) -> torch.Tensor:
+    """Per-pair linear map: x (P, N, in) with the weights of each pair's assay -> (P, N, out)."""
+    return torch.baddbmm(gather_rows(bias, assay).unsqueeze(1), x, gather_rows(weight, assay))
 
 
 class FastDropout(nn.Module):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from momil.errors import MomilError
-from momil.model.heads import HEADS, FastDropout
+from momil.model.heads import HEADS, FastDropout, gather_rows
 
 
 class MoMIL(nn.Module):
@@ -44,7 +44,7 @@ class MoMIL(nn.Module):
                 ) -> dict:
         """Logits for (well, assay) pairs: ``pair_well`` indexes rows of ``bags``, ``pair_assay`` heads."""
         encoded = self.encode(bags, mask)
-        return self.heads(encoded[pair_well], mask[pair_well], pair_assay)
+        return self.heads(gather_rows(encoded, pair_well), mask[pair_well], pair_assay)
 
     def loss(self, out: dict, target: torch.Tensor) -> torch.Tensor:
         """Summed BCE over the pairs in ``out`` (unknown labels are never pairs, so they add nothing)."""
