@@ -162,3 +162,59 @@ def test_select_and_impute_inside_cv_never_see_test_compounds(tmp_path, monkeypa
     assert len(imputed) > 0
     assert result.summary["select"] and result.summary["impute"]
     assert (tmp_path / "cv" / "assay_selection.csv").exists()
+
+
+def test_paired_bootstrap_by_hand():
+    from momil.evaluate import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 80)
+    good = y + rng.normal(scale=0.3, size=80)  # nearly separates
+    noise = rng.normal(size=80)
+    frame = lambda p: pd.DataFrame({"Metadata_Compound": [f"c{i}" for i in range(80)], "assay": "a", "label": y,
+                                    "probability": p})
+    better = paired_bootstrap(frame(good), frame(noise), n_boot=300).set_index("assay")
+    assert better.loc["a", "difference"] > 0.3 and better.loc["a", "p_value"] < 0.01
+    assert better.loc["a", "p_value"] >= 1 / 301  # (1 + 0) / (1 + draws): never exactly 0
+    reverse = paired_bootstrap(frame(noise), frame(good), n_boot=300).set_index("assay")
+    assert reverse.loc["a", "p_value"] > 0.99
+    same = paired_bootstrap(frame(good), frame(good), n_boot=50).set_index("assay")
+    assert same.loc["a", "difference"] == 0 and same.loc["a", "p_value"] == 1.0  # ties count against A
+    assert "mean" in better.index and better.loc["mean", "draws"] == 300
+    # the same seed gives the same p-values
+    again = paired_bootstrap(frame(good), frame(noise), n_boot=300).set_index("assay")
+    assert again.loc["a", "p_value"] == better.loc["a", "p_value"]
+
+
+def test_instance_count_baseline_reads_only_counts(tmp_path):
+    from momil.evaluate import instance_count_predictions
+    from momil.io.contract import LabelMatrix
+    from momil.io.store import InstanceStore, StoreWriter
+
+    rng = np.random.default_rng(0)
+    active = rng.random(60) < 0.5
+    with StoreWriter.create(tmp_path / "s", dim=2) as writer:
+        for c in range(60):
+            n = int(rng.integers(5, 8)) if active[c] else int(rng.integers(10, 14))  # actives kill cells
+            writer.add_bag({"Metadata_Plate": "P", "Metadata_Well": f"W{c:03d}", "Metadata_Batch": "b",
+                            "Metadata_Compound": f"c{c}", "Metadata_ControlType": "trt"}, rng.normal(size=(n, 2)))
+    store = InstanceStore(tmp_path / "s")
+    labels = LabelMatrix.from_long(pd.DataFrame({"Metadata_Compound": [f"c{c}" for c in range(60)], "assay": "tox",
+                                                 "label": active.astype(int)}))
+    frame = instance_count_predictions(store, labels, ["tox"], np.arange(40), np.arange(40, 60))
+    from sklearn.metrics import roc_auc_score
+    assert len(frame) == 20 and roc_auc_score(active[40:], frame["probability"]) == 1.0
+
+
+def test_baselines_run_through_cv(tmp_path):
+    store, labels = needle_screen(tmp_path / "store", n_compounds=30, per_well=6)
+    folds = _folds(labels)
+    train = TrainSettings(epochs=2, warmup_epochs=1, batch_wells=16)
+    cv = CVSettings(projector_dims="8", head_dims="4", lrs="1e-3", rotations="0")
+    for model in ("mean-mlp", "multilabel-mil", "instance-count"):
+        result = cross_validate(store, labels, folds, ["needle"], tmp_path / model, cv,
+                                TrainSettings(**{**train.__dict__, "model": model}), show_progress=False)
+        assert len(result.compound_predictions) == 6 and result.compound_predictions["probability"].between(0, 1).all()
+    with pytest.raises(MomilError, match="neither --select nor --impute"):
+        cross_validate(store, labels, folds, ["needle"], tmp_path / "x", CVSettings(impute=True),
+                       TrainSettings(model="instance-count"), show_progress=False)

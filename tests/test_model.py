@@ -175,3 +175,52 @@ def test_unknown_head_refused():
 
     with pytest.raises(MomilError, match="head must be one of"):
         MoMIL(in_dim=3, assays=["a"], head="transformer")
+
+
+# ------------------------------------------------------------------------------------------------ baselines
+@pytest.mark.parametrize("kind", ["mean-mlp", "multilabel-mil"])
+def test_baselines_share_the_pair_interface(kind, tmp_path):
+    from momil.model.baselines import BASELINES
+    from momil.train import load_model, save_model
+
+    torch.manual_seed(0)
+    model = BASELINES[kind](6, ["a", "b", "c"], projector_dim=8, head_dim=4, dropout=0.0).eval()
+    bags = torch.randn(4, 5, 6)
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    wells, assays = torch.tensor([0, 1, 3]), torch.tensor([2, 0, 1])
+    out = model(bags, mask, wells, assays)
+    probs = model.predict(bags, mask)
+    assert probs.shape == (4, 3)
+    assert torch.allclose(model.probability(out), probs[wells, assays], atol=1e-6)
+    # padding is ignored and instance order does not matter
+    padded = bags.clone()
+    padded[1, 3:] = 1e3
+    assert torch.allclose(model.predict(padded, mask), probs, atol=1e-6)
+    assert torch.allclose(model.predict(bags[:, torch.randperm(5)], torch.ones(4, 5, dtype=torch.bool))[[0, 2, 3]],
+                          probs[[0, 2, 3]], atol=1e-5)
+    # unlabelled wells and assays are not pairs: a batch with extra unlabelled wells gives the same gradient
+    target = torch.tensor([1.0])
+    model.zero_grad()
+    model.loss(model(bags[:1], mask[:1], torch.tensor([0]), torch.tensor([2])), target).backward()
+    alone = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    model.loss(model(bags, mask, torch.tensor([0]), torch.tensor([2])), target).backward()
+    together = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    assert len(alone) == len(together) and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(alone, together))
+    weights = model.attention(bags[0], 1)
+    assert weights.shape == (5,) and torch.isclose(weights.sum(), torch.tensor(1.0))
+    assert model.embed(bags, mask, 0).shape[0] == 4
+    save_model(tmp_path / "m.pt", model)
+    again, _ = load_model(tmp_path / "m.pt")
+    assert type(again) is type(model) and torch.allclose(again.predict(bags, mask), probs)
+
+
+def test_mean_mlp_sees_only_the_well_mean():
+    from momil.model.baselines import MeanMLP
+
+    model = MeanMLP(3, ["a"], 8, 4, 0.0).eval()
+    bag = torch.randn(1, 6, 3)
+    same_mean = bag.mean(1, keepdim=True).expand(1, 6, 3).clone()
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    assert torch.allclose(model.predict(bag, mask), model.predict(same_mean, mask), atol=1e-6)

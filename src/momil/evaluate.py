@@ -135,6 +135,85 @@ def predict_wells(model, store: InstanceStore, wells: np.ndarray, assays: list[s
         columns=["Metadata_Plate", "Metadata_Well", COMPOUND, "assay", "probability"])
 
 
+def instance_count_predictions(store: InstanceStore, labels: LabelMatrix, assays: list[str],
+                               train_wells: np.ndarray, test_wells: np.ndarray) -> pd.DataFrame:
+    """The sanity baseline: a logistic regression per assay on log(1 + instances per well), nothing else.
+
+    Fitted on the training wells with a label; an assay whose training labels hold one class predicts its
+    training active rate. Rows as :func:`predict_wells`."""
+    from sklearn.linear_model import LogisticRegression
+
+    feature = np.log1p(store.counts.astype(np.float64))[:, None]
+    frames = []
+    meta = store.wells.iloc[test_wells]
+    for assay in assays:
+        pairs = WellPairs.build(store.wells, labels, [assay])
+        wells = pairs.labelled_wells(np.asarray(train_wells, np.int64))
+        _, _, y = pairs.pairs(wells)
+        if len(y) == 0:
+            continue
+        if y.min() == y.max():
+            prob = np.full(len(test_wells), float(y.mean()))
+        else:
+            model = LogisticRegression(max_iter=1000).fit(feature[wells], y.astype(int))
+            prob = model.predict_proba(feature[test_wells])[:, 1]
+        frames.append(pd.DataFrame({"Metadata_Plate": meta["Metadata_Plate"].to_numpy(),
+                                    "Metadata_Well": meta["Metadata_Well"].to_numpy(),
+                                    COMPOUND: meta[COMPOUND].to_numpy(), "assay": assay, "probability": prob}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["Metadata_Plate", "Metadata_Well", COMPOUND, "assay", "probability"])
+
+
+# ------------------------------------------------------------------------------------------------ bootstrap
+def paired_bootstrap(scored_a: pd.DataFrame, scored_b: pd.DataFrame, assays: list[str] | None = None,
+                     n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Paired one-sided bootstrap of compound-level ROC-AUC: is method A better than method B?
+
+    ``scored_a`` / ``scored_b``: compound predictions with labels (Metadata_Compound, assay, label,
+    probability). Per assay the compounds both methods scored are resampled with replacement, the same draws
+    for both methods, and p = (1 + #draws with AUC_A - AUC_B <= 0) / (1 + #valid draws); draws with one class
+    are skipped. A last row ``mean`` resamples every assay's compounds in each draw and tests the mean
+    difference over the assays. Rows: assay, n, auc_a, auc_b, difference, p_value, draws."""
+    from sklearn.metrics import roc_auc_score
+
+    keys = [COMPOUND, "assay"]
+    merged = scored_a[keys + ["label", "probability"]].merge(
+        scored_b[keys + ["probability"]], on=keys, suffixes=("_a", "_b"))
+    if assays is not None:
+        merged = merged[merged["assay"].isin(set(assays))]
+    rng = np.random.default_rng(seed)
+    rows, per_draw = [], []
+    for assay, group in merged.groupby("assay", sort=True):
+        y = group["label"].to_numpy()
+        pa, pb = group["probability_a"].to_numpy(), group["probability_b"].to_numpy()
+        if y.min() == y.max():
+            rows.append({"assay": assay, "n": len(y), "auc_a": np.nan, "auc_b": np.nan, "difference": np.nan,
+                         "p_value": np.nan, "draws": 0})
+            continue
+        auc_a, auc_b = roc_auc_score(y, pa), roc_auc_score(y, pb)
+        diffs = np.full(n_boot, np.nan)
+        for i in range(n_boot):
+            take = rng.integers(0, len(y), len(y))
+            yt = y[take]
+            if yt.min() == yt.max():
+                continue
+            diffs[i] = roc_auc_score(yt, pa[take]) - roc_auc_score(yt, pb[take])
+        valid = diffs[~np.isnan(diffs)]
+        rows.append({"assay": assay, "n": len(y), "auc_a": auc_a, "auc_b": auc_b, "difference": auc_a - auc_b,
+                     "p_value": (1 + int((valid <= 0).sum())) / (1 + len(valid)), "draws": len(valid)})
+        per_draw.append(diffs)
+    if per_draw:
+        stacked = np.vstack(per_draw)  # (assays, draws): the mean over assays defined in a draw
+        mean_diff = np.nanmean(np.where(np.isnan(stacked).all(0, keepdims=True), 0.0, stacked), axis=0)
+        defined = [r for r in rows if not np.isnan(r["difference"])]
+        rows.append({"assay": "mean", "n": int(sum(r["n"] for r in defined)),
+                     "auc_a": float(np.mean([r["auc_a"] for r in defined])),
+                     "auc_b": float(np.mean([r["auc_b"] for r in defined])),
+                     "difference": float(np.mean([r["difference"] for r in defined])),
+                     "p_value": (1 + int((mean_diff <= 0).sum())) / (1 + len(mean_diff)), "draws": len(mean_diff)})
+    return pd.DataFrame(rows, columns=["assay", "n", "auc_a", "auc_b", "difference", "p_value", "draws"])
+
+
 # --------------------------------------------------------------------------------------------------------- cv
 @dataclasses.dataclass
 class CVResult:
@@ -180,6 +259,8 @@ def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFram
     if selecting and cv.configuration != "mtl-all":
         raise MomilError("assay selection chooses secondary assays for the mtl-all model -- use --configuration "
                          "mtl-all with --select")
+    if train.model == "instance-count" and (selecting or cv.impute):
+        raise MomilError("the instance-count baseline takes neither --select nor --impute")
     if cv.impute:
         impute.check()
     if cv.select and "biology" in select.stage_list() and associations is None:
@@ -235,6 +316,13 @@ def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFram
                 rotation_sets = [[a for a in assays if a in chosen_set]]
                 info["selected_secondary"] = len(chosen)
                 bar.set_postfix(rotation=k, selected=len(chosen))
+            if train.model == "instance-count":
+                frame = instance_count_predictions(store, labels, [a for a in assays if a in set(primary)] if
+                                                   cv.configuration != "mtl-all" else assays, train_wells, test_wells)
+                frame["fold"] = k
+                well_predictions.append(frame)
+                bar.update(len(rotation_sets) * len(points))
+                continue
             for m, model_assays in enumerate(rotation_sets):
                 pairs = WellPairs.build(store.wells, labels, model_assays, extra)
                 is_primary = np.array([a in set(primary) for a in model_assays])

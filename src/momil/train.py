@@ -31,8 +31,12 @@ from momil.progress import progress
 from momil.provenance import atomic_path
 
 
+MODELS = ("momil", "mean-mlp", "multilabel-mil", "instance-count")
+
+
 @dataclasses.dataclass
 class TrainSettings:
+    model: str = "momil"  # "momil" or a baseline: "mean-mlp", "multilabel-mil", "instance-count" (cv only)
     head: str = "dsmil"  # "dsmil" (the paper's), "abmil" (gated attention) or "mean" (mean pooling, no attention)
     projector_dim: int = 128  # F_phi output size d (grid: 64, 128)
     head_dim: int = 64  # F_gamma size inside each head (grid: 32, 64, 128)
@@ -47,6 +51,20 @@ class TrainSettings:
     lazy_heads: bool = True  # AdamW moves a head only in steps where it has labelled pairs (cost ~ labels, not assays)
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
     seed: int = 0
+
+
+def build_model(in_dim: int, assays: list[str], settings: TrainSettings) -> torch.nn.Module:
+    """MoMIL or a baseline of the same interface, by ``settings.model``."""
+    from momil.model.baselines import BASELINES
+
+    if settings.model == "momil":
+        return MoMIL(in_dim, assays, settings.head, settings.projector_dim, settings.head_dim, settings.dropout,
+                     settings.shared_projector)
+    if settings.model in BASELINES:
+        return BASELINES[settings.model](in_dim, assays, settings.projector_dim, settings.head_dim, settings.dropout)
+    if settings.model == "instance-count":
+        raise MomilError("the instance-count baseline is a logistic regression, not a network: run it with `momil cv`")
+    raise MomilError(f"model must be one of {MODELS}, not {settings.model!r}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -235,9 +253,8 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
     if len(train_wells) == 0:
         raise MomilError("no training well carries a label for the model's assays")
     torch.manual_seed(settings.seed)
-    model = MoMIL(store.dim, pairs.assays, settings.head, settings.projector_dim, settings.head_dim,
-                  settings.dropout, settings.shared_projector).to(device)
-    if settings.lazy_heads:
+    model = build_model(store.dim, pairs.assays, settings).to(device)
+    if settings.lazy_heads and isinstance(model, MoMIL):
         lazy = LazyHeadAdamW(dict(model.heads.named_parameters()), settings.weight_decay)
         dense_params = list(model.projector.parameters())
     else:
@@ -345,8 +362,16 @@ def load_model(path, device="cpu") -> tuple[MoMIL, dict]:
     if not isinstance(payload, dict) or payload.get("format") != "momil-model":
         raise MomilError(f"{path}: not a momil model file (train one with `momil train` or `momil cv`)")
     hp = payload["hparams"]
-    model = MoMIL(hp["in_dim"], hp["assays"], hp["head"], hp["projector_dim"], hp["head_dim"], hp["dropout"],
-                  hp["shared_projector"])
+    kind = hp.get("model", "momil")
+    if kind == "momil":
+        model = MoMIL(hp["in_dim"], hp["assays"], hp["head"], hp["projector_dim"], hp["head_dim"], hp["dropout"],
+                      hp["shared_projector"])
+    else:
+        from momil.model.baselines import BASELINES
+
+        if kind not in BASELINES:
+            raise MomilError(f"{path}: a model of kind {kind!r} this momil version does not know")
+        model = BASELINES[kind](hp["in_dim"], hp["assays"], hp["projector_dim"], hp["head_dim"], hp["dropout"])
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model.to(device), payload.get("extra", {})

@@ -21,7 +21,7 @@ class MoMIL(nn.Module):
         if not assays:
             raise MomilError("a model needs at least one assay")
         self.assays = list(assays)
-        self.hparams = {"in_dim": in_dim, "assays": self.assays, "head": head, "projector_dim": projector_dim,
+        self.hparams = {"model": "momil", "in_dim": in_dim, "assays": self.assays, "head": head, "projector_dim": projector_dim,
                         "head_dim": head_dim, "dropout": dropout, "shared_projector": shared_projector}
         if shared_projector:
             self.projector = nn.Sequential(nn.Linear(in_dim, projector_dim), nn.ReLU(), FastDropout(dropout))

@@ -1,0 +1,116 @@
+"""Baselines of the paper's Table 2 that share MoMIL's interface, training loop and evaluation.
+
+* :class:`MeanMLP` ("FM -> Mean -> MLP", and "Acapella -> MLP" when the store holds per-cell features): the
+  well's instances are averaged, then an MLP (D -> d -> h, ReLU, dropout) with one output per assay.
+* :class:`MultiLabelMIL` ("FM -> Multi-label-MIL", Fredin Haslum et al.): a shared instance projector
+  (D -> d), one gated-attention pooling shared by every assay, and a multi-label linear output.
+
+Like :class:`momil.model.momil.MoMIL` they are evaluated on (well, assay) pairs, so unknown labels add nothing,
+and give ``predict``, ``embed`` and ``attention``. The sanity baseline that reads only the number of instances per
+well is :func:`momil.evaluate.instance_count_baseline` (a logistic regression, no network).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from momil.errors import MomilError
+from momil.model.heads import FastDropout, full, masked_softmax
+
+
+class PairModel(nn.Module):
+    """Shared plumbing: per-well logits (B, T) -> the asked pairs; BCE summed over pairs."""
+
+    kind = "base"
+
+    def well_outputs(self, bags: torch.Tensor, mask: torch.Tensor) -> dict:
+        raise NotImplementedError
+
+    def forward(self, bags, mask, pair_well, pair_assay) -> dict:
+        out = self.well_outputs(bags, mask)
+        logits = out["logits"]
+        result = {"logit": logits[pair_well, pair_assay], "embedding": out["embedding"][pair_well]}
+        if "attention" in out:
+            result["attention"] = out["attention"][pair_well]
+        return result
+
+    def loss(self, out: dict, target: torch.Tensor) -> torch.Tensor:
+        return self.pair_loss(out, target).sum()
+
+    def pair_loss(self, out: dict, target: torch.Tensor) -> torch.Tensor:
+        logit = full(out["logit"])
+        return nn.functional.binary_cross_entropy_with_logits(logit, target.to(logit.dtype), reduction="none")
+
+    def probability(self, out: dict) -> torch.Tensor:
+        return torch.sigmoid(full(out["logit"]))
+
+    @torch.no_grad()
+    def predict(self, bags, mask, assays: list[int] | None = None, max_pairs: int = 4096) -> torch.Tensor:
+        logits = full(self.well_outputs(bags, mask)["logits"])
+        if assays is not None:
+            logits = logits[:, list(assays)]
+        return torch.sigmoid(logits)
+
+    @torch.no_grad()
+    def embed(self, bags, mask, assay: int) -> torch.Tensor:
+        """The well representation the output layer reads (shared by every assay in these baselines)."""
+        return self.well_outputs(bags, mask)["embedding"]
+
+    @torch.no_grad()
+    def attention(self, bag: torch.Tensor, assay: int) -> torch.Tensor:
+        mask = torch.ones(1, bag.shape[0], dtype=torch.bool, device=bag.device)
+        out = self.well_outputs(bag.unsqueeze(0), mask)
+        if "attention" in out:
+            return out["attention"][0]
+        return mask[0].float() / bag.shape[0]
+
+
+class MeanMLP(PairModel):
+    kind = "mean-mlp"
+
+    def __init__(self, in_dim: int, assays: list[str], projector_dim: int = 128, head_dim: int = 64,
+                 dropout: float = 0.5, **_):
+        super().__init__()
+        if not assays:
+            raise MomilError("a model needs at least one assay")
+        self.assays = list(assays)
+        self.hparams = {"model": self.kind, "in_dim": in_dim, "assays": self.assays, "projector_dim": projector_dim,
+                        "head_dim": head_dim, "dropout": dropout}
+        self.mlp = nn.Sequential(nn.Linear(in_dim, projector_dim), nn.ReLU(), FastDropout(dropout),
+                                 nn.Linear(projector_dim, head_dim), nn.ReLU(), FastDropout(dropout))
+        self.out = nn.Linear(head_dim, len(self.assays))
+
+    def well_outputs(self, bags, mask) -> dict:
+        weights = mask.to(bags.dtype) / mask.sum(dim=1, keepdim=True).clamp(min=1).to(bags.dtype)
+        mean = torch.bmm(weights.unsqueeze(1), bags).squeeze(1)  # (B, D)
+        hidden = self.mlp(mean)
+        return {"logits": self.out(hidden), "embedding": hidden}
+
+
+class MultiLabelMIL(PairModel):
+    kind = "multilabel-mil"
+
+    def __init__(self, in_dim: int, assays: list[str], projector_dim: int = 128, head_dim: int = 64,
+                 dropout: float = 0.5, **_):
+        super().__init__()
+        if not assays:
+            raise MomilError("a model needs at least one assay")
+        self.assays = list(assays)
+        self.hparams = {"model": self.kind, "in_dim": in_dim, "assays": self.assays, "projector_dim": projector_dim,
+                        "head_dim": head_dim, "dropout": dropout}
+        self.projector = nn.Sequential(nn.Linear(in_dim, projector_dim), nn.ReLU(), FastDropout(dropout))
+        self.v = nn.Linear(projector_dim, head_dim)
+        self.u = nn.Linear(projector_dim, head_dim)
+        self.w = nn.Linear(head_dim, 1)
+        self.out = nn.Linear(projector_dim, len(self.assays))
+
+    def well_outputs(self, bags, mask) -> dict:
+        h = self.projector(bags)  # (B, N, d)
+        scores = self.w(torch.tanh(self.v(h)) * torch.sigmoid(self.u(h))).squeeze(-1)  # (B, N)
+        attention = masked_softmax(scores, mask)
+        pooled = torch.bmm(attention.unsqueeze(1), h).squeeze(1)  # (B, d)
+        return {"logits": self.out(pooled), "embedding": pooled, "attention": attention}
+
+
+BASELINES = {"mean-mlp": MeanMLP, "multilabel-mil": MultiLabelMIL}
