@@ -218,3 +218,17 @@ def test_select_impute_and_cv_with_both_from_the_shell(tmp_path, capsys):
     code, _, err = run(capsys, "cv", *common, "--out", tmp_path / "cv3", "--select", "--configuration", "stl",
                        "--associations", screen / "associations.parquet", *fast)
     assert code == 2 and "mtl-all" in err and not (tmp_path / "cv3").exists()
+
+
+def test_every_stage_has_help(capsys):
+    from momil.cli import build_parser
+
+    parser = build_parser()
+    stages = parser._subparsers._group_actions[0].choices
+    assert {"simulate", "ingest", "correct", "split", "train", "cv", "select", "impute", "benchmark", "predict",
+            "validate", "info", "demo"} <= set(stages)
+    for name in stages:
+        with pytest.raises(SystemExit) as exit_:
+            main([name, "--help"])
+        assert exit_.value.code == 0
+        assert "usage: momil" in capsys.readouterr().out

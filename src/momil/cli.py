@@ -348,6 +348,29 @@ def cmd_impute(args) -> int:
     return 0
 
 
+def cmd_benchmark(args) -> int:
+    from momil.benchmark import BenchmarkSettings, run_benchmark
+    from momil.evaluate import CVSettings
+    from momil.imputation import ImputeSettings
+    from momil.selection import SelectSettings
+    from momil.train import TrainSettings
+
+    settings = build_settings(BenchmarkSettings, args, args.config, "benchmark")
+    settings.method_list()
+    cv = build_settings(CVSettings, args, args.config, "cv", overwrite=False)
+    train = build_settings(TrainSettings, args, args.config, "train")
+    select = build_settings(SelectSettings, args, args.config, "select")
+    impute = build_settings(ImputeSettings, args, args.config, "impute")
+    store, labels, folds, assays, primary = _model_inputs(args)
+    associations = _associations(args)
+    result = run_benchmark(store, labels, folds, assays, associations, args.out, settings, cv, train, select, impute,
+                           show_progress=not args.quiet)
+    print(f"benchmark written to {args.out} ({len(result.table)} methods; seconds per method: "
+          + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()) + ")")
+    print((Path(args.out) / "table2.md").read_text())
+    return 0
+
+
 def cmd_predict(args) -> int:
     import numpy as np
 
@@ -480,6 +503,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--selection", help="a `momil select` folder: train on the primary plus the selected assays")
     add_settings_arguments(p, ImputeSettings)
     add_settings_arguments(p, TrainSettings)
+
+    from momil.benchmark import BenchmarkSettings
+
+    p = stage("benchmark", "the paper's Table 2: every method through the same protocol, with bootstrap tests",
+              cmd_benchmark)
+    model_inputs(p)
+    association_inputs(p)
+    add_settings_arguments(p, BenchmarkSettings)
+    add_settings_arguments(p, CVSettings, skip=("configuration", "select", "selection", "impute", "overwrite"))
+    add_settings_arguments(p, TrainSettings, skip=("projector_dim", "head_dim", "lr", "model"))
+    add_settings_arguments(p, SelectSettings)
+    add_settings_arguments(p, ImputeSettings)
 
     p = stage("predict", "score wells and compounds of a store with a trained model", cmd_predict)
     p.add_argument("--model", required=True, help="model.pt from `momil train` or `momil cv`")

@@ -49,6 +49,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str
         default = field.default
         text = helps.get(field.name, "")
         text = f"{text} (default: {default})" if text else f"default: {default}"
+        text = text.replace("%", "%%")  # argparse formats help strings with %
         if isinstance(default, bool):
             group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=text)

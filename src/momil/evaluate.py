@@ -308,7 +308,7 @@ def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFram
                     chosen = load_selection(Path(cv.selection) / f"rot{k}", train_wells, val_wells)
                 else:
                     found = select_assays(store, labels, assays_frame, associations, train_wells, val_wells,
-                                          out / "runs" / f"rot{k}" / "selection", select, train,
+                                          out / "selection" / f"rot{k}", select, train,
                                           show_progress=False)
                     chosen = found.selected
                     selection_tables.append(found.table.assign(test_fold=k))

@@ -1,0 +1,212 @@
+"""`momil benchmark`: the paper's Table 2 on one dataset -- every method through the same protocol.
+
+Each method is a `momil cv` run on the same store, labels and folds (3-1-1 rotation, the same grid chosen on
+validation, compound-level test AUCs pooled over rotations). Assay selection runs once per rotation and is shared
+by the methods that use it. The report folder holds:
+
+* ``table2.md`` / ``table2.csv``: per-assay compound-level ROC-AUC of the primary assays and their mean, one row
+  per method, and p-values of a paired one-sided bootstrap (the same compound draws for both methods) of the
+  focus method (default MoMIL + AS + LI) against the reference (default FM -> Multi-label-MIL), as in the paper;
+* ``pvalues.csv``: the focus method against every other method, per assay and for the mean;
+* ``runs/<method>/``: each method's cross-validation folder (reused when the command runs again);
+* ``benchmark.json``: settings, inputs, version, seconds per method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from momil.errors import MomilError
+from momil.io.contract import LabelMatrix
+from momil.io.store import InstanceStore
+from momil.provenance import atomic_path, provenance, write_json_atomic
+
+# name -> (label in the table, train settings, cv settings)
+METHODS: dict[str, tuple[str, dict, dict]] = {
+    "instance-count": ("Instance count -> LR", {"model": "instance-count"}, {"configuration": "mtl-primary"}),
+    "mean-mlp": ("FM -> Mean -> MLP", {"model": "mean-mlp"}, {"configuration": "mtl-all"}),
+    "multilabel-mil": ("FM -> Multi-label-MIL (|T| = all)", {"model": "multilabel-mil"},
+                       {"configuration": "mtl-all"}),
+    "momil-stl": ("MoMIL STL (|T| = 1)", {}, {"configuration": "stl"}),
+    "momil-primary": ("MoMIL MTL (primary)", {}, {"configuration": "mtl-primary"}),
+    "momil-all": ("MoMIL (|T| = all)", {}, {"configuration": "mtl-all"}),
+    "momil-as": ("MoMIL + AS", {}, {"configuration": "mtl-all", "select": True}),
+    "momil-as-li": ("MoMIL + AS + LI", {}, {"configuration": "mtl-all", "select": True, "impute": True}),
+}
+
+
+@dataclasses.dataclass
+class BenchmarkSettings:
+    methods: str = ",".join(METHODS)  # comma-separated, from: instance-count, mean-mlp, multilabel-mil, momil-stl, momil-primary, momil-all, momil-as, momil-as-li
+    focus: str = "momil-as-li"  # the method tested against the others (falls back to the last method run)
+    reference: str = "multilabel-mil"  # the method Table 2's p-values compare the focus with
+    n_boot: int = 1000  # bootstrap draws per test
+    overwrite: bool = False
+
+    def method_list(self) -> list[str]:
+        chosen = [m.strip() for m in str(self.methods).split(",") if m.strip()]
+        unknown = [m for m in chosen if m not in METHODS]
+        if unknown or not chosen:
+            raise MomilError(f"unknown method(s) {unknown} -- choose from {', '.join(METHODS)}")
+        return chosen
+
+
+@dataclasses.dataclass
+class BenchmarkResult:
+    table: pd.DataFrame  # methods x (assays, mean)
+    pvalues: pd.DataFrame  # focus vs every other method
+    scored: dict[str, pd.DataFrame]  # method -> compound predictions with labels
+    seconds: dict[str, float]
+
+
+def _finished(folder: Path) -> bool:
+    return (folder / "summary.json").exists() and (folder / "compound_predictions.parquet").exists()
+
+
+def run_benchmark(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFrame, assays: pd.DataFrame,
+                  associations: pd.DataFrame | None, out, settings: BenchmarkSettings | None = None,
+                  cv=None, train=None, select=None, impute=None, show_progress: bool = True) -> BenchmarkResult:
+    """Run every method (reusing finished runs) and write the report folder ``out``."""
+    from momil.evaluate import CVSettings, attach_labels, cross_validate, paired_bootstrap
+    from momil.train import TrainSettings
+
+    settings = settings or BenchmarkSettings()
+    methods = settings.method_list()
+    cv = cv or CVSettings()
+    train = train or TrainSettings()
+    out = Path(out)
+    if settings.overwrite and out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    primary = list(assays.loc[assays["role"] == "primary", "assay"])
+    needs_selection = [m for m in methods if METHODS[m][2].get("select")]
+    if needs_selection and associations is None and "biology" in (select.stage_list() if select else ["biology"]):
+        raise MomilError(f"{', '.join(needs_selection)} select assays and need protein associations "
+                         "(--associations) -- pass them or leave those methods out of --methods")
+    out.mkdir(parents=True, exist_ok=True)
+    if needs_selection and not cv.selection:
+        cv = dataclasses.replace(cv, selection=str(_select_once(store, labels, folds, assays, associations, out, cv,
+                                                                train, select, show_progress)))
+    scored, seconds = {}, {}
+    for name in methods:
+        label, train_over, cv_over = METHODS[name]
+        folder = out / "runs" / name
+        started = time.perf_counter()
+        if not _finished(folder):
+            if show_progress:
+                print(f"benchmark: {name} ({label})", flush=True)
+            method_cv = dataclasses.replace(cv, **cv_over, overwrite=False)
+            if method_cv.select:  # the shared selection made above
+                method_cv = dataclasses.replace(method_cv, select=False)
+            else:
+                method_cv = dataclasses.replace(method_cv, selection="")
+            cross_validate(store, labels, folds, primary, folder, method_cv,
+                           dataclasses.replace(train, **train_over), show_progress=show_progress,
+                           assays_frame=assays, associations=associations, select=select, impute=impute)
+        compounds = pd.read_parquet(folder / "compound_predictions.parquet")
+        scored[name] = attach_labels(compounds, labels)
+        summary = json.loads((folder / "summary.json").read_text())
+        seconds[name] = float(summary.get("summary", {}).get("seconds", time.perf_counter() - started))
+
+    table = auc_table(scored, primary, methods)
+    focus = settings.focus if settings.focus in scored else methods[-1]
+    tests = []
+    for other in methods:
+        if other == focus:
+            continue
+        test = paired_bootstrap(scored[focus], scored[other], primary, settings.n_boot, seed=0)
+        tests.append(test.assign(focus=focus, other=other))
+    pvalues = pd.concat(tests, ignore_index=True) if tests else pd.DataFrame()
+    write_report(out, table, pvalues, focus, settings.reference, methods, seconds)
+    record = provenance("benchmark", {"benchmark": dataclasses.asdict(settings), "cv": dataclasses.asdict(cv),
+                                      "train": dataclasses.asdict(train)},
+                        inputs={"store": store.path}, methods=methods, focus=focus, seconds=seconds)
+    write_json_atomic(record, out / "benchmark.json")
+    return BenchmarkResult(table, pvalues, scored, seconds)
+
+
+def _select_once(store, labels, folds, assays, associations, out: Path, cv, train, select, show_progress) -> Path:
+    """Assay selection in every rotation, shared by the methods that use it (reused when already made)."""
+    from momil.data import wells_of
+    from momil.selection import load_selection, select_assays
+    from momil.splits import rotation, rotation_compounds
+
+    n_folds = int(folds["fold"].max()) + 1
+    test_folds = list(range(n_folds)) if cv.rotations == "all" else [int(k) for k in cv.rotations.split(",")]
+    root = out / "selection"
+    for k in test_folds:
+        parts = rotation_compounds(folds, rotation(k, n_folds))
+        train_wells, val_wells = wells_of(store.wells, parts["train"]), wells_of(store.wells, parts["val"])
+        try:
+            load_selection(root / f"rot{k}", train_wells, val_wells)
+            continue
+        except MomilError:
+            pass
+        if show_progress:
+            print(f"benchmark: assay selection, rotation {k}", flush=True)
+        select_assays(store, labels, assays, associations, train_wells, val_wells, root / f"rot{k}", select, train,
+                      show_progress=show_progress)
+    return root
+
+
+def auc_table(scored: dict[str, pd.DataFrame], primary: list[str], methods: list[str]) -> pd.DataFrame:
+    """Methods x primary assays compound-level ROC-AUC (NaN where undefined) and the mean over defined ones."""
+    from momil.evaluate import assay_metrics
+
+    rows = []
+    for name in methods:
+        metrics = assay_metrics(scored[name]).set_index("assay")
+        row = {"method": name, "label": METHODS[name][0]}
+        for assay in primary:
+            row[assay] = float(metrics.loc[assay, "roc_auc"]) if assay in metrics.index else float("nan")
+        values = [row[a] for a in primary if not np.isnan(row[a])]
+        row["mean"] = float(np.mean(values)) if values else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _stars(p: float) -> str:
+    """The paper's marks: * p < 0.001, † p < 0.05, ‡ p < 0.1."""
+    if np.isnan(p):
+        return ""
+    return "*" if p < 0.001 else "†" if p < 0.05 else "‡" if p < 0.1 else ""
+
+
+def write_report(out: Path, table: pd.DataFrame, pvalues: pd.DataFrame, focus: str, reference: str,
+                 methods: list[str], seconds: dict[str, float]) -> None:
+    assays = [c for c in table.columns if c not in ("method", "label", "mean")]
+    against_reference = pvalues[pvalues["other"] == reference].set_index("assay")["p_value"] \
+        if len(pvalues) and reference in set(pvalues["other"]) else pd.Series(dtype=float)
+    best = {c: table[c].max() for c in assays + ["mean"]}
+    lines = [f"| method | {' | '.join(assays)} | mean |", "|---" * (len(assays) + 2) + "|"]
+    for _, row in table.iterrows():
+        cells = []
+        for c in assays + ["mean"]:
+            value = row[c]
+            text = "undef." if np.isnan(value) else f"{value:.3f}"
+            if not np.isnan(value) and value == best[c]:
+                text = f"**{text}**"
+            if row["method"] == focus and c in against_reference.index:
+                text += _stars(float(against_reference[c]))
+            cells.append(text)
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    if len(against_reference):
+        lines.append("| p-value, " + f"{METHODS[focus][0]} > {METHODS.get(reference, (reference,))[0]} | "
+                     + " | ".join(f"{against_reference.get(c, float('nan')):.3g}" for c in assays + ["mean"]) + " |")
+    text = "\n".join(lines)
+    text += ("\n\nCompound-level test ROC-AUC of the primary assays (predictions pooled over the fold rotations); "
+             "bold: best per column. Marks on the focus row: paired one-sided bootstrap against "
+             f"{METHODS.get(reference, (reference,))[0]} (* p < 0.001, † p < 0.05, ‡ p < 0.1).\n")
+    with atomic_path(out / "table2.md") as tmp:
+        tmp.write_text(text)
+    with atomic_path(out / "table2.csv") as tmp:
+        table.assign(seconds=table["method"].map(seconds)).to_csv(tmp, index=False)
+    with atomic_path(out / "pvalues.csv") as tmp:
+        pvalues.to_csv(tmp, index=False)
