@@ -111,6 +111,9 @@ def test_self_training_adds_correct_labels_to_training_wells_only(tmp_path):
     hits = [true[(c, a)] == l for c, a, l in zip(imputed["Metadata_Compound"], imputed["assay"], imputed["label"])]
     assert np.mean(hits) > 0.9, np.mean(hits)
     assert set(imputed["round"]) <= {1, 2} and list(result.rounds["round"])[0] == 0
+    rounds = result.rounds
+    assert rounds["kept"].sum() == 1 and rounds.loc[rounds["kept"], "val_auc"].iloc[0] == rounds["val_auc"].max()
+    assert result.fit.best_score == rounds["val_auc"].max()
     # counts per assay and round agree with the thresholds table and the files written
     counts = imputed_counts(imputed)
     th = result.thresholds.set_index(["round", "assay"])
@@ -125,3 +128,15 @@ def test_self_training_adds_correct_labels_to_training_wells_only(tmp_path):
     again = self_train(store, labels, assays, ["P"], train, val, settings, ImputeSettings(rounds=2), tmp_path / "imp",
                        show_progress=False)
     pd.testing.assert_frame_equal(again.imputed, imputed)
+
+
+def test_last_round_is_kept_when_asked(tmp_path):
+    store, labels, _, _ = planted_screen(tmp_path / "store", n_compounds=50, density=0.5, seed=1)
+    train, val, _ = split(labels, store)
+    settings = TrainSettings(epochs=6, warmup_epochs=1, batch_wells=16, dropout=0.0, lr=3e-3, projector_dim=8,
+                             head_dim=8)
+    result = self_train(store, labels, ["P", "S_related"], ["P"], train, val, settings,
+                        ImputeSettings(rounds=2, min_correct=2, keep_best_round=False), tmp_path / "imp",
+                        show_progress=False)
+    assert bool(result.rounds["kept"].iloc[-1]) and result.rounds["kept"].sum() == 1
+    assert result.summary()["kept_round"] == int(result.rounds["round"].iloc[-1])

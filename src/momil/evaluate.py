@@ -353,6 +353,7 @@ def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFram
                     threshold_frames.append(done.thresholds.assign(test_fold=k, model=m))
                     round_frames.append(done.rounds.assign(test_fold=k, model=m))
                     info["imputed_labels"] = info.get("imputed_labels", 0) + len(done.imputed)
+                    info["kept_round"] = imputation["kept_round"]
                     bar.set_postfix(rotation=k, imputed=len(done.imputed))
                 info["model_assays"] = info.get("model_assays", 0) + len(model_assays)
                 save_model(out / "models" / f"rot{k}_model{m}.pt", result.model,

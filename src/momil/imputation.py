@@ -14,7 +14,9 @@ After a first MoMIL fit, for each assay t of the model:
   inactive.
 
 The model is then trained again from scratch on measured plus imputed labels, and the round repeats up to
-``rounds`` times, stopping early when a round adds no label. Imputed labels belong to single wells (a
+``rounds`` times, stopping early when a round adds no label. The round whose model has the best validation AUC
+is kept (``keep_best_round``; the first fit counts as round 0), since validation makes every other choice of the
+protocol too; without it the last round is kept, as in the paper's loop. Imputed labels belong to single wells (a
 compound's replicate wells may differ), are kept apart from the measured ones (``imputed_labels.parquet``, with
 round, probability and thresholds), are counted per assay and round, and only ever touch training wells:
 validation keeps measured labels only, and test wells are never seen.
@@ -46,6 +48,7 @@ class ImputeSettings:
     alpha: float = 0.05  # secondary assays use p + alpha and 1 - p - alpha (stricter)
     rounds: int = 1  # imputation + retraining rounds (stops early when a round adds no label)
     min_correct: int = 10  # correctly classified validation wells an assay needs to get thresholds
+    keep_best_round: bool = True  # keep the round with the best validation AUC (False: the last round)
 
     def check(self) -> None:
         if not 0.5 <= self.confidence < 1.0:
@@ -117,18 +120,22 @@ def impute_round(model, store: InstanceStore, pairs: WellPairs, train_wells: np.
 
 @dataclasses.dataclass
 class ImputationResult:
-    fit: FitResult  # the final model's fit
+    fit: FitResult  # the kept round's fit
     imputed: pd.DataFrame  # every imputed label: round, well, plate, well name, compound, assay, label, probability, thresholds
     thresholds: pd.DataFrame  # per round and assay: thresholds and how many labels each added
-    rounds: pd.DataFrame  # per round: validation AUC, labels added, total imputed
+    rounds: pd.DataFrame  # per round: validation AUC, labels added, total imputed, kept
 
     def summary(self) -> dict:
+        kept = int(self.rounds.loc[self.rounds["kept"], "round"].iloc[0]) if len(self.rounds) else 0
         return {"rounds_run": int(self.rounds["round"].max()) if len(self.rounds) else 0,
+                "kept_round": kept,
                 "imputed_labels": int(len(self.imputed)),
+                "imputed_labels_in_kept_model": int((self.imputed["round"] <= kept).sum()),
                 "imputed_positive": int((self.imputed["label"] == 1).sum()),
                 "imputed_negative": int((self.imputed["label"] == 0).sum()),
                 "val_auc_before": float(self.rounds["val_auc"].iloc[0]) if len(self.rounds) else float("nan"),
-                "val_auc_after": float(self.rounds["val_auc"].iloc[-1]) if len(self.rounds) else float("nan")}
+                "val_auc_kept": float(self.rounds.loc[self.rounds["kept"], "val_auc"].iloc[0])
+                if len(self.rounds) else float("nan")}
 
 
 def self_train(store: InstanceStore, labels: LabelMatrix, model_assays: list[str], primary: list[str],
@@ -152,6 +159,7 @@ def self_train(store: InstanceStore, labels: LabelMatrix, model_assays: list[str
         first = fit(store, measured, train_wells, val_wells, is_primary, train, out / "round0",
                     show_progress=show_progress)
     current, pairs = first, measured
+    fits = [first]  # one per row of round_rows
     imputed = pd.DataFrame(columns=["round", "well", "assay", "label", "probability", "th_pos", "th_neg"])
     threshold_frames = []
     round_rows = [{"round": 0, "val_auc": first.best_score, "labels_added": 0, "imputed_total": 0,
@@ -169,8 +177,6 @@ def self_train(store: InstanceStore, labels: LabelMatrix, model_assays: list[str
             threshold_frames.append(thresholds)
             bar.update(1)
             if new.empty:
-                round_rows.append({"round": r, "val_auc": current.best_score, "labels_added": 0,
-                                   "imputed_total": len(imputed), "best_epoch": current.best_epoch})
                 break
             outside = ~np.isin(new["well"].to_numpy(), train_wells)
             if outside.any():  # impossible by construction; a guard against leaking labels into evaluation
@@ -179,16 +185,23 @@ def self_train(store: InstanceStore, labels: LabelMatrix, model_assays: list[str
             pairs = WellPairs.build(store.wells, labels, model_assays, extra_wells=imputed)
             current = fit(store, pairs, train_wells, val_wells, is_primary, train, out / f"round{r}",
                           show_progress=show_progress)
+            fits.append(current)
             round_rows.append({"round": r, "val_auc": current.best_score, "labels_added": len(new),
                                "imputed_total": len(imputed), "best_epoch": current.best_epoch})
             bar.set_postfix(added=len(new), val_auc=f"{current.best_score:.3f}")
+    rounds = pd.DataFrame(round_rows)
+    final = len(rounds) - 1
+    if settings.keep_best_round:  # validation decides, as it decides every other choice; ties go to the later round
+        final = int(np.flatnonzero(rounds["val_auc"].to_numpy() >= rounds["val_auc"].max() - 1e-12)[-1])
+    current = fits[final]
+    rounds["kept"] = np.arange(len(rounds)) == final
     meta = store.wells.iloc[imputed["well"].to_numpy(np.int64)] if len(imputed) else store.wells.iloc[:0]
     imputed = imputed.assign(Metadata_Plate=meta["Metadata_Plate"].to_numpy(),
                              Metadata_Well=meta["Metadata_Well"].to_numpy(),
                              **{COMPOUND: meta[COMPOUND].to_numpy()})
     imputed["label"] = imputed["label"].astype(np.int8)
     thresholds_all = pd.concat(threshold_frames, ignore_index=True) if threshold_frames else pd.DataFrame()
-    result = ImputationResult(current, imputed, thresholds_all, pd.DataFrame(round_rows))
+    result = ImputationResult(current, imputed, thresholds_all, rounds)
     with atomic_path(out / "imputed_labels.parquet") as tmp:
         imputed.to_parquet(tmp, index=False)
     with atomic_path(out / "thresholds.csv") as tmp:
