@@ -100,8 +100,8 @@ def test_self_training_adds_correct_labels_to_training_wells_only(tmp_path):
     assays = ["P", "S_related", "S_other"]
     settings = TrainSettings(epochs=20, warmup_epochs=2, patience=20, batch_wells=16, dropout=0.0, lr=3e-3,
                              projector_dim=16, head_dim=16, seed=0)
-    result = self_train(store, labels, assays, ["P"], train, val, settings, ImputeSettings(rounds=2), tmp_path / "imp",
-                        show_progress=False)
+    result = self_train(store, labels, assays, ["P"], train, val, settings,
+                        ImputeSettings(rounds=2, keep_best_round=True), tmp_path / "imp", show_progress=False)
     imputed = result.imputed
     assert len(imputed) > 40
     assert np.isin(imputed["well"], train).all()  # never a validation or test well
@@ -125,18 +125,18 @@ def test_self_training_adds_correct_labels_to_training_wells_only(tmp_path):
     record = json.loads((tmp_path / "imp" / "imputation.json").read_text())
     assert record["summary"]["imputed_labels"] == len(imputed)
     # running again reuses every round's checkpoint and gives the same labels
-    again = self_train(store, labels, assays, ["P"], train, val, settings, ImputeSettings(rounds=2), tmp_path / "imp",
-                       show_progress=False)
+    again = self_train(store, labels, assays, ["P"], train, val, settings,
+                       ImputeSettings(rounds=2, keep_best_round=True), tmp_path / "imp", show_progress=False)
     pd.testing.assert_frame_equal(again.imputed, imputed)
 
 
-def test_last_round_is_kept_when_asked(tmp_path):
+def test_last_round_is_kept_by_default(tmp_path):
     store, labels, _, _ = planted_screen(tmp_path / "store", n_compounds=50, density=0.5, seed=1)
     train, val, _ = split(labels, store)
     settings = TrainSettings(epochs=6, warmup_epochs=1, batch_wells=16, dropout=0.0, lr=3e-3, projector_dim=8,
                              head_dim=8)
     result = self_train(store, labels, ["P", "S_related"], ["P"], train, val, settings,
-                        ImputeSettings(rounds=2, min_correct=2, keep_best_round=False), tmp_path / "imp",
+                        ImputeSettings(rounds=2, min_correct=2), tmp_path / "imp",
                         show_progress=False)
     assert bool(result.rounds["kept"].iloc[-1]) and result.rounds["kept"].sum() == 1
     assert result.summary()["kept_round"] == int(result.rounds["round"].iloc[-1])

@@ -14,9 +14,9 @@ After a first MoMIL fit, for each assay t of the model:
   inactive.
 
 The model is then trained again from scratch on measured plus imputed labels, and the round repeats up to
-``rounds`` times, stopping early when a round adds no label. The round whose model has the best validation AUC
-is kept (``keep_best_round``; the first fit counts as round 0), since validation makes every other choice of the
-protocol too; without it the last round is kept, as in the paper's loop. Imputed labels belong to single wells (a
+``rounds`` times, stopping early when a round adds no label. The last round's model is kept, as in the paper's
+loop; ``keep_best_round`` keeps the round whose model has the best validation AUC instead (the first fit counts
+as round 0). Imputed labels belong to single wells (a
 compound's replicate wells may differ), are kept apart from the measured ones (``imputed_labels.parquet``, with
 round, probability and thresholds), are counted per assay and round, and only ever touch training wells:
 validation keeps measured labels only, and test wells are never seen.
@@ -48,7 +48,7 @@ class ImputeSettings:
     alpha: float = 0.05  # secondary assays use p + alpha and 1 - p - alpha (stricter)
     rounds: int = 1  # imputation + retraining rounds (stops early when a round adds no label)
     min_correct: int = 10  # correctly classified validation wells an assay needs to get thresholds
-    keep_best_round: bool = True  # keep the round with the best validation AUC (False: the last round)
+    keep_best_round: bool = False  # keep the round with the best validation AUC instead of the last (the paper's)
 
     def check(self) -> None:
         if not 0.5 <= self.confidence < 1.0:
