@@ -24,23 +24,30 @@ def _folds(labels, k=5):
 def test_benchmark_table_pvalues_and_reuse(tmp_path, monkeypatch):
     store, labels, assays, _ = planted_screen(tmp_path / "store", n_compounds=60, density=0.8)
     folds = _folds(labels)
-    settings = BenchmarkSettings(methods="instance-count,mean-mlp,momil-all,momil-as", focus="momil-as",
-                                 reference="mean-mlp", n_boot=200)
+    settings = BenchmarkSettings(methods="instance-count,mean-mlp,momil-stl,momil-all,momil-as", focus="momil-as",
+                                 reference="mean-mlp", n_boot=200, probes=3, shots="5,all", probe_repeats=2)
     cv = CVSettings(projector_dims="8", head_dims="8", lrs="3e-3", rotations="0,1")
     train = TrainSettings(epochs=6, warmup_epochs=1, batch_wells=16, dropout=0.0)
     select = SelectSettings(stl_head_dim=8, stl_lr=1e-2)
     result = run_benchmark(store, labels, folds, assays, ASSOCIATIONS, tmp_path / "bench", settings, cv, train,
                            select, show_progress=False)
     table = result.table.set_index("method")
-    assert list(table.index) == ["instance-count", "mean-mlp", "momil-all", "momil-as"]
+    assert list(table.index) == ["instance-count", "mean-mlp", "momil-stl", "momil-all", "momil-as"]
     assert table["P"].between(0, 1).all() and (table["mean"] == table["P"]).all()  # one primary assay
     assert table.loc["instance-count", "P"] == pytest.approx(0.5, abs=0.2)  # counts carry nothing here
     text = (tmp_path / "bench" / "table2.md").read_text()
     assert "MoMIL + AS" in text and "p-value, MoMIL + AS > FM -> Mean -> MLP" in text
     pvalues = pd.read_csv(tmp_path / "bench" / "pvalues.csv")
-    assert set(pvalues["other"]) == {"instance-count", "mean-mlp", "momil-all"}
+    assert set(pvalues["other"]) == {"instance-count", "mean-mlp", "momil-stl", "momil-all"}
     assert pvalues["p_value"].between(0, 1).all()
     assert (tmp_path / "bench" / "selection" / "rot0" / "selection.json").exists()
+    # Table 3: unseen assays (associated with P, selected in no rotation) probed on the MTL and STL heads
+    table3 = result.table3
+    assert table3 is not None and len(table3) and set(table3["primary"]) == {"P"}
+    assert {"MoMIL + AS head (MTL)", "STL head of the primary", "single-task model on the assay"} <= set(table3["source"])
+    assert not set(table3["assay"]) & set(pd.read_csv(tmp_path / "bench" / "selection" / "rot0" / "selection.csv")
+                                          .query("selected")["assay"])
+    assert "single-task model" in (tmp_path / "bench" / "table3.md").read_text()
     record = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
     assert record["methods"] == list(table.index)
 

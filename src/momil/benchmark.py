@@ -47,6 +47,9 @@ class BenchmarkSettings:
     focus: str = "momil-as-li"  # the method tested against the others (falls back to the last method run)
     reference: str = "multilabel-mil"  # the method Table 2's p-values compare the focus with
     n_boot: int = 1000  # bootstrap draws per test
+    probes: int = 12  # unseen assays probed for Table 3 (needs momil-as and momil-stl; 0: none)
+    shots: str = "5,10,all"  # actives and inactives per fold for the probes
+    probe_repeats: int = 10  # random draws per shot count
     overwrite: bool = False
 
     def method_list(self) -> list[str]:
@@ -63,6 +66,7 @@ class BenchmarkResult:
     pvalues: pd.DataFrame  # focus vs every other method
     scored: dict[str, pd.DataFrame]  # method -> compound predictions with labels
     seconds: dict[str, float]
+    table3: pd.DataFrame | None = None  # few-shot probes on unseen assays
 
 
 def _finished(folder: Path) -> bool:
@@ -125,11 +129,14 @@ def run_benchmark(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFrame
         tests.append(test.assign(focus=focus, other=other))
     pvalues = pd.concat(tests, ignore_index=True) if tests else pd.DataFrame()
     write_report(out, table, pvalues, focus, settings.reference, methods, seconds)
+    table3 = None
+    if settings.probes and {"momil-as", "momil-stl"} <= set(methods):
+        table3 = run_probes(store, labels, folds, out, settings, cv, train, show_progress)
     record = provenance("benchmark", {"benchmark": dataclasses.asdict(settings), "cv": dataclasses.asdict(cv),
                                       "train": dataclasses.asdict(train)},
                         inputs={"store": store.path}, methods=methods, focus=focus, seconds=seconds)
     write_json_atomic(record, out / "benchmark.json")
-    return BenchmarkResult(table, pvalues, scored, seconds)
+    return BenchmarkResult(table, pvalues, scored, seconds, table3)
 
 
 def _select_once(store, labels, folds, assays, associations, out: Path, cv, train, select, show_progress) -> Path:
@@ -154,6 +161,70 @@ def _select_once(store, labels, folds, assays, associations, out: Path, cv, trai
         select_assays(store, labels, assays, associations, train_wells, val_wells, root / f"rot{k}", select, train,
                       show_progress=show_progress)
     return root
+
+
+def run_probes(store, labels, folds, out: Path, settings: BenchmarkSettings, cv, train, show_progress) -> pd.DataFrame:
+    """Table 3: unseen assays (selected in no rotation, associated with a primary) probed on the primary's head of
+    the MoMIL + AS models (MTL) and of the STL models, against a single-task model on the unseen assay."""
+    from momil.probes import ProbeSettings, choose_unseen, probe_unseen
+    from momil.evaluate import grid
+    from momil.train import load_model
+
+    n_folds = int(folds["fold"].max()) + 1
+    rotations = list(range(n_folds)) if cv.rotations == "all" else [int(k) for k in cv.rotations.split(",")]
+    tables = [pd.read_csv(out / "selection" / f"rot{k}" / "selection.csv", dtype={"assay": str, "bio_primary": str})
+              for k in rotations]
+    unseen = choose_unseen(tables, labels, settings.probes)
+    if not unseen:
+        return pd.DataFrame()
+    if show_progress:
+        print(f"benchmark: probes on {len(unseen)} unseen assays", flush=True)
+    mtl = {k: out / "runs" / "momil-as" / "models" / f"rot{k}_model0.pt" for k in rotations}
+    stl_models: dict[str, dict[int, Path]] = {}
+    for path in sorted((out / "runs" / "momil-stl" / "models").glob("rot*_model*.pt")):
+        k = int(path.name[3:path.name.index("_")])
+        model, _ = load_model(path)
+        stl_models.setdefault(model.assays[0], {})[k] = path
+    point = grid(cv)[0]
+    stl_train = dataclasses.replace(train, **point)
+    probe = ProbeSettings(shots=settings.shots, repeats=settings.probe_repeats)
+    frames = [probe_unseen(store, labels, folds, mtl, unseen, probe, stl_train, out / "probes", rotations,
+                           label="MoMIL + AS head (MTL)")]
+    by_primary: dict[str, dict[str, str]] = {}
+    for assay, primary in unseen.items():
+        by_primary.setdefault(primary, {})[assay] = primary
+    for primary, mine in by_primary.items():
+        if set(stl_models.get(primary, {})) >= set(rotations):
+            frames.append(probe_unseen(store, labels, folds, stl_models[primary], mine, probe, None, None, rotations,
+                                       label="STL head of the primary"))
+    table3 = pd.concat(frames, ignore_index=True)
+    with atomic_path(out / "table3.csv") as tmp:
+        table3.to_csv(tmp, index=False)
+    with atomic_path(out / "table3.md") as tmp:
+        tmp.write_text(table3_markdown(table3))
+    return table3
+
+
+def table3_markdown(table3: pd.DataFrame) -> str:
+    """One row per unseen assay: the single-task model, then probe AUCs (mean +- sd) per source and shots."""
+    if table3.empty:
+        return "No unseen assay to probe.\n"
+    columns = []
+    for source, shots in table3.loc[table3["source"] != "single-task model on the assay", ["source", "shots"]] \
+            .drop_duplicates().itertuples(index=False):
+        columns.append((source, shots))
+    head = ["assay", "primary", "single-task model"] + [f"{source}, {shots} shots" for source, shots in columns]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for (assay, primary), group in table3.groupby(["assay", "primary"], sort=False):
+        single = group[group["source"] == "single-task model on the assay"]
+        cells = [str(assay), str(primary), f"{single['auc_mean'].iloc[0]:.3f}" if len(single) else "-"]
+        for source, shots in columns:
+            row = group[(group["source"] == source) & (group["shots"].astype(str) == str(shots))]
+            cells.append(f"{row['auc_mean'].iloc[0]:.3f} ± {row['auc_sd'].iloc[0]:.3f}" if len(row) else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + ("\n\nCompound-level test ROC-AUC pooled over rotations; probes: logistic regression on "
+                               "the primary head's well embeddings, mean ± sd over random draws of n actives and n "
+                               "inactives per fold.\n")
 
 
 def auc_table(scored: dict[str, pd.DataFrame], primary: list[str], methods: list[str]) -> pd.DataFrame:
