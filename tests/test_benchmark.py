@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -48,6 +49,14 @@ def test_benchmark_table_pvalues_and_reuse(tmp_path, monkeypatch):
     assert not set(table3["assay"]) & set(pd.read_csv(tmp_path / "bench" / "selection" / "rot0" / "selection.csv")
                                           .query("selected")["assay"])
     assert "single-task model" in (tmp_path / "bench" / "table3.md").read_text()
+    # the report: one offline HTML page with the tables and figures
+    page = (tmp_path / "bench" / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<script" not in page and "http://" not in page.replace(
+        "http://www.w3.org/2000/svg", "")
+    assert "Table 2" in page and "Table 3" in page and page.count("<svg") >= 3 and "Attention" in page
+    attention = pd.read_parquet(tmp_path / "bench" / "attention.parquet")
+    sums = attention.groupby(["Metadata_Plate", "Metadata_Well", "assay"])["attention"].sum()
+    assert len(sums) and np.allclose(sums, 1.0, atol=1e-5)
     record = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
     assert record["methods"] == list(table.index)
 
@@ -68,3 +77,11 @@ def test_benchmark_checks_its_settings(tmp_path):
         run_benchmark(store, labels, _folds(labels), assays, None, tmp_path / "b",
                       BenchmarkSettings(methods="momil-as"), show_progress=False)
     assert not (tmp_path / "b").exists()
+
+
+def test_report_from_the_shell_refuses_a_folder_without_a_benchmark(tmp_path, capsys):
+    from momil.cli import main
+
+    assert main(["report", str(tmp_path)]) == 2
+    assert "run `momil benchmark` first" in capsys.readouterr().err
+    assert not (tmp_path / "report.html").exists()

@@ -116,6 +116,8 @@ def run_benchmark(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFrame
                            assays_frame=assays, associations=associations, select=select, impute=impute)
         compounds = pd.read_parquet(folder / "compound_predictions.parquet")
         scored[name] = attach_labels(compounds, labels)
+        with atomic_path(out / "scored" / f"{name}.parquet") as tmp:
+            scored[name].to_parquet(tmp, index=False)
         summary = json.loads((folder / "summary.json").read_text())
         seconds[name] = float(summary.get("summary", {}).get("seconds", time.perf_counter() - started))
 
@@ -132,10 +134,14 @@ def run_benchmark(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFrame
     table3 = None
     if settings.probes and {"momil-as", "momil-stl"} <= set(methods):
         table3 = run_probes(store, labels, folds, out, settings, cv, train, show_progress)
+    attention_examples(store, out / "runs" / focus / "models", scored[focus], primary, out / "attention.parquet")
     record = provenance("benchmark", {"benchmark": dataclasses.asdict(settings), "cv": dataclasses.asdict(cv),
                                       "train": dataclasses.asdict(train)},
                         inputs={"store": store.path}, methods=methods, focus=focus, seconds=seconds)
     write_json_atomic(record, out / "benchmark.json")
+    from momil.report import render_report
+
+    render_report(out)
     return BenchmarkResult(table, pvalues, scored, seconds, table3)
 
 
@@ -161,6 +167,51 @@ def _select_once(store, labels, folds, assays, associations, out: Path, cv, trai
         select_assays(store, labels, assays, associations, train_wells, val_wells, root / f"rot{k}", select, train,
                       show_progress=show_progress)
     return root
+
+
+def attention_examples(store: InstanceStore, models: Path, scored: pd.DataFrame, primary: list[str], path: Path,
+                       per_assay: int = 2, assays: int = 3) -> pd.DataFrame | None:
+    """Attention of the focus method's first-rotation model over the instances of the top-scored active test
+    wells of a few primary assays (one row per instance, with the store's instance metadata)."""
+    import torch
+
+    from momil.io.contract import COMPOUND
+    from momil.train import load_model
+
+    files = sorted(models.glob("rot*_model0.pt")) if models.exists() else []
+    if not files or "fold" not in scored:
+        return None
+    model, _ = load_model(files[0])
+    k = int(files[0].name[3:files[0].name.index("_")])
+    wells = store.wells
+    rows = []
+    for assay in [a for a in primary if a in model.assays][:assays]:
+        mine = scored[(scored["assay"] == assay) & (scored["fold"] == k) & (scored["label"] == 1)]
+        for compound, probability in mine.nlargest(per_assay, "probability")[[COMPOUND, "probability"]].itertuples(
+                index=False):
+            where = np.flatnonzero((wells[COMPOUND].astype(str) == str(compound)).to_numpy()
+                                   & (wells["Metadata_ControlType"] == "trt").to_numpy())
+            if not len(where):
+                continue
+            well = int(where[0])
+            bag = torch.from_numpy(np.array(store.bag(well), dtype=np.float32))
+            weights = model.attention(bag, model.assays.index(assay)).float().numpy()
+            frame = store.instance_meta(well).drop(columns=["_row"], errors="ignore").reset_index(drop=True)
+            frame = frame.reindex(range(len(weights)))
+            frame["instance"] = np.arange(len(weights))
+            frame["attention"] = weights
+            frame["Metadata_Plate"] = wells["Metadata_Plate"].iat[well]
+            frame["Metadata_Well"] = wells["Metadata_Well"].iat[well]
+            frame[COMPOUND] = compound
+            frame["assay"] = assay
+            frame["probability"] = float(probability)
+            rows.append(frame)
+    if not rows:
+        return None
+    table = pd.concat(rows, ignore_index=True)
+    with atomic_path(path) as tmp:
+        table.to_parquet(tmp, index=False)
+    return table
 
 
 def run_probes(store, labels, folds, out: Path, settings: BenchmarkSettings, cv, train, show_progress) -> pd.DataFrame:

@@ -371,6 +371,14 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from momil.report import render_report
+
+    path = render_report(args.benchmark, args.out)
+    print(f"report written to {path} (one HTML file; open it in a browser, no network needed)")
+    return 0
+
+
 def cmd_predict(args) -> int:
     import numpy as np
 
@@ -515,6 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(p, TrainSettings, skip=("projector_dim", "head_dim", "lr", "model"))
     add_settings_arguments(p, SelectSettings)
     add_settings_arguments(p, ImputeSettings)
+
+    p = stage("report", "render a `momil benchmark` folder as one HTML page (offline)", cmd_report)
+    p.add_argument("benchmark", help="folder written by `momil benchmark`")
+    p.add_argument("--out", help="HTML file to write (default: <benchmark>/report.html)")
 
     p = stage("predict", "score wells and compounds of a store with a trained model", cmd_predict)
     p.add_argument("--model", required=True, help="model.pt from `momil train` or `momil cv`")
