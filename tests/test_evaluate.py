@@ -215,6 +215,9 @@ def test_baselines_run_through_cv(tmp_path):
         result = cross_validate(store, labels, folds, ["needle"], tmp_path / model, cv,
                                 TrainSettings(**{**train.__dict__, "model": model}), show_progress=False)
         assert len(result.compound_predictions) == 6 and result.compound_predictions["probability"].between(0, 1).all()
+    amtl = cross_validate(store, labels, folds, ["needle"], tmp_path / "amtl", cv,
+                          TrainSettings(**{**train.__dict__, "balancing": "amtl"}), show_progress=False)
+    assert len(amtl.compound_predictions) == 6 and (tmp_path / "amtl" / "potentials" / "rot0").exists()
     with pytest.raises(MomilError, match="neither --select nor --impute"):
         cross_validate(store, labels, folds, ["needle"], tmp_path / "x", CVSettings(impute=True),
                        TrainSettings(model="instance-count"), show_progress=False)

@@ -185,3 +185,36 @@ def test_lazy_heads_leave_unused_heads_untouched():
     for name, param in model.heads.named_parameters():
         assert torch.equal(param[1], before[name][1])  # head "b" had no pair
         assert not torch.equal(param[0], before[name][0])
+
+
+def test_amtl_loss_and_weights_by_hand():
+    from momil.train import amtl_weights, balanced_loss
+
+    pair_loss = torch.tensor([1.0, 3.0, 4.0])
+    task = torch.tensor([0, 0, 1])
+    got = balanced_loss(pair_loss, task, torch.tensor([1.0, 3.0]))
+    assert float(got) == pytest.approx((math.log(2.0) + 3 * math.log(4.0)) / 4, rel=1e-6)
+    # a task without pairs in the step adds nothing
+    assert float(balanced_loss(pair_loss, task, torch.tensor([1.0, 3.0, 100.0]))) == pytest.approx(float(got))
+    weights = amtl_weights({0: 0.8, 1: float("nan"), 2: 0.95}, np.array([1.0, 0.9, 0.9]), 2.0)
+    assert weights[0] == pytest.approx(0.04)  # achievement 0.8 -> (1 - 0.8)^2
+    assert weights[2] == pytest.approx(1e-3)  # beyond its potential: achievement 1, the floor
+    assert weights[1] == pytest.approx((0.04 + 0.0) / 2)  # no AUC: the mean weight
+
+
+def test_amtl_training_runs_and_needs_potentials(tmp_path):
+    store, labels = needle_screen(tmp_path / "store", n_compounds=40, per_well=8)
+    extra = labels.to_long().assign(assay="copy")
+    both = LabelMatrix.from_long(pd.concat([labels.to_long(), extra], ignore_index=True))
+    pairs = WellPairs.build(store.wells, both, ["needle", "copy"])
+    train, val, _ = (wells_of(store.wells, c) for c in _split(both))
+    settings = TrainSettings(epochs=3, warmup_epochs=1, batch_wells=16, balancing="amtl", projector_dim=8,
+                             head_dim=8)
+    with pytest.raises(MomilError, match="potential"):
+        fit(store, pairs, train, val, np.array([True, False]), settings, show_progress=False)
+    first = fit(store, pairs, train, val, np.array([True, False]), settings, tmp_path / "ck", show_progress=False,
+                potentials=np.array([0.9, 0.9]))
+    assert len(first.history) == 3 and all(np.isfinite(h["train_loss"]) for h in first.history)
+    again = fit(store, pairs, train, val, np.array([True, False]), settings, tmp_path / "ck", show_progress=False,
+                potentials=np.array([0.9, 0.9]))  # resumed from the finished checkpoint
+    assert again.best_score == first.best_score

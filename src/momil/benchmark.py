@@ -33,6 +33,7 @@ METHODS: dict[str, tuple[str, dict, dict]] = {
     "mean-mlp": ("FM -> Mean -> MLP", {"model": "mean-mlp"}, {"configuration": "mtl-all"}),
     "multilabel-mil": ("FM -> Multi-label-MIL (|T| = all)", {"model": "multilabel-mil"},
                        {"configuration": "mtl-all"}),
+    "mil-amtl": ("FM -> MIL + AMTL (|T| = all)", {"balancing": "amtl"}, {"configuration": "mtl-all"}),
     "momil-stl": ("MoMIL STL (|T| = 1)", {}, {"configuration": "stl"}),
     "momil-primary": ("MoMIL MTL (primary)", {}, {"configuration": "mtl-primary"}),
     "momil-all": ("MoMIL (|T| = all)", {}, {"configuration": "mtl-all"}),
@@ -43,7 +44,7 @@ METHODS: dict[str, tuple[str, dict, dict]] = {
 
 @dataclasses.dataclass
 class BenchmarkSettings:
-    methods: str = ",".join(METHODS)  # comma-separated, from: instance-count, mean-mlp, multilabel-mil, momil-stl, momil-primary, momil-all, momil-as, momil-as-li
+    methods: str = ",".join(METHODS)  # comma-separated, from: instance-count, mean-mlp, multilabel-mil, mil-amtl, momil-stl, momil-primary, momil-all, momil-as, momil-as-li
     focus: str = "momil-as-li"  # the method tested against the others (falls back to the last method run)
     reference: str = "multilabel-mil"  # the method Table 2's p-values compare the focus with
     n_boot: int = 1000  # bootstrap draws per test

@@ -164,6 +164,16 @@ def instance_count_predictions(store: InstanceStore, labels: LabelMatrix, assays
         columns=["Metadata_Plate", "Metadata_Well", COMPOUND, "assay", "probability"])
 
 
+def single_task_potentials(store: InstanceStore, labels: LabelMatrix, assays: list[str], train_wells, val_wells,
+                           train: TrainSettings, select, folder) -> np.ndarray:
+    """Each assay's single-task validation AUC (the selection's single-assay models, reused from ``folder``)."""
+    from momil.selection import stl_settings, train_single_assay
+
+    settings = stl_settings(dataclasses.replace(train, balancing="none"), select)
+    return np.array([train_single_assay(store, labels, a, train_wells, val_wells, settings, Path(folder))[1]
+                     for a in assays], dtype=np.float64)
+
+
 # ------------------------------------------------------------------------------------------------ bootstrap
 def paired_bootstrap(scored_a: pd.DataFrame, scored_b: pd.DataFrame, assays: list[str] | None = None,
                      n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -326,12 +336,16 @@ def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFram
             for m, model_assays in enumerate(rotation_sets):
                 pairs = WellPairs.build(store.wells, labels, model_assays, extra)
                 is_primary = np.array([a in set(primary) for a in model_assays])
+                potentials = None
+                if train.balancing == "amtl":  # single-task validation AUCs: AMTL's potentials
+                    potentials = single_task_potentials(store, labels, model_assays, train_wells, val_wells, train,
+                                                        select, out / "potentials" / f"rot{k}")
                 best = None
                 for g, point in enumerate(points):
                     settings = dataclasses.replace(train, **point)
                     run_dir = out / "runs" / f"rot{k}" / f"model{m}" / f"grid{g}"
                     result = fit(store, pairs, train_wells, val_wells, is_primary, settings, run_dir,
-                                 show_progress=False)
+                                 show_progress=False, potentials=potentials)
                     selections.append({"test_fold": k, "val_fold": rot.val_fold, "model": m,
                                        "assays": len(model_assays), **point, "best_epoch": result.best_epoch,
                                        "val_auc": result.best_score, "epochs_run": len(result.history),

@@ -49,6 +49,8 @@ class TrainSettings:
     batch_wells: int = 32  # wells per step
     shared_projector: bool = True  # False: heads read the instance features directly (single-assay models)
     lazy_heads: bool = True  # AdamW moves a head only in steps where it has labelled pairs (cost ~ labels, not assays)
+    balancing: str = "none"  # "none" (mean BCE over pairs) or "amtl" (achievement-based task balancing; cv computes potentials)
+    amtl_gamma: float = 2.0  # AMTL focusing: weight = (1 - achievement) ** gamma
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
     seed: int = 0
 
@@ -141,9 +143,24 @@ class LazyHeadAdamW:
         self.steps.copy_(state["steps"])
 
 
+def balanced_loss(pair_loss: torch.Tensor, task: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """AMTL's weighted geometric mean of the task losses present in a step: sum_t w_t log L_t / sum_t w_t, where
+    L_t is the mean loss of task t's pairs; ``task`` (P,) indexes ``weights`` (tasks in the step)."""
+    n = weights.shape[0]
+    sums = pair_loss.new_zeros(n).index_add(0, task, pair_loss)
+    counts = pair_loss.new_zeros(n).index_add(0, task, torch.ones_like(pair_loss))
+    present = counts > 0
+    mean = sums[present] / counts[present]
+    w = weights[present].to(mean.dtype)
+    return (w * torch.log(mean + 1e-8)).sum() / w.sum().clamp(min=1e-8)
+
+
 def training_step(model: MoMIL, bags, mask, rows, assay, label, optimizer, lazy: LazyHeadAdamW | None,
-                  lr: float, device) -> float:
-    """One optimisation step over the labelled pairs; returns the summed loss."""
+                  lr: float, device, task_weights: torch.Tensor | None = None) -> float:
+    """One optimisation step over the labelled pairs; returns the summed loss.
+
+    The objective is the mean BCE over pairs, or with ``task_weights`` (T,) AMTL's weighted geometric mean of
+    the per-task losses (:func:`balanced_loss`)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     rows_t = torch.from_numpy(rows).to(device)
@@ -161,8 +178,15 @@ def training_step(model: MoMIL, bags, mask, rows, assay, label, optimizer, lazy:
             encoded = model.encode(bags, mask)
             out = torch.func.functional_call(model.heads, sub, (gather_rows(encoded, rows_t),
                                                                 mask.index_select(0, rows_t), inverse))
-        loss_sum = model.loss(out, target)
-    (loss_sum / len(rows)).backward()
+        pair_loss = model.pair_loss(out, target)
+        loss_sum = pair_loss.sum()
+        if task_weights is None:
+            objective = loss_sum / len(rows)
+        elif lazy is None:
+            objective = balanced_loss(pair_loss, assay_t, task_weights.to(pair_loss.device))
+        else:
+            objective = balanced_loss(pair_loss, inverse, task_weights.to(pair_loss.device)[used])
+    objective.backward()
     if optimizer.param_groups[0]["params"]:
         optimizer.step()
     if lazy is not None:
@@ -226,6 +250,18 @@ def validation_score(assay: np.ndarray, label: np.ndarray, prob: np.ndarray, pri
     return (float(np.mean(chosen)) if chosen else float("nan")), per_assay
 
 
+def amtl_weights(per_assay: dict[int, float], potentials: np.ndarray, gamma: float) -> np.ndarray:
+    """(1 - achievement) ** gamma per task, achievement = validation AUC / single-task AUC in [0, 1]."""
+    weights = np.full(len(potentials), np.nan)
+    for t, auc in per_assay.items():
+        potential = potentials[t]
+        if not (math.isnan(auc) or math.isnan(potential) or potential <= 0):
+            weights[t] = (1.0 - min(1.0, max(0.0, auc / potential))) ** gamma
+    fill = np.nanmean(weights) if np.isfinite(weights).any() else 1.0
+    weights = np.where(np.isnan(weights), fill, weights)
+    return np.maximum(weights, 1e-3)  # a task at its potential keeps a small weight
+
+
 def _bce(label: np.ndarray, prob: np.ndarray) -> float:
     """Mean binary cross-entropy of probabilities (NaN without pairs)."""
     if len(label) == 0:
@@ -242,9 +278,15 @@ def _autocast(device: torch.device):
 
 def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wells: np.ndarray,
         primary: np.ndarray, settings: TrainSettings | None = None, checkpoint_dir=None,
-        show_progress: bool = True, on_epoch_end: Callable[[int], None] | None = None) -> FitResult:
+        show_progress: bool = True, on_epoch_end: Callable[[int], None] | None = None,
+        potentials: np.ndarray | None = None) -> FitResult:
     """Train on ``train_wells`` (store rows), select on ``val_wells``. ``primary`` (T,) bool marks the
-    assays whose validation AUC selects the model. ``on_epoch_end`` is called after each checkpoint."""
+    assays whose validation AUC selects the model. ``on_epoch_end`` is called after each checkpoint.
+
+    With ``settings.balancing == "amtl"``, ``potentials`` (T,) are the single-task validation AUCs: after each
+    epoch a task's achievement is its validation AUC / potential (clipped to [0, 1]) and its weight
+    (1 - achievement) ** amtl_gamma (tasks without an AUC or a potential get the mean weight); the next epoch
+    minimises the weighted geometric mean of the task losses. All weights start at 1."""
     settings = settings or TrainSettings()
     started = time.perf_counter()
     device = resolve_device(settings.device)
@@ -268,7 +310,16 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
     rng = np.random.default_rng(settings.seed)
     state = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": [],
              "best_state": None}
+    if settings.balancing not in ("none", "amtl"):
+        raise MomilError(f"balancing must be 'none' or 'amtl', not {settings.balancing!r}")
+    amtl = settings.balancing == "amtl"
+    if amtl and (potentials is None or len(potentials) != len(pairs.assays)):
+        raise MomilError("AMTL balancing needs each assay's single-task validation AUC (its potential); "
+                         "`momil cv` computes them")
+    state["task_weights"] = np.ones(len(pairs.assays)) if amtl else None
     signature = _signature(settings, pairs, train_wells, val_wells)
+    if amtl:
+        signature += hashlib.sha1(np.nan_to_num(np.asarray(potentials, np.float64), nan=-1).tobytes()).hexdigest()[:8]
 
     checkpoint = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
     if checkpoint is not None and checkpoint.exists():
@@ -298,11 +349,16 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
                 rows, assay, label = pairs.pairs(batch)
                 bags, mask = load_bags(store, batch, device)
                 lr = settings.lr * lr_factor(state["step"], total_steps, warmup_steps)
-                total_loss += training_step(model, bags, mask, rows, assay, label, optimizer, lazy, lr, device)
+                weights = torch.as_tensor(state["task_weights"], dtype=torch.float32) if amtl else None
+                total_loss += training_step(model, bags, mask, rows, assay, label, optimizer, lazy, lr, device,
+                                            weights)
                 total_pairs += len(rows)
                 state["step"] += 1
             _, v_assay, v_label, v_prob = predict_pairs(model, store, val_wells, pairs, device)
-            score, _ = validation_score(v_assay, v_label, v_prob, primary)
+            score, per_assay = validation_score(v_assay, v_label, v_prob, primary)
+            if amtl:
+                state["task_weights"] = amtl_weights(per_assay, np.asarray(potentials, np.float64),
+                                                     settings.amtl_gamma)
             val_loss = _bce(v_label, v_prob)
             epoch = state["epoch"]
             state["history"].append({"epoch": epoch, "train_loss": total_loss / max(1, total_pairs),

@@ -97,7 +97,12 @@ class StackedHeads(nn.Module):
 
     def loss(self, out: dict, target: torch.Tensor) -> torch.Tensor:
         """Summed BCE over pairs (the caller normalises)."""
-        return nn.functional.binary_cross_entropy_with_logits(full(out["logit"]), target.to(full(out["logit"]).dtype), reduction="sum")
+        return self.pair_loss(out, target).sum()
+
+    def pair_loss(self, out: dict, target: torch.Tensor) -> torch.Tensor:
+        """BCE of each pair: (P,)."""
+        logit = full(out["logit"])
+        return nn.functional.binary_cross_entropy_with_logits(logit, target.to(logit.dtype), reduction="none")
 
     def extra_repr(self) -> str:
         return f"assays={self.n_assays}, in={self.in_dim}, hidden={self.hidden}"
@@ -154,11 +159,11 @@ class DSMILHeads(StackedHeads):
     def probability(self, out: dict) -> torch.Tensor:
         return 0.5 * (torch.sigmoid(full(out["logit"])) + torch.sigmoid(full(out["max_logit"])))
 
-    def loss(self, out: dict, target: torch.Tensor) -> torch.Tensor:
+    def pair_loss(self, out: dict, target: torch.Tensor) -> torch.Tensor:
         bce = nn.functional.binary_cross_entropy_with_logits
         target = target.to(full(out["logit"]).dtype)
-        return 0.5 * (bce(full(out["logit"]), target, reduction="sum")
-                      + bce(full(out["max_logit"]), target, reduction="sum"))
+        return 0.5 * (bce(full(out["logit"]), target, reduction="none")
+                      + bce(full(out["max_logit"]), target, reduction="none"))
 
 
 class MeanPoolHeads(StackedHeads):

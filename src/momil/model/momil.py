@@ -50,6 +50,9 @@ class MoMIL(nn.Module):
         """Summed BCE over the pairs in ``out`` (unknown labels are never pairs, so they add nothing)."""
         return self.heads.loss(out, target)
 
+    def pair_loss(self, out: dict, target: torch.Tensor) -> torch.Tensor:
+        return self.heads.pair_loss(out, target)
+
     def probability(self, out: dict) -> torch.Tensor:
         return self.heads.probability(out)
 
