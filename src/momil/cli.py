@@ -371,6 +371,16 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def cmd_cells(args) -> int:
+    from momil.io.cellprofiler import cellprofiler_to_instances
+
+    summary = cellprofiler_to_instances(args.cellprofiler, args.out)
+    print(f"per-cell instance table written to {args.out}: {summary['cells']} cells x {summary['features']} "
+          f"features from {summary['folders']} CellProfiler folder(s) ({summary['dropped_non_finite']} features "
+          "dropped for missing values); next: momil ingest --instances " + str(args.out) + " --wells ...")
+    return 0
+
+
 def cmd_report(args) -> int:
     from momil.report import render_report
 
@@ -523,6 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(p, TrainSettings, skip=("projector_dim", "head_dim", "lr", "model"))
     add_settings_arguments(p, SelectSettings)
     add_settings_arguments(p, ImputeSettings)
+
+    p = stage("cells", "CellProfiler per-compartment CSVs -> a per-cell instance table for `momil ingest`", cmd_cells)
+    p.add_argument("--cellprofiler", nargs="+", required=True,
+                   help="folder(s) with Image.csv, Cells.csv, Cytoplasm.csv, Nuclei.csv")
+    p.add_argument("--out", required=True, help="instance table to write (.parquet)")
 
     p = stage("report", "render a `momil benchmark` folder as one HTML page (offline)", cmd_report)
     p.add_argument("benchmark", help="folder written by `momil benchmark`")
