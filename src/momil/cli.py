@@ -381,6 +381,25 @@ def cmd_cells(args) -> int:
     return 0
 
 
+def cmd_extract(args) -> int:
+    from momil.imaging.extract import ExtractSettings, extract
+    from momil.imaging.fields import FieldSettings
+
+    field = build_settings(FieldSettings, args, args.config, "field")
+    settings = build_settings(ExtractSettings, args, args.config, "extract")
+    store = extract(args.load_data, args.wells, args.out, field, settings, args.root, show_progress=not args.quiet)
+    report = store.extract_report
+    print(f"instance store written to {args.out}: {store.n_wells} wells, {store.n_instances} tiles x {store.dim} "
+          f"features ({report['tiles_now']} tiles embedded in this run, {report['tiles_per_second']} tiles/s)")
+    for item in report["skipped"][:10]:
+        print(f"  skipped plate {item['Metadata_Plate']} well {item['Metadata_Well']} site {item['Metadata_Site']}: "
+              f"{item['problem']}")
+    if len(report["skipped"]) > 10:
+        print(f"  ... {len(report['skipped']) - 10} more skipped fields")
+    print(f"next: momil correct --store {args.out} --out <corrected store>")
+    return 0
+
+
 def cmd_report(args) -> int:
     from momil.report import render_report
 
@@ -538,6 +557,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cellprofiler", nargs="+", required=True,
                    help="folder(s) with Image.csv, Cells.csv, Cytoplasm.csv, Nuclei.csv")
     p.add_argument("--out", required=True, help="instance table to write (.parquet)")
+
+    from momil.imaging.extract import ExtractSettings
+    from momil.imaging.fields import FieldSettings
+
+    p = stage("extract", "fields of view -> tiles -> backbone embeddings -> instance store", cmd_extract)
+    p.add_argument("--load-data", required=True, help="CellProfiler LoadData index of the fields (Parquet/CSV)")
+    p.add_argument("--wells", required=True, help="wells table (compound and control type of every well)")
+    p.add_argument("--out", required=True, help="instance store to create")
+    p.add_argument("--root", help="folder relative PathName_ columns start from (default: the LoadData folder)")
+    add_settings_arguments(p, FieldSettings)
+    add_settings_arguments(p, ExtractSettings)
 
     p = stage("report", "render a `momil benchmark` folder as one HTML page (offline)", cmd_report)
     p.add_argument("benchmark", help="folder written by `momil benchmark`")

@@ -1,0 +1,241 @@
+"""`momil extract`: fields of view -> tiles -> backbone embeddings -> an instance store (then `momil correct`).
+
+Fields are read, normalised and tiled by background threads while the backbone embeds batches of tiles (bf16
+autocast on CUDA, fp32 on CPU). Each finished field's embeddings are written to a cache folder beside the store
+(``<out>.extract/``, one small file per field, atomically), so a run that is interrupted and started again skips
+every finished field and ends with the same store. When all fields are done the store is built in one pass (one
+bag per well: its fields' tiles in site order, with site and tile position as instance metadata) and the cache
+is removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import queue
+import shutil
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from momil.errors import InputError, MomilError
+from momil.imaging.backbone import make_backbone
+from momil.imaging.fields import FieldSettings, channel_map, read_field, tile_field
+from momil.io.contract import COMPOUND, PLATE, SITE, WELL, read_load_data, read_wells
+from momil.progress import progress
+from momil.provenance import atomic_path, provenance
+
+
+@dataclasses.dataclass
+class ExtractSettings:
+    backbone: str = "vit-b16"  # vit-b16, vit-s16, vit-tiny or a timm ViT name
+    weights: str = ""  # local checkpoint (momil pretrain output, DINO / DINOv2); empty: random weights (warned)
+    batch_tiles: int = 64  # tiles per forward pass
+    dtype: str = "float16"  # store dtype: float16 or float32
+    device: str = "auto"  # auto (CUDA when present), cpu or cuda
+    readers: int = 2  # background threads reading and tiling fields
+    overwrite: bool = False
+
+
+def _field_key(row) -> str:
+    text = f"{row[PLATE]}\x1f{row[WELL]}\x1f{row[SITE]}"
+    return hashlib.sha1(text.encode()).hexdigest()[:20]
+
+
+def _signature(field: FieldSettings, settings: ExtractSettings, channels) -> str:
+    parts = {"field": dataclasses.asdict(field), "backbone": settings.backbone, "weights": settings.weights,
+             "channels": channels}
+    if settings.weights and Path(settings.weights).exists():
+        stat = Path(settings.weights).stat()
+        parts["weights_file"] = [stat.st_size, int(stat.st_mtime)]
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _reader(rows: list[tuple[int, pd.Series]], channels, field: FieldSettings, root, nuclei: int, out: queue.Queue,
+            stop: threading.Event, next_index: list, lock: threading.Lock) -> None:
+    while not stop.is_set():
+        with lock:
+            if next_index[0] >= len(rows):
+                break
+            i = next_index[0]
+            next_index[0] += 1
+        position, row = rows[i]
+        try:
+            image = read_field(row, channels, field, root)
+            tiles, where = tile_field(image, field, nuclei)
+            out.put((i, position, tiles, where, None))
+        except InputError as err:
+            out.put((i, position, None, None, err))
+    out.put(None)
+
+
+def extract(load_data, wells, out, field: FieldSettings | None = None, settings: ExtractSettings | None = None,
+            root=None, show_progress: bool = True):
+    """Embed every field of ``load_data`` (a LoadData table) into a new store ``out``; returns the store.
+
+    ``wells`` is the contract's wells table (compound and control type of every plate/well); ``root`` resolves
+    relative PathName_ columns (default: the LoadData file's folder)."""
+    from momil.io.store import InstanceStore, StoreWriter
+    from momil.train import resolve_device
+
+    field = field or FieldSettings()
+    settings = settings or ExtractSettings()
+    field.check()
+    out = Path(out)
+    if out.exists() and not settings.overwrite:
+        raise MomilError(f"{out}: exists -- choose another --out or pass --overwrite")
+    table, available = read_load_data(load_data)
+    well_table = read_wells(wells)
+    root = Path(root) if root else Path(load_data).parent
+    channels = channel_map(field, available)
+    names = [m for m, _ in channels]
+    if field.nuclei_channel not in names:
+        raise MomilError(f"nuclei_channel {field.nuclei_channel!r} is not a model channel ({', '.join(names)})")
+    nuclei = names.index(field.nuclei_channel)
+    keys = set(zip(well_table[PLATE], well_table[WELL]))
+    unknown = [i for i, k in enumerate(zip(table[PLATE], table[WELL])) if k not in keys]
+    if unknown:
+        raise InputError(load_data, f"{len(unknown)} field(s) belong to wells the wells table lacks (first: row "
+                         f"{unknown[0] + 1}, plate {table[PLATE].iat[unknown[0]]}, well {table[WELL].iat[unknown[0]]})",
+                         "add those wells to wells.parquet or drop the fields")
+    device = resolve_device(settings.device)
+    if not settings.weights:
+        warnings.warn("no --weights: the backbone has random weights (pretrain one with `momil pretrain` or name "
+                      "a DINO / DINOv2 checkpoint)", stacklevel=2)
+    torch.manual_seed(0)  # random weights, when used, are the same every run
+    model = make_backbone(settings.backbone, len(channels), field.tile, settings.weights or None).to(device).eval()
+
+    cache = out.parent / f"{out.name}.extract"
+    signature = _signature(field, settings, channels)
+    stamp = cache / "signature.txt"
+    if cache.exists() and (not stamp.exists() or stamp.read_text() != signature):
+        shutil.rmtree(cache)  # made with other settings: start again
+    (cache / "fields").mkdir(parents=True, exist_ok=True)
+    stamp.write_text(signature)
+
+    order = table.sort_values([PLATE, WELL, SITE], kind="stable")
+    rows = [(int(i), row) for i, row in order.iterrows()]
+    todo = [(i, row) for i, row in rows if not (cache / "fields" / f"{_field_key(row)}.npz").exists()]
+    skipped = json.loads((cache / "skipped.json").read_text()) if (cache / "skipped.json").exists() else []
+    started = time.perf_counter()
+    n_tiles = _embed_fields(todo, channels, field, root, nuclei, model, device, settings, cache, skipped,
+                            show_progress)
+    with atomic_path(cache / "skipped.json") as tmp:
+        tmp.write_text(json.dumps(skipped, indent=1))
+
+    # assemble the store, one bag per well
+    dim = int(model.num_features)
+    with StoreWriter.create(out, dim=dim, dtype=settings.dtype,
+                            feature_names=[f"fm{i:04d}" for i in range(dim)], overwrite=settings.overwrite) as writer:
+        info = well_table.set_index([PLATE, WELL])
+        for (plate, well), group in order.groupby([PLATE, WELL], sort=False):
+            feats, metas = [], []
+            for _, row in group.iterrows():
+                path = cache / "fields" / f"{_field_key(row)}.npz"
+                if not path.exists():
+                    continue  # skipped field
+                saved = np.load(path)
+                if len(saved["features"]):
+                    feats.append(saved["features"])
+                    metas.append(pd.DataFrame({SITE: row[SITE], "Metadata_TileY": saved["tile_y"],
+                                               "Metadata_TileX": saved["tile_x"]}))
+            if not feats:
+                continue
+            meta_row = info.loc[(plate, well)]
+            record = {PLATE: plate, WELL: well, **{c: meta_row[c] for c in well_table.columns
+                                                   if c not in (PLATE, WELL)}}
+            writer.add_bag(record, np.concatenate(feats), pd.concat(metas, ignore_index=True))
+        writer.set_provenance(provenance("extract", {"field": dataclasses.asdict(field),
+                                                     "extract": dataclasses.asdict(settings)},
+                                         inputs={"load_data": load_data, "wells": wells},
+                                         channels=channels, skipped_fields=len(skipped)))
+    store = InstanceStore(out)
+    shutil.rmtree(cache, ignore_errors=True)
+    seconds = time.perf_counter() - started
+    store.extract_report = {"fields": len(rows), "embedded_now": len(todo) - len(skipped), "skipped": skipped,
+                            "tiles_now": n_tiles, "seconds": round(seconds, 2),
+                            "tiles_per_second": round(n_tiles / seconds, 2) if seconds > 0 else None}
+    return store
+
+
+def _embed_fields(todo, channels, field: FieldSettings, root, nuclei, model, device, settings: ExtractSettings,
+                  cache: Path, skipped: list, show_progress: bool) -> int:
+    """Read/tile in threads, embed batches of tiles, write each finished field; returns tiles embedded."""
+    if not todo:
+        return 0
+    results: queue.Queue = queue.Queue(maxsize=max(4, 2 * settings.readers))
+    stop = threading.Event()
+    lock = threading.Lock()
+    next_index = [0]
+    threads = [threading.Thread(target=_reader, args=(todo, channels, field, root, nuclei, results, stop,
+                                                      next_index, lock), daemon=True)
+               for _ in range(max(1, settings.readers))]
+    for thread in threads:
+        thread.start()
+    pending: list[tuple[dict, np.ndarray]] = []  # fields whose tiles wait in the buffer
+    buffer: list[np.ndarray] = []
+    buffered = 0
+    done_tiles = 0
+    finished_readers = 0
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else \
+        torch.autocast("cpu", enabled=False)
+
+    def flush():
+        nonlocal buffer, buffered, pending, done_tiles
+        if not buffered:
+            for info, _ in pending:
+                _save_field(cache, info, np.zeros((0, model.num_features), np.float32))
+            pending = []
+            return
+        batch = torch.from_numpy(np.concatenate(buffer)).to(device)
+        with torch.inference_mode(), autocast:
+            embedded = model(batch).float().cpu().numpy()
+        start = 0
+        for info, _ in pending:
+            n = info["n"]
+            _save_field(cache, info, embedded[start:start + n])
+            start += n
+        done_tiles += buffered
+        buffer, buffered, pending = [], 0, []
+
+    try:
+        with progress(total=len(todo), desc="extract", unit="field", enabled=show_progress) as bar:
+            while finished_readers < len(threads):
+                item = results.get()
+                if item is None:
+                    finished_readers += 1
+                    continue
+                _, _, tiles, where, error = item
+                row = todo[item[0]][1]
+                if error is not None:
+                    if field.on_missing == "stop":
+                        raise error
+                    skipped.append({PLATE: row[PLATE], WELL: row[WELL], SITE: row[SITE], "problem": str(error)})
+                    bar.update(1)
+                    continue
+                info = {"key": _field_key(row), "n": len(tiles), "tile_y": where["Metadata_TileY"].to_numpy(),
+                        "tile_x": where["Metadata_TileX"].to_numpy()}
+                pending.append((info, tiles))
+                if len(tiles):
+                    buffer.append(tiles)
+                    buffered += len(tiles)
+                if buffered >= settings.batch_tiles:
+                    flush()
+                bar.update(1)
+                bar.set_postfix(tiles_per_s=f"{done_tiles / max(bar.format_dict['elapsed'], 1e-9):.1f}")
+            flush()
+    finally:
+        stop.set()
+    return done_tiles
+
+
+def _save_field(cache: Path, info: dict, features: np.ndarray) -> None:
+    with atomic_path(cache / "fields" / f"{info['key']}.npz") as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, features=features.astype(np.float32), tile_y=info["tile_y"], tile_x=info["tile_x"])

@@ -1,0 +1,106 @@
+"""Extraction: rendered and real fields -> tiles -> embeddings -> a store; resume; missing files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import momil.imaging.extract as extract_module
+from momil.cli import main
+from momil.errors import InputError
+from momil.imaging.extract import ExtractSettings, extract
+from momil.imaging.fields import FieldSettings
+from momil.io.store import InstanceStore
+from momil.simulate import SimulateSettings, simulate
+from test_fields import BRAY, PHENIX, bray_load_data, phenix_load_data
+
+pytestmark = pytest.mark.filterwarnings("ignore:no --weights")
+
+FIELD = FieldSettings(size=64, tile=32, stride=32, drop_background=False)
+TINY = ExtractSettings(backbone="vit-tiny", batch_tiles=8, dtype="float32", device="cpu", readers=2)
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rendered") / "screen"
+    simulate(path, SimulateSettings(n_compounds=4, replicates=1, negcon_per_plate=2, render_images=True,
+                                    image_size=64, sites=2, instances=8, n_assays=4, n_primary=2, n_targets=3),
+             show_progress=False)
+    return path
+
+
+def test_rendered_fields_become_a_store(rendered, tmp_path):
+    with pytest.warns(UserWarning, match="random weights"):
+        store = extract(rendered / "load_data.parquet", rendered / "wells.parquet", tmp_path / "store", FIELD, TINY,
+                        show_progress=False)
+    fields = len(pd.read_parquet(rendered / "load_data.parquet"))
+    wells = pd.read_parquet(rendered / "wells.parquet")
+    assert store.n_wells == len(wells) and store.n_instances == fields * 4  # 64 px fields, 32 px tiles
+    assert store.dim == 192 and np.isfinite(store.features).all()
+    meta = store.instance_meta(0)
+    assert list(meta["Metadata_Site"].astype(int)) == [1] * 4 + [2] * 4
+    assert set(zip(meta["Metadata_TileY"], meta["Metadata_TileX"])) == {(0, 0), (0, 32), (32, 0), (32, 32)}
+    assert not (tmp_path / "store.extract").exists()  # the field cache goes once the store is built
+    # the store is ready for correction
+    assert main(["correct", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "corrected"), "--quiet"]) == 0
+
+
+def test_interrupted_extraction_resumes_to_the_same_store(rendered, tmp_path, monkeypatch):
+    whole = extract(rendered / "load_data.parquet", rendered / "wells.parquet", tmp_path / "whole", FIELD, TINY,
+                    show_progress=False)
+    real_save = extract_module._save_field
+    saved = []
+
+    def dying_save(cache, info, features):
+        if len(saved) == 5:
+            raise KeyboardInterrupt
+        saved.append(info["key"])
+        real_save(cache, info, features)
+    monkeypatch.setattr(extract_module, "_save_field", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        extract(rendered / "load_data.parquet", rendered / "wells.parquet", tmp_path / "again", FIELD, TINY,
+                show_progress=False)
+    assert not (tmp_path / "again").exists() and len(list((tmp_path / "again.extract" / "fields").iterdir())) == 5
+    monkeypatch.setattr(extract_module, "_save_field", real_save)
+    resumed = extract(rendered / "load_data.parquet", rendered / "wells.parquet", tmp_path / "again", FIELD, TINY,
+                      show_progress=False)
+    fields = len(pd.read_parquet(rendered / "load_data.parquet"))
+    assert resumed.extract_report["embedded_now"] == fields - 5  # finished fields were not embedded again
+    assert np.allclose(resumed.features, whole.features, atol=1e-5)
+
+
+def test_missing_fields_stop_or_are_skipped(rendered, tmp_path):
+    load = pd.read_parquet(rendered / "load_data.parquet")
+    load.loc[0, "FileName_OrigMito"] = "missing.tiff"
+    load.to_parquet(tmp_path / "load_data.parquet")
+    for name in ("images",):
+        (tmp_path / name).symlink_to(rendered / name)
+    with pytest.raises(InputError, match="missing.tiff"):
+        extract(tmp_path / "load_data.parquet", rendered / "wells.parquet", tmp_path / "stopped", FIELD, TINY,
+                show_progress=False)
+    assert not (tmp_path / "stopped").exists()
+    skip = FieldSettings(**{**FIELD.__dict__, "on_missing": "skip"})
+    store = extract(tmp_path / "load_data.parquet", rendered / "wells.parquet", tmp_path / "skipped", skip, TINY,
+                    show_progress=False)
+    assert len(store.extract_report["skipped"]) == 1 and store.n_instances == (len(load) - 1) * 4
+
+
+def test_real_fields_of_both_layouts(tmp_path, capsys):
+    phenix = phenix_load_data().rename(columns={f"{k}_{c}": f"{k}_{c.replace('Orig', '')}"
+                                                for c in PHENIX for k in ("FileName", "PathName")})
+    bray = bray_load_data()
+    load = pd.concat([phenix, bray], ignore_index=True).drop(columns=["FileName_Brightfield", "PathName_Brightfield"])
+    load.to_parquet(tmp_path / "load_data.parquet")
+    wells = pd.DataFrame({"Metadata_Plate": ["BR00143976", "24279"], "Metadata_Well": ["C03", "A01"],
+                          "Metadata_Compound": ["DMSO", "DMSO"], "Metadata_ControlType": ["negcon", "negcon"],
+                          "Metadata_Batch": ["b", "b"]})
+    wells.to_parquet(tmp_path / "wells.parquet")
+    code = main(["extract", "--load-data", str(tmp_path / "load_data.parquet"), "--wells", str(tmp_path / "wells.parquet"),
+                 "--out", str(tmp_path / "store"), "--backbone", "vit-tiny", "--size", "128", "--tile", "64",
+                 "--stride", "32", "--no-drop-background", "--device", "cpu", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    store = InstanceStore(tmp_path / "store")
+    assert store.n_wells == 2 and list(store.counts) == [9, 9]  # 128 px, 64 px tiles at stride 32: 3 x 3 each
+    assert np.isfinite(store.features).all() and "18 tiles x 192 features" in out
