@@ -400,6 +400,21 @@ def cmd_extract(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    from momil.imaging.fields import FieldSettings
+    from momil.imaging.pretrain import PretrainSettings, pretrain
+
+    field = build_settings(FieldSettings, args, args.config, "field")
+    settings = build_settings(PretrainSettings, args, args.config, "pretrain")
+    summary = pretrain(args.load_data, args.out, field, settings, args.root, show_progress=not args.quiet,
+                       max_seconds=args.max_minutes * 60 if args.max_minutes else None)
+    print(f"pretrained {settings.method} backbone written to {Path(args.out) / 'backbone.pt'}: "
+          f"{summary['epochs_done']} of {settings.epochs} epochs on {summary['fields']} fields, loss "
+          f"{summary['first_loss']:.4f} -> {summary['last_loss']:.4f} ({summary['seconds']:.0f} s); run again to "
+          "continue from the checkpoint; next: momil extract --weights " + str(Path(args.out) / "backbone.pt"))
+    return 0
+
+
 def cmd_report(args) -> int:
     from momil.report import render_report
 
@@ -560,6 +575,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     from momil.imaging.extract import ExtractSettings
     from momil.imaging.fields import FieldSettings
+
+    from momil.imaging.pretrain import PretrainSettings
+
+    p = stage("pretrain", "DINO / DINOv2 self-supervised pretraining of the ViT on the screen's fields", cmd_pretrain)
+    p.add_argument("--load-data", required=True, help="CellProfiler LoadData index of the fields (Parquet/CSV)")
+    p.add_argument("--out", required=True, help="folder for backbone.pt, checkpoint.pt, history.csv")
+    p.add_argument("--root", help="folder relative PathName_ columns start from (default: the LoadData folder)")
+    p.add_argument("--max-minutes", type=float, help="stop after the epoch in which this time runs out")
+    add_settings_arguments(p, FieldSettings, skip=("tile", "stride", "drop_background", "foreground_level",
+                                                   "min_foreground"))
+    add_settings_arguments(p, PretrainSettings, skip=("device",))
+    p.add_argument("--device", default="auto")
 
     p = stage("extract", "fields of view -> tiles -> backbone embeddings -> instance store", cmd_extract)
     p.add_argument("--load-data", required=True, help="CellProfiler LoadData index of the fields (Parquet/CSV)")
