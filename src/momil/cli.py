@@ -372,12 +372,25 @@ def cmd_benchmark(args) -> int:
 
 
 def cmd_cells(args) -> int:
-    from momil.io.cellprofiler import cellprofiler_to_instances
+    if bool(args.cellprofiler) == bool(args.load_data):
+        raise MomilError("give either --cellprofiler (CellProfiler output folders) or --load-data (images to segment)")
+    if args.cellprofiler:
+        from momil.io.cellprofiler import cellprofiler_to_instances
 
-    summary = cellprofiler_to_instances(args.cellprofiler, args.out)
+        summary = cellprofiler_to_instances(args.cellprofiler, args.out)
+        source = f"{summary['folders']} CellProfiler folder(s) ({summary['dropped_non_finite']} features dropped " \
+                 "for missing values)"
+    else:
+        from momil.imaging.fields import FieldSettings
+        from momil.imaging.segment import SegmentSettings, cells_from_images
+
+        field = build_settings(FieldSettings, args, args.config, "field")
+        settings = build_settings(SegmentSettings, args, args.config, "segment")
+        summary = cells_from_images(args.load_data, args.out, field, settings, args.root, show_progress=not args.quiet)
+        source = f"{summary['fields']} segmented fields" + (f" ({len(summary['skipped'])} skipped)"
+                                                           if summary["skipped"] else "")
     print(f"per-cell instance table written to {args.out}: {summary['cells']} cells x {summary['features']} "
-          f"features from {summary['folders']} CellProfiler folder(s) ({summary['dropped_non_finite']} features "
-          "dropped for missing values); next: momil ingest --instances " + str(args.out) + " --wells ...")
+          f"features from {source}; next: momil ingest --instances {args.out} --wells ...")
     return 0
 
 
@@ -568,14 +581,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(p, SelectSettings)
     add_settings_arguments(p, ImputeSettings)
 
-    p = stage("cells", "CellProfiler per-compartment CSVs -> a per-cell instance table for `momil ingest`", cmd_cells)
-    p.add_argument("--cellprofiler", nargs="+", required=True,
-                   help="folder(s) with Image.csv, Cells.csv, Cytoplasm.csv, Nuclei.csv")
+    from momil.imaging.fields import FieldSettings
+    from momil.imaging.segment import SegmentSettings
+
+    p = stage("cells", "per-cell engineered features (CellProfiler output, or segmenting images) -> instance table",
+              cmd_cells)
+    p.add_argument("--cellprofiler", nargs="+", help="folder(s) with Image.csv, Cells.csv, Cytoplasm.csv, Nuclei.csv")
+    p.add_argument("--load-data", help="or: a LoadData index of fields to segment and measure with scikit-image")
+    p.add_argument("--root", help="folder relative PathName_ columns start from (default: the LoadData folder)")
     p.add_argument("--out", required=True, help="instance table to write (.parquet)")
+    add_settings_arguments(p, FieldSettings, skip=("tile", "stride", "drop_background", "foreground_level",
+                                                   "min_foreground"))
+    add_settings_arguments(p, SegmentSettings)
 
     from momil.imaging.extract import ExtractSettings
-    from momil.imaging.fields import FieldSettings
-
     from momil.imaging.pretrain import PretrainSettings
 
     p = stage("pretrain", "DINO / DINOv2 self-supervised pretraining of the ViT on the screen's fields", cmd_pretrain)
