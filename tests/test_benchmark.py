@@ -85,3 +85,46 @@ def test_report_from_the_shell_refuses_a_folder_without_a_benchmark(tmp_path, ca
     assert main(["report", str(tmp_path)]) == 2
     assert "run `momil benchmark` first" in capsys.readouterr().err
     assert not (tmp_path / "report.html").exists()
+
+
+def test_attention_drawn_on_the_fields_of_an_image_store(tmp_path):
+    """An extracted store remembers its fields: the report shows them with the tiles outlined by attention."""
+    import warnings
+
+    from momil.benchmark import attention_examples
+    from momil.imaging.extract import ExtractSettings, extract
+    from momil.imaging.fields import FieldSettings
+    from momil.model.momil import MoMIL
+    from momil.report import png_bytes, render_report
+    from momil.simulate import SimulateSettings, simulate
+    from momil.train import save_model
+    import struct
+    import zlib
+
+    simulate(tmp_path / "s", SimulateSettings(n_compounds=2, replicates=1, negcon_per_plate=2, render_images=True,
+                                              image_size=64, sites=1, instances=8, n_assays=4, n_primary=2,
+                                              n_targets=3), show_progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        store = extract(tmp_path / "s" / "load_data.parquet", tmp_path / "s" / "wells.parquet", tmp_path / "store",
+                        FieldSettings(size=64, tile=32, stride=16, drop_background=False),
+                        ExtractSettings(backbone="vit-tiny", device="cpu", dtype="float32"), show_progress=False)
+    (tmp_path / "bench" / "models").mkdir(parents=True)
+    save_model(tmp_path / "bench" / "models" / "rot0_model0.pt", MoMIL(store.dim, ["a"], projector_dim=8, head_dim=4))
+    trt = store.wells[store.wells["Metadata_ControlType"] == "trt"]
+    scored = pd.DataFrame({"Metadata_Compound": trt["Metadata_Compound"], "assay": "a", "probability": 0.9,
+                           "fold": 0, "label": 1})
+    table = attention_examples(store, tmp_path / "bench" / "models", scored, ["a"], tmp_path / "bench" / "attention.parquet")
+    assert table is not None and {"Metadata_TileY", "Metadata_TileX", "Metadata_Site"} <= set(table.columns)
+    pngs = sorted((tmp_path / "bench" / "fields").glob("*.png"))
+    assert len(pngs) == table.groupby(["Metadata_Plate", "Metadata_Well"]).ngroups
+    data = pngs[0].read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", data[16:24]) == (64, 64)
+    # the PNG encoder by hand: a 1 x 2 image
+    tiny = png_bytes(np.array([[[255, 0, 0], [0, 0, 255]]], np.uint8))
+    assert zlib.decompress(tiny[41:41 + struct.unpack(">I", tiny[33:37])[0]]) == b"\x00\xff\x00\x00\x00\x00\xff"
+    pd.DataFrame({"method": ["m"], "label": ["M"], "a": [0.5], "mean": [0.5]}).to_csv(tmp_path / "bench" / "table2.csv",
+                                                                                     index=False)
+    (tmp_path / "bench" / "table2.md").write_text("| method | a | mean |\n|---|---|---|\n| M | 0.5 | 0.5 |\n")
+    page = render_report(tmp_path / "bench").read_text()
+    assert "data:image/png;base64," in page and page.count("<rect") >= 9  # 3 x 3 tiles outlined

@@ -212,7 +212,62 @@ def attention_examples(store: InstanceStore, models: Path, scored: pd.DataFrame,
     table = pd.concat(rows, ignore_index=True)
     with atomic_path(path) as tmp:
         table.to_parquet(tmp, index=False)
+    if "Metadata_TileY" in table.columns:
+        field_views(store, table, path.parent / "fields")
     return table
+
+
+def find_record(history, stage: str) -> dict | None:
+    """The newest provenance record of ``stage`` in a store's history (searching the records it came from)."""
+    found = None
+    stack = list(history) if isinstance(history, list) else [history]
+    while stack:
+        item = stack.pop(0)
+        if isinstance(item, dict):
+            if item.get("stage") == stage:
+                found = item
+            stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def field_views(store: InstanceStore, attention: pd.DataFrame, folder: Path) -> int:
+    """RGB views (PNG) of the fields behind the attention examples of an image-derived store, for the report;
+    returns how many were written (none when the store's extraction record or images cannot be found)."""
+    from momil.imaging.fields import FieldSettings, read_field
+    from momil.io.contract import PLATE, SITE, WELL, read_load_data
+    from momil.report import _field_file, field_composite, png_bytes
+
+    record = find_record(store.manifest.get("history", []), "extract")
+    if not record:
+        return 0
+    try:
+        load = Path(record["inputs"]["load_data"]["path"])
+        table, _ = read_load_data(load)
+        field = FieldSettings(**record["settings"]["field"])
+        channels = [tuple(c) for c in record["channels"]]
+        root = Path(record.get("root") or load.parent)
+    except (KeyError, TypeError, MomilError, OSError):
+        return 0
+    written = 0
+    folder.mkdir(parents=True, exist_ok=True)
+    for (plate, well, site), _ in attention.groupby(["Metadata_Plate", "Metadata_Well", "Metadata_Site"]):
+        rows = table[(table[PLATE] == str(plate)) & (table[WELL] == str(well)) & (table[SITE].astype(str) == str(site))]
+        if rows.empty:
+            continue
+        try:
+            image = read_field(rows.iloc[0], channels, field, root)
+        except MomilError:
+            continue
+        rgb, scale = field_composite(image, [m for m, _ in channels])
+        name = _field_file(plate, well, site)
+        with atomic_path(folder / f"{name}.png") as tmp:
+            tmp.write_bytes(png_bytes(rgb))
+        with atomic_path(folder / f"{name}.json") as tmp:
+            tmp.write_text(json.dumps({"scale": scale, "tile": field.tile}))
+        written += 1
+    return written
 
 
 def run_probes(store, labels, folds, out: Path, settings: BenchmarkSettings, cv, train, show_progress) -> pd.DataFrame:

@@ -128,6 +128,55 @@ def attention_svg(frame: pd.DataFrame, width: int = 420, height: int = 90) -> st
     return "".join(parts)
 
 
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """A (H, W, 3) uint8 image as PNG bytes (zlib only, no imaging library)."""
+    import struct
+    import zlib
+
+    h, w, _ = rgb.shape
+    raw = b"".join(b"\x00" + np.ascontiguousarray(rgb[y]).tobytes() for y in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+
+
+def field_composite(field: np.ndarray, names: list[str], max_size: int = 384) -> tuple[np.ndarray, float]:
+    """An RGB view of a normalised field (C, H, W): DNA blue, ER (or RNA) green, AGP (or Mito) red; downsampled
+    to at most ``max_size`` pixels. Returns (uint8 image, scale from field pixels to image pixels)."""
+    def pick(*wanted):
+        for name in wanted:
+            if name in names:
+                return field[names.index(name)]
+        return np.zeros(field.shape[1:], np.float32)
+    rgb = np.stack([pick("AGP", "Mito"), pick("ER", "RNA"), pick("DNA")], axis=-1)
+    step = max(1, int(np.ceil(max(rgb.shape[:2]) / max_size)))
+    rgb = rgb[::step, ::step]
+    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8), 1.0 / step
+
+
+def field_overlay_svg(png: bytes, scale: float, tile: int, frame: pd.DataFrame) -> str:
+    """The field image with each instance's tile outlined, opacity and width following its attention."""
+    import base64
+    import struct
+
+    width, height = struct.unpack(">II", png[16:24])
+    peak = float(frame["attention"].max()) or 1.0
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}'>",
+             f"<image width='{width}' height='{height}' href='data:image/png;base64,"
+             f"{base64.b64encode(png).decode()}'/>"]
+    for _, row in frame.sort_values("attention").iterrows():
+        share = float(row["attention"]) / peak
+        parts.append(f"<rect x='{row['Metadata_TileX'] * scale:.1f}' y='{row['Metadata_TileY'] * scale:.1f}' "
+                     f"width='{tile * scale:.1f}' height='{tile * scale:.1f}' fill='#ffdd00' "
+                     f"fill-opacity='{0.35 * share:.2f}' stroke='#ffdd00' stroke-opacity='{share:.2f}' "
+                     f"stroke-width='{1 + 2 * share:.1f}'><title>instance {int(row['instance'])}: "
+                     f"{row['attention']:.4f}</title></rect>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 STYLE = """
 body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px;
        color: #222; }
@@ -138,6 +187,12 @@ th:first-child, td:first-child { text-align: left; }
 .grid { display: flex; flex-wrap: wrap; gap: 8px; }
 code { background: #f4f4f4; padding: 1px 4px; }
 """
+
+
+def _field_file(plate, well, site) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{plate}_{well}_{site}")
 
 
 def render_report(folder, out=None) -> Path:
@@ -191,6 +246,13 @@ def render_report(folder, out=None) -> Path:
                         f"{_esc(frame['Metadata_Compound'].iloc[0])}, probability "
                         f"{frame['probability'].iloc[0]:.3f}</h4>")
             body.append(attention_svg(frame))
+            for site, tiles in (frame.groupby("Metadata_Site") if "Metadata_TileY" in frame else []):
+                png = folder / "fields" / f"{_field_file(plate, well, site)}.png"
+                info = folder / "fields" / f"{_field_file(plate, well, site)}.json"
+                if png.exists() and info.exists():
+                    meta = json.loads(info.read_text())
+                    body.append(f"<p class='note'>site {_esc(site)}: tiles outlined by attention</p>")
+                    body.append(field_overlay_svg(png.read_bytes(), meta["scale"], meta["tile"], tiles))
         body.append("<p class='note'>Bars: attention weight per instance of the focus method's head (rotation 0 "
                     "model), the three largest in red. Hover for the instance's site.</p>")
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>momil benchmark</title><style>{STYLE}</style>"

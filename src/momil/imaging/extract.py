@@ -154,7 +154,8 @@ def extract(load_data, wells, out, field: FieldSettings | None = None, settings:
         writer.set_provenance(provenance("extract", {"field": dataclasses.asdict(field),
                                                      "extract": dataclasses.asdict(settings)},
                                          inputs={"load_data": load_data, "wells": wells},
-                                         channels=channels, skipped_fields=len(skipped)))
+                                         channels=channels, root=str(root.resolve()),
+                                         skipped_fields=len(skipped)))
     store = InstanceStore(out)
     shutil.rmtree(cache, ignore_errors=True)
     seconds = time.perf_counter() - started
