@@ -121,6 +121,7 @@ def test_stages_run_alone(tmp_path):
     assert "S_no_genes" in keep.selected
     with pytest.raises(MomilError, match="needs protein associations"):
         select_assays(store, labels, assays, None, train, val, tmp_path / "x", SelectSettings(), FAST)
+    assert not (tmp_path / "x").exists()  # refused before anything is written
     with pytest.raises(MomilError, match="stages must be"):
         SelectSettings(stages="biology,magic").stage_list()
 

@@ -202,7 +202,9 @@ def select_assays(store: InstanceStore, labels: LabelMatrix, assays: pd.DataFram
     train = train or TrainSettings()
     stages = settings.stage_list()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if "biology" in stages and associations is None:
+        raise MomilError("the biology stage needs protein associations (--associations) -- pass them, or "
+                         "leave biology out of --stages")
     device = resolve_device(train.device)
     train_wells = np.asarray(train_wells, np.int64)
     val_wells = np.asarray(val_wells, np.int64)
@@ -212,6 +214,7 @@ def select_assays(store: InstanceStore, labels: LabelMatrix, assays: pd.DataFram
     secondary = [a for a in labels.assays if a in labelled and role.get(a, "primary") == "secondary"]
     if not primary:
         raise MomilError("assay selection needs primary assays with labels -- mark them in assays.parquet (role)")
+    out.mkdir(parents=True, exist_ok=True)
     genes = assay_genes(assays)
 
     table = pd.DataFrame({"assay": secondary, "target_genes": ["|".join(genes.get(a, [])) for a in secondary]})
@@ -222,9 +225,6 @@ def select_assays(store: InstanceStore, labels: LabelMatrix, assays: pd.DataFram
     bio = biological_similarity(genes, associations, primary, secondary)
     associated: dict[str, set[str]] = {p: set(secondary) for p in primary}
     if "biology" in stages:
-        if associations is None:
-            raise MomilError("the biology stage needs protein associations (--associations) -- pass them, or "
-                             "leave biology out of --stages")
         no_genes = table["target_genes"] == ""
         best = bio.sort_values(["secondary", "score", "primary"], ascending=[True, False, True]) \
             .drop_duplicates("secondary").set_index("secondary")
