@@ -218,3 +218,19 @@ def test_amtl_training_runs_and_needs_potentials(tmp_path):
     again = fit(store, pairs, train, val, np.array([True, False]), settings, tmp_path / "ck", show_progress=False,
                 potentials=np.array([0.9, 0.9]))  # resumed from the finished checkpoint
     assert again.best_score == first.best_score
+
+
+def test_smoothed_amtl_gradient_by_hand():
+    from momil.train import smoothed_balanced_loss
+
+    losses = torch.tensor([1.0, 3.0, 4.0], requires_grad=True)
+    task = torch.tensor([0, 0, 1])
+    running = np.full(3, np.nan)  # task 2 never appears
+    weights = torch.tensor([1.0, 3.0])
+    smoothed_balanced_loss(losses, task, weights, running, np.array([0, 1])).backward()
+    # first sight: the running loss is the observed mean (2 and 4); grad of pair i = w_t / (n_t L~_t sum w)
+    assert running[:2].tolist() == [2.0, 4.0] and np.isnan(running[2])
+    assert losses.grad.tolist() == pytest.approx([1 / (2 * 2 * 4), 1 / (2 * 2 * 4), 3 / (1 * 4 * 4)])
+    # the next step moves the running loss by the EMA, and only for tasks present
+    smoothed_balanced_loss(torch.tensor([6.0]), torch.tensor([0]), torch.tensor([1.0]), running, np.array([1]))
+    assert running[1] == pytest.approx(0.9 * 4.0 + 0.1 * 6.0) and running[0] == 2.0

@@ -155,12 +155,34 @@ def balanced_loss(pair_loss: torch.Tensor, task: torch.Tensor, weights: torch.Te
     return (w * torch.log(mean + 1e-8)).sum() / w.sum().clamp(min=1e-8)
 
 
+def smoothed_balanced_loss(pair_loss: torch.Tensor, task: torch.Tensor, weights: torch.Tensor,
+                           running: np.ndarray, task_ids: np.ndarray, momentum: float = 0.9) -> torch.Tensor:
+    """AMTL's weighted geometric mean for sparse labels: its gradient, sum_t w_t grad(L_t) / L_t, with L_t in the
+    denominator replaced by the task's running loss (an EMA over steps, ``running`` (T,), updated in place; NaN =
+    not seen yet). A task with one or two labelled pairs in a step otherwise divides by a near-zero loss and its
+    easiest pairs dominate the step. ``task`` (P,) indexes ``weights`` / ``task_ids`` (global task numbers)."""
+    n = weights.shape[0]
+    sums = pair_loss.new_zeros(n).index_add(0, task, pair_loss)
+    counts = pair_loss.new_zeros(n).index_add(0, task, torch.ones_like(pair_loss))
+    present = counts > 0
+    mean = sums[present] / counts[present]
+    ids = task_ids[present.cpu().numpy()]
+    observed = mean.detach().float().cpu().numpy().astype(np.float64)
+    previous = running[ids]
+    running[ids] = np.where(np.isnan(previous), observed, momentum * previous + (1 - momentum) * observed)
+    scale = torch.as_tensor(np.maximum(running[ids], 1e-3), dtype=mean.dtype, device=mean.device)
+    w = weights[present].to(mean.dtype)
+    return (w * mean / scale).sum() / w.sum().clamp(min=1e-8)
+
+
 def training_step(model: MoMIL, bags, mask, rows, assay, label, optimizer, lazy: LazyHeadAdamW | None,
-                  lr: float, device, task_weights: torch.Tensor | None = None) -> float:
+                  lr: float, device, task_weights: torch.Tensor | None = None,
+                  running_loss: np.ndarray | None = None) -> float:
     """One optimisation step over the labelled pairs; returns the summed loss.
 
     The objective is the mean BCE over pairs, or with ``task_weights`` (T,) AMTL's weighted geometric mean of
-    the per-task losses (:func:`balanced_loss`)."""
+    the per-task losses (:func:`balanced_loss`; with ``running_loss`` its smoothed form,
+    :func:`smoothed_balanced_loss`)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     rows_t = torch.from_numpy(rows).to(device)
@@ -182,10 +204,12 @@ def training_step(model: MoMIL, bags, mask, rows, assay, label, optimizer, lazy:
         loss_sum = pair_loss.sum()
         if task_weights is None:
             objective = loss_sum / len(rows)
-        elif lazy is None:
-            objective = balanced_loss(pair_loss, assay_t, task_weights.to(pair_loss.device))
         else:
-            objective = balanced_loss(pair_loss, inverse, task_weights.to(pair_loss.device)[used])
+            task, ids = (assay_t, np.arange(len(task_weights))) if lazy is None else (inverse, used.cpu().numpy())
+            weights = task_weights.to(pair_loss.device)
+            weights = weights if lazy is None else weights[used]
+            objective = balanced_loss(pair_loss, task, weights) if running_loss is None else \
+                smoothed_balanced_loss(pair_loss, task, weights, running_loss, ids)
     objective.backward()
     if optimizer.param_groups[0]["params"]:
         optimizer.step()
@@ -286,7 +310,8 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
     With ``settings.balancing == "amtl"``, ``potentials`` (T,) are the single-task validation AUCs: after each
     epoch a task's achievement is its validation AUC / potential (clipped to [0, 1]) and its weight
     (1 - achievement) ** amtl_gamma (tasks without an AUC or a potential get the mean weight); the next epoch
-    minimises the weighted geometric mean of the task losses. All weights start at 1."""
+    minimises the weighted geometric mean of the task losses, in the smoothed form of
+    :func:`smoothed_balanced_loss` (labels are sparse: a task has few pairs per step). All weights start at 1."""
     settings = settings or TrainSettings()
     started = time.perf_counter()
     device = resolve_device(settings.device)
@@ -317,6 +342,7 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
         raise MomilError("AMTL balancing needs each assay's single-task validation AUC (its potential); "
                          "`momil cv` computes them")
     state["task_weights"] = np.ones(len(pairs.assays)) if amtl else None
+    state["running_loss"] = np.full(len(pairs.assays), np.nan) if amtl else None
     signature = _signature(settings, pairs, train_wells, val_wells)
     if amtl:
         signature += hashlib.sha1(np.nan_to_num(np.asarray(potentials, np.float64), nan=-1).tobytes()).hexdigest()[:8]
@@ -351,7 +377,7 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
                 lr = settings.lr * lr_factor(state["step"], total_steps, warmup_steps)
                 weights = torch.as_tensor(state["task_weights"], dtype=torch.float32) if amtl else None
                 total_loss += training_step(model, bags, mask, rows, assay, label, optimizer, lazy, lr, device,
-                                            weights)
+                                            weights, state["running_loss"] if amtl else None)
                 total_pairs += len(rows)
                 state["step"] += 1
             _, v_assay, v_label, v_prob = predict_pairs(model, store, val_wells, pairs, device)
