@@ -128,3 +128,12 @@ def test_attention_drawn_on_the_fields_of_an_image_store(tmp_path):
     (tmp_path / "bench" / "table2.md").write_text("| method | a | mean |\n|---|---|---|\n| M | 0.5 | 0.5 |\n")
     page = render_report(tmp_path / "bench").read_text()
     assert "data:image/png;base64," in page and page.count("<rect") >= 9  # 3 x 3 tiles outlined
+
+
+def test_table_cells_keep_their_pipes():
+    from momil.benchmark import _md
+    from momil.report import markdown_table_to_html
+
+    row = f"| {_md('MoMIL (|T| = all)')} | **0.812** |"
+    page = markdown_table_to_html("| method | a |\n|---|---|\n" + row + "\n")
+    assert "<td>MoMIL (|T| = all)</td>" in page and "<td><b>0.812</b></td>" in page

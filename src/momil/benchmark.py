@@ -320,7 +320,7 @@ def table3_markdown(table3: pd.DataFrame) -> str:
     for source, shots in table3.loc[table3["source"] != "single-task model on the assay", ["source", "shots"]] \
             .drop_duplicates().itertuples(index=False):
         columns.append((source, shots))
-    head = ["assay", "primary", "single-task model"] + [f"{source}, {shots} shots" for source, shots in columns]
+    head = ["assay", "primary", "single-task model"] + [f"{_md(source)}, {shots} shots" for source, shots in columns]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for (assay, primary), group in table3.groupby(["assay", "primary"], sort=False):
         single = group[group["source"] == "single-task model on the assay"]
@@ -350,6 +350,11 @@ def auc_table(scored: dict[str, pd.DataFrame], primary: list[str], methods: list
     return pd.DataFrame(rows)
 
 
+def _md(text: str) -> str:
+    """A table cell's text with its pipes escaped (labels such as "|T| = all")."""
+    return str(text).replace("|", "\\|")
+
+
 def _stars(p: float) -> str:
     """The paper's marks: * p < 0.001, † p < 0.05, ‡ p < 0.1."""
     if np.isnan(p):
@@ -374,9 +379,9 @@ def write_report(out: Path, table: pd.DataFrame, pvalues: pd.DataFrame, focus: s
             if row["method"] == focus and c in against_reference.index:
                 text += _stars(float(against_reference[c]))
             cells.append(text)
-        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_md(row['label'])} | " + " | ".join(cells) + " |")
     if len(against_reference):
-        lines.append("| p-value, " + f"{METHODS[focus][0]} > {METHODS.get(reference, (reference,))[0]} | "
+        lines.append("| p-value, " + f"{_md(METHODS[focus][0])} > {_md(METHODS.get(reference, (reference,))[0])} | "
                      + " | ".join(f"{against_reference.get(c, float('nan')):.3g}" for c in assays + ["mean"]) + " |")
     text = "\n".join(lines)
     text += ("\n\nCompound-level test ROC-AUC of the primary assays (predictions pooled over the fold rotations); "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,8 @@ def markdown_table_to_html(text: str) -> str:
     for i, line in enumerate(rows):
         if i == 1 and set(line.replace("|", "").strip()) <= set("-: "):
             continue
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        inner = line.strip()[1:-1] if line.strip().endswith("|") else line.strip()[1:]
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", inner)]
         tag = "th" if i == 0 else "td"
         rendered = []
         for c in cells:
@@ -211,7 +213,7 @@ def render_report(folder, out=None) -> Path:
     primary = [c for c in table.columns if c not in ("method", "label", "mean", "seconds")]
 
     body = [f"<h1>momil benchmark</h1><p class='note'>{_esc(folder.resolve())} &mdash; momil "
-            f"{_esc(record.get('version', ''))}, made {_esc(record.get('created', ''))}; methods: "
+            f"{_esc(record.get('momil_version', ''))}, made {_esc(record.get('created', ''))}; methods: "
             f"{_esc(', '.join(table['label']))}</p>"]
     body.append("<h2>Table 2: compound-level ROC-AUC of the primary assays</h2>")
     body.append(markdown_table_to_html((folder / "table2.md").read_text()))
