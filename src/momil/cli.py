@@ -241,7 +241,7 @@ def cmd_cv(args) -> int:
         if "selected_secondary" in info:
             parts.append(f"{info['selected_secondary']} secondary assays selected")
         if "imputed_labels" in info:
-            parts.append(f"{info['imputed_labels']} labels imputed, round {info['kept_round']} kept on validation")
+            parts.append(f"{info['imputed_labels']} labels imputed, the model of round {info['kept_round']} kept")
         if summary["select"] or summary["impute"]:
             print(f"  rotation {k}: " + ", ".join(parts))
     print("compound-level test metrics, predictions pooled over rotations:")
