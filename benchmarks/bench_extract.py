@@ -88,11 +88,15 @@ def main() -> None:
     assert store.n_instances == n
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}; {len(table)} fields of "
           f"{args.size} px, {args.tile} px tiles, {n} tiles, backbone {args.backbone}\n")
+    inner = store.extract_report["seconds"]  # reading, tiling, forward, field cache, store assembly
     print_table([{"what": "bare backbone forward (tiles in memory)", "seconds": f"{bare:.2f}",
                   "tiles/s": f"{n / bare:.1f}"},
-                 {"what": "momil extract (TIFF files -> store)", "seconds": f"{pipeline:.2f}",
+                 {"what": "momil extract: fields -> store (after the model is built)", "seconds": f"{inner:.2f}",
+                  "tiles/s": f"{n / inner:.1f}"},
+                 {"what": "momil extract: whole call (incl. building the model)", "seconds": f"{pipeline:.2f}",
                   "tiles/s": f"{n / pipeline:.1f}"}])
-    print(f"\n   pipeline at {100 * bare / pipeline:.0f} % of the bare forward (target >= 90 %)")
+    print(f"\n   pipeline at {100 * bare / inner:.0f} % of the bare forward (target >= 90 %); "
+          f"{100 * bare / pipeline:.0f} % counting the model build")
 
 
 if __name__ == "__main__":
