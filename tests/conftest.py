@@ -48,6 +48,16 @@ def tiny_instances(wells: pd.DataFrame, per_well=3, dim=4, seed=0, shuffle=False
     return frame
 
 
+def render_screen(path, **overrides):
+    """A tiny simulated screen with rendered 5-channel fields and a LoadData index; returns its folder."""
+    from momil.simulate import SimulateSettings, simulate
+
+    settings = dict(n_compounds=4, replicates=1, negcon_per_plate=2, render_images=True, image_size=64, sites=1,
+                    instances=8, n_assays=4, n_primary=2, n_targets=3)
+    simulate(path, SimulateSettings(**{**settings, **overrides}), show_progress=False)
+    return path
+
+
 @pytest.fixture
 def tiny_screen(tmp_path):
     """wells.parquet + instances.parquet for 2 plates x 6 wells x 3 instances x 4 features."""

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from momil.errors import MomilError
-from momil.imaging.backbone import load_weights, make_backbone, save_backbone
+from momil.imaging.backbone import make_backbone, save_backbone
 
 
 def test_vit_by_name_for_five_channels():

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import momil.evaluate as evaluate
+from conftest import render_screen
 from momil.benchmark import BenchmarkSettings, run_benchmark
 from momil.errors import MomilError
 from momil.evaluate import CVSettings
@@ -96,14 +97,11 @@ def test_attention_drawn_on_the_fields_of_an_image_store(tmp_path):
     from momil.imaging.fields import FieldSettings
     from momil.model.momil import MoMIL
     from momil.report import png_bytes, render_report
-    from momil.simulate import SimulateSettings, simulate
     from momil.train import save_model
     import struct
     import zlib
 
-    simulate(tmp_path / "s", SimulateSettings(n_compounds=2, replicates=1, negcon_per_plate=2, render_images=True,
-                                              image_size=64, sites=1, instances=8, n_assays=4, n_primary=2,
-                                              n_targets=3), show_progress=False)
+    render_screen(tmp_path / "s", n_compounds=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         store = extract(tmp_path / "s" / "load_data.parquet", tmp_path / "s" / "wells.parquet", tmp_path / "store",

@@ -119,11 +119,8 @@ def test_demo(tmp_path, capsys):
     assert InstanceStore(tmp_path / "demo" / "store-corrected").n_wells > 0
 
 
-def test_train_cv_predict_from_the_shell(tmp_path, capsys):
-    screen = tmp_path / "screen"
-    assert run(capsys, "simulate", "--out", screen, "--n-compounds", 60, "--replicates", 2, "--negcon-per-plate", 8,
-               "--dim", 6, "--instances", 6, "--n-assays", 8, "--n-primary", 3, "--label-density", 0.3,
-               "--primary-density", 0.6, "--quiet")[0] == 0
+def prepared_screen(tmp_path, capsys, screen) -> list:
+    """ingest -> correct -> split a simulated screen from the shell; the model commands' shared arguments."""
     assert run(capsys, "ingest", "--instances", screen / "instances.parquet", "--wells", screen / "wells.parquet",
                "--out", tmp_path / "raw", "--quiet")[0] == 0
     assert run(capsys, "correct", "--store", tmp_path / "raw", "--out", tmp_path / "store", "--quiet")[0] == 0
@@ -131,6 +128,15 @@ def test_train_cv_predict_from_the_shell(tmp_path, capsys):
                "--compounds", screen / "compounds.parquet", "--out", tmp_path / "folds.parquet", "--quiet")[0] == 0
     common = ["--store", tmp_path / "store", "--labels", screen / "labels.parquet", "--folds",
               tmp_path / "folds.parquet", "--assays", screen / "assays.parquet"]
+    return common
+
+
+def test_train_cv_predict_from_the_shell(tmp_path, capsys):
+    screen = tmp_path / "screen"
+    assert run(capsys, "simulate", "--out", screen, "--n-compounds", 60, "--replicates", 2, "--negcon-per-plate", 8,
+               "--dim", 6, "--instances", 6, "--n-assays", 8, "--n-primary", 3, "--label-density", 0.3,
+               "--primary-density", 0.6, "--quiet")[0] == 0
+    common = prepared_screen(tmp_path, capsys, screen)
     code, out, err = run(capsys, "train", *common, "--out", tmp_path / "model", "--epochs", 2, "--warmup-epochs", 1,
                          "--projector-dim", 8, "--head-dim", 4, "--quiet")
     assert code == 0, err
@@ -170,13 +176,7 @@ def test_select_impute_and_cv_with_both_from_the_shell(tmp_path, capsys):
     assert run(capsys, "simulate", "--out", screen, "--n-compounds", 60, "--replicates", 2, "--negcon-per-plate", 8,
                "--dim", 6, "--instances", 6, "--n-assays", 10, "--n-primary", 2, "--label-density", 0.4,
                "--primary-density", 0.7, "--quiet")[0] == 0
-    assert run(capsys, "ingest", "--instances", screen / "instances.parquet", "--wells", screen / "wells.parquet",
-               "--out", tmp_path / "raw", "--quiet")[0] == 0
-    assert run(capsys, "correct", "--store", tmp_path / "raw", "--out", tmp_path / "store", "--quiet")[0] == 0
-    assert run(capsys, "split", "--wells", screen / "wells.parquet", "--labels", screen / "labels.parquet",
-               "--compounds", screen / "compounds.parquet", "--out", tmp_path / "folds.parquet", "--quiet")[0] == 0
-    common = ["--store", tmp_path / "store", "--labels", screen / "labels.parquet", "--folds",
-              tmp_path / "folds.parquet", "--assays", screen / "assays.parquet"]
+    common = prepared_screen(tmp_path, capsys, screen)
     fast = ["--epochs", 3, "--warmup-epochs", 1, "--quiet"]
 
     # the biology stage without associations is refused before anything is written

@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 
 import momil.imaging.extract as extract_module
+from conftest import render_screen
 from momil.cli import main
 from momil.errors import InputError
 from momil.imaging.extract import ExtractSettings, extract
 from momil.imaging.fields import FieldSettings
 from momil.io.store import InstanceStore
-from momil.simulate import SimulateSettings, simulate
-from test_fields import BRAY, PHENIX, bray_load_data, phenix_load_data
+from test_fields import PHENIX, bray_load_data, phenix_load_data
 
 pytestmark = pytest.mark.filterwarnings("ignore:no --weights")
 
@@ -23,11 +23,7 @@ TINY = ExtractSettings(backbone="vit-tiny", batch_tiles=8, dtype="float32", devi
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rendered") / "screen"
-    simulate(path, SimulateSettings(n_compounds=4, replicates=1, negcon_per_plate=2, render_images=True,
-                                    image_size=64, sites=2, instances=8, n_assays=4, n_primary=2, n_targets=3),
-             show_progress=False)
-    return path
+    return render_screen(tmp_path_factory.mktemp("rendered") / "screen", sites=2)
 
 
 def test_rendered_fields_become_a_store(rendered, tmp_path):

@@ -15,22 +15,23 @@ PHENIX = {"OrigDNA": "ch5", "OrigER": "ch2", "OrigRNA": "ch6", "OrigAGP": "ch3",
 BRAY = {"DNA": "Hoechst", "ER": "ERSyto", "RNA": "ERSytoBleed", "AGP": "Ph_golgi", "Mito": "Mito"}
 
 
-def phenix_load_data() -> pd.DataFrame:
-    folder = shared("images", "BR00143976-C03-f03")
-    row = {"Metadata_Plate": "BR00143976", "Metadata_Well": "C03", "Metadata_Site": "3"}
-    for channel, ch in PHENIX.items():
-        row[f"FileName_{channel}"] = f"r03c03f03p01-{ch}sk1fk1fl1.tiff"
+def load_data(folder, plate: str, well: str, site: str, files: dict[str, str]) -> pd.DataFrame:
+    """A one-field LoadData table: channel -> file name, all in ``folder``."""
+    row = {"Metadata_Plate": plate, "Metadata_Well": well, "Metadata_Site": site}
+    for channel, name in files.items():
+        row[f"FileName_{channel}"] = name
         row[f"PathName_{channel}"] = str(folder)
     return pd.DataFrame([row])
+
+
+def phenix_load_data() -> pd.DataFrame:
+    return load_data(shared("images", "BR00143976-C03-f03"), "BR00143976", "C03", "3",
+                     {channel: f"r03c03f03p01-{ch}sk1fk1fl1.tiff" for channel, ch in PHENIX.items()})
 
 
 def bray_load_data() -> pd.DataFrame:
-    folder = shared("images", "bray-24279-A01-s1")
-    row = {"Metadata_Plate": "24279", "Metadata_Well": "A01", "Metadata_Site": "1"}
-    for channel, name in BRAY.items():
-        row[f"FileName_{channel}"] = f"{name}.tif"
-        row[f"PathName_{channel}"] = str(folder)
-    return pd.DataFrame([row])
+    return load_data(shared("images", "bray-24279-A01-s1"), "24279", "A01", "1",
+                     {channel: f"{name}.tif" for channel, name in BRAY.items()})
 
 
 def test_channel_mapping_by_suffix_and_by_name():

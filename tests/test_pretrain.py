@@ -11,7 +11,7 @@ import torch
 from momil.imaging.fields import FieldSettings
 from momil.imaging.pretrain import (PretrainSettings, augment, crop_views, dino_loss, ibot_loss, koleo_loss,
                                     nuclei_centres, pretrain)
-from momil.simulate import SimulateSettings, simulate
+from conftest import render_screen
 
 
 def test_dino_loss_by_hand():
@@ -64,11 +64,7 @@ def test_crops_centre_on_nuclei_and_augmentations_keep_channels():
 
 @pytest.fixture(scope="module")
 def fields(tmp_path_factory):
-    path = tmp_path_factory.mktemp("fields") / "screen"
-    simulate(path, SimulateSettings(n_compounds=4, replicates=1, negcon_per_plate=2, render_images=True,
-                                    image_size=64, sites=1, instances=8, n_assays=4, n_primary=2, n_targets=3),
-             show_progress=False)
-    return path / "load_data.parquet"
+    return render_screen(tmp_path_factory.mktemp("fields") / "screen") / "load_data.parquet"
 
 
 SMALL = dict(backbone="vit-tiny", global_size=32, local_size=16, local_crops=1, out_dim=32, epochs=2,

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import render_screen
 from momil.cli import main
 from momil.imaging.fields import FieldSettings, channel_map, read_field
 from momil.imaging.segment import SegmentSettings, measure_cells, segment_field
@@ -51,11 +52,7 @@ def test_real_field_gives_plausible_cells():
 
 
 def test_cells_from_rendered_images_to_a_store(tmp_path, capsys):
-    from momil.simulate import SimulateSettings, simulate
-
-    simulate(tmp_path / "s", SimulateSettings(n_compounds=3, replicates=1, negcon_per_plate=2, render_images=True,
-                                              image_size=128, sites=1, instances=12, n_assays=4, n_primary=2,
-                                              n_targets=3), show_progress=False)
+    render_screen(tmp_path / "s", n_compounds=3, image_size=128, instances=12)
     assert main(["cells", "--load-data", str(tmp_path / "s" / "load_data.parquet"), "--out",
                  str(tmp_path / "cells.parquet"), "--size", "0", "--quiet"]) == 0
     assert "cells x" in capsys.readouterr().out

@@ -148,16 +148,14 @@ def run_benchmark(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFrame
 
 def _select_once(store, labels, folds, assays, associations, out: Path, cv, train, select, show_progress) -> Path:
     """Assay selection in every rotation, shared by the methods that use it (reused when already made)."""
-    from momil.data import wells_of
+    from momil.data import rotation_wells
     from momil.selection import load_selection, select_assays
-    from momil.splits import rotation, rotation_compounds
+    from momil.splits import test_folds
 
-    n_folds = int(folds["fold"].max()) + 1
-    test_folds = list(range(n_folds)) if cv.rotations == "all" else [int(k) for k in cv.rotations.split(",")]
     root = out / "selection"
-    for k in test_folds:
-        parts = rotation_compounds(folds, rotation(k, n_folds))
-        train_wells, val_wells = wells_of(store.wells, parts["train"]), wells_of(store.wells, parts["val"])
+    for k in test_folds(cv.rotations, int(folds["fold"].max()) + 1):
+        _, wells = rotation_wells(store.wells, folds, k)
+        train_wells, val_wells = wells["train"], wells["val"]
         try:
             load_selection(root / f"rot{k}", train_wells, val_wells)
             continue
@@ -277,8 +275,9 @@ def run_probes(store, labels, folds, out: Path, settings: BenchmarkSettings, cv,
     from momil.evaluate import grid
     from momil.train import load_model
 
-    n_folds = int(folds["fold"].max()) + 1
-    rotations = list(range(n_folds)) if cv.rotations == "all" else [int(k) for k in cv.rotations.split(",")]
+    from momil.splits import test_folds
+
+    rotations = test_folds(cv.rotations, int(folds["fold"].max()) + 1)
     tables = [pd.read_csv(out / "selection" / f"rot{k}" / "selection.csv", dtype={"assay": str, "bio_primary": str})
               for k in rotations]
     unseen = choose_unseen(tables, labels, settings.probes)

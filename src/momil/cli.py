@@ -176,19 +176,16 @@ def _model_inputs(args):
 
 
 def cmd_train(args) -> int:
-    import dataclasses
-
     import numpy as np
     import pandas as pd
 
-    from momil.data import WellPairs, wells_of
+    from momil.data import WellPairs, rotation_wells
     from momil.provenance import provenance, write_json_atomic
-    from momil.splits import rotation, rotation_compounds
     from momil.train import TrainSettings, fit, save_model
 
     settings = build_settings(TrainSettings, args, args.config, "train")
     store, labels, folds, assays, primary = _model_inputs(args)
-    labelled = [a for a in labels.assays if a in set(labels.assays[np.unique(labels.cols)])]
+    labelled = labels.labelled_assays()
     if args.assay:
         unknown = [a for a in args.assay if a not in labelled]
         if unknown:
@@ -196,14 +193,11 @@ def cmd_train(args) -> int:
         model_assays = list(args.assay)
     else:
         model_assays = primary if args.configuration == "mtl-primary" else labelled
-    n_folds = int(folds["fold"].max()) + 1
-    rot = rotation(args.test_fold, n_folds)
-    parts = rotation_compounds(folds, rot)
+    rot, wells = rotation_wells(store.wells, folds, args.test_fold)
     pairs = WellPairs.build(store.wells, labels, model_assays)
     out = Path(args.out)
-    result = fit(store, pairs, wells_of(store.wells, parts["train"]), wells_of(store.wells, parts["val"]),
-                 np.array([a in set(primary) for a in model_assays]), settings, out / "checkpoint",
-                 show_progress=not args.quiet)
+    result = fit(store, pairs, wells["train"], wells["val"], np.array([a in set(primary) for a in model_assays]),
+                 settings, out / "checkpoint", show_progress=not args.quiet)
     record = provenance("train", settings, inputs={"store": args.store, "labels": args.labels, "folds": args.folds},
                         test_fold=rot.test_fold, val_fold=rot.val_fold, assays=len(model_assays),
                         best_epoch=result.best_epoch, val_auc=result.best_score)
@@ -218,10 +212,9 @@ def cmd_train(args) -> int:
 
 def cmd_cv(args) -> int:
     from momil.evaluate import CVSettings, cross_validate, metrics_table
-    from momil.train import TrainSettings
-
     from momil.imputation import ImputeSettings
     from momil.selection import SelectSettings
+    from momil.train import TrainSettings
 
     cv_settings = build_settings(CVSettings, args, args.config, "cv")
     train_settings = build_settings(TrainSettings, args, args.config, "train")
@@ -259,23 +252,10 @@ def _associations(args):
     return read_associations(args.associations, getattr(args, "string_info", None))
 
 
-def _rotations(text: str, n_folds: int) -> list[int]:
-    if text == "all":
-        return list(range(n_folds))
-    try:
-        chosen = [int(k) for k in str(text).split(",") if k.strip()]
-    except ValueError as err:
-        raise MomilError(f"--rotations must be 'all' or comma-separated fold numbers, not {text!r}") from err
-    bad = [k for k in chosen if not 0 <= k < n_folds]
-    if bad:
-        raise MomilError(f"--rotations: fold {bad[0]} does not exist (folds 0..{n_folds - 1})")
-    return chosen
-
-
 def cmd_select(args) -> int:
-    from momil.data import wells_of
+    from momil.data import rotation_wells
     from momil.selection import SelectSettings, select_assays, selection_table_text
-    from momil.splits import rotation, rotation_compounds
+    from momil.splits import test_folds
     from momil.train import TrainSettings
 
     settings = build_settings(SelectSettings, args, args.config, "select")
@@ -288,12 +268,10 @@ def cmd_select(args) -> int:
                          "score table, or a from, to, cost network) -- or leave biology out of --stages")
     n_folds = int(folds["fold"].max()) + 1
     out = Path(args.out)
-    for k in _rotations(args.rotations, n_folds):
-        rot = rotation(k, n_folds)
-        parts = rotation_compounds(folds, rot)
-        result = select_assays(store, labels, assays, associations, wells_of(store.wells, parts["train"]),
-                               wells_of(store.wells, parts["val"]), out / f"rot{k}", settings, train_settings,
-                               show_progress=not args.quiet)
+    for k in test_folds(args.rotations, n_folds):
+        rot, wells = rotation_wells(store.wells, folds, k)
+        result = select_assays(store, labels, assays, associations, wells["train"], wells["val"], out / f"rot{k}",
+                               settings, train_settings, show_progress=not args.quiet)
         summary = result.summary()
         print(f"rotation {k} (test fold {k}, validation fold {rot.val_fold}): {summary['candidates']} secondary "
               f"assays -> biology {summary['after_biology']} -> performance {summary['after_performance']} -> "
@@ -305,24 +283,19 @@ def cmd_select(args) -> int:
 
 
 def cmd_impute(args) -> int:
-    import numpy as np
-
-    from momil.data import wells_of
+    from momil.data import rotation_wells
     from momil.imputation import ImputeSettings, imputed_counts, self_train
     from momil.provenance import provenance
     from momil.selection import load_selection
-    from momil.splits import rotation, rotation_compounds
     from momil.train import TrainSettings, save_model
 
     settings = build_settings(ImputeSettings, args, args.config, "impute")
     settings.check()
     train_settings = build_settings(TrainSettings, args, args.config, "train")
     store, labels, folds, assays, primary = _model_inputs(args)
-    labelled = [a for a in labels.assays if a in set(labels.assays[np.unique(labels.cols)])]
-    n_folds = int(folds["fold"].max()) + 1
-    rot = rotation(args.test_fold, n_folds)
-    parts = rotation_compounds(folds, rot)
-    train_wells, val_wells = wells_of(store.wells, parts["train"]), wells_of(store.wells, parts["val"])
+    labelled = labels.labelled_assays()
+    rot, wells = rotation_wells(store.wells, folds, args.test_fold)
+    train_wells, val_wells = wells["train"], wells["val"]
     if args.selection:
         chosen = set(load_selection(Path(args.selection) / f"rot{args.test_fold}", train_wells, val_wells))
         model_assays = [a for a in labelled if a in chosen or a in set(primary)]

@@ -111,6 +111,24 @@ def load_bags(store: InstanceStore, wells: np.ndarray, device: torch.device | st
     return torch.from_numpy(bags).to(device), torch.from_numpy(mask).to(device)
 
 
+def labelled_wells_of(store_wells: pd.DataFrame, labels: LabelMatrix, assay: str, wells: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Wells (store rows, of ``wells``) with a measured label in ``assay``, and those labels (int64)."""
+    pairs = WellPairs.build(store_wells, labels, [assay])
+    mine = pairs.labelled_wells(np.asarray(wells, np.int64))
+    _, _, y = pairs.pairs(mine)
+    return mine, y.astype(np.int64)
+
+
+def rotation_wells(store_wells: pd.DataFrame, folds: pd.DataFrame, test_fold: int):
+    """The 3-1-1 rotation of ``test_fold`` and its treatment wells: (Rotation, {"train", "val", "test"} -> rows)."""
+    from momil.splits import rotation, rotation_compounds
+
+    rot = rotation(test_fold, int(folds["fold"].max()) + 1)
+    parts = rotation_compounds(folds, rot)
+    return rot, {name: wells_of(store_wells, compounds) for name, compounds in parts.items()}
+
+
 def wells_of(store_wells: pd.DataFrame, compounds) -> np.ndarray:
     """Store rows of the wells of ``compounds`` (treatment wells only)."""
     chosen = set(map(str, compounds))

@@ -25,6 +25,7 @@ import itertools
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -37,7 +38,12 @@ from momil.io.store import InstanceStore
 from momil.progress import progress
 from momil.provenance import atomic_path, provenance, write_json_atomic
 from momil.splits import rotation, rotation_compounds
+from momil.splits import test_folds as parse_test_folds
 from momil.train import TrainSettings, fit, resolve_device, save_model
+
+if TYPE_CHECKING:  # pragma: no cover
+    from momil.imputation import ImputeSettings
+    from momil.selection import SelectSettings
 
 CONFIGURATIONS = ("mtl-all", "mtl-primary", "stl")
 
@@ -283,12 +289,12 @@ def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFram
             raise MomilError(f"{out}: holds a finished cross-validation -- choose another --out or pass --overwrite")
         shutil.rmtree(out)  # start afresh: fits kept from the old run would not match new settings
     out.mkdir(parents=True, exist_ok=True)
-    assays = [a for a in labels.assays if a in set(labels.assays[np.unique(labels.cols)])]
+    assays = labels.labelled_assays()
     primary = [a for a in primary if a in set(assays)]
     if not primary:
         raise MomilError("no primary assay has labels -- check assays.parquet roles and the labels")
     n_folds = int(folds["fold"].max()) + 1
-    test_folds = list(range(n_folds)) if cv.rotations == "all" else [int(k) for k in cv.rotations.split(",")]
+    test_folds = parse_test_folds(cv.rotations, n_folds)
     points = grid(cv)
     model_sets = _model_assay_sets(cv.configuration, assays, primary)
     device = resolve_device(train.device)

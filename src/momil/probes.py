@@ -17,11 +17,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from momil.data import WellPairs, load_bags, wells_of
+from momil.data import WellPairs, labelled_wells_of, load_bags, rotation_wells
 from momil.errors import MomilError
 from momil.io.contract import COMPOUND, LabelMatrix
 from momil.io.store import InstanceStore
-from momil.splits import rotation, rotation_compounds
 from momil.train import TrainSettings, fit, load_model, resolve_device
 
 
@@ -59,13 +58,6 @@ def _embed(model, store: InstanceStore, wells: np.ndarray, assay_index: int, dev
     return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
 
 
-def _labelled_wells(store, labels, assay, compounds) -> tuple[np.ndarray, np.ndarray]:
-    pairs = WellPairs.build(store.wells, labels, [assay])
-    wells = pairs.labelled_wells(wells_of(store.wells, compounds))
-    _, _, y = pairs.pairs(wells)
-    return wells, y.astype(int)
-
-
 def _draw(wells: np.ndarray, y: np.ndarray, compounds: np.ndarray, n: int, rng) -> np.ndarray:
     """Wells of n active and n inactive compounds (all when n = 0 or fewer exist)."""
     if n == 0:
@@ -92,7 +84,6 @@ def probe_unseen(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFrame,
 
     settings = settings or ProbeSettings()
     shots = shot_counts(settings.shots)
-    n_folds = int(folds["fold"].max()) + 1
     rotations = sorted(model_paths) if rotations is None else rotations
     device = resolve_device("cpu")
     rows = []
@@ -106,10 +97,9 @@ def probe_unseen(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFrame,
                 raise MomilError(f"{model_paths[k]}: was trained on {assay!r}, which is then not unseen")
             if primary not in model.assays:
                 raise MomilError(f"{model_paths[k]}: has no head for the primary assay {primary!r}")
-            rot = rotation(k, n_folds)
-            parts = rotation_compounds(folds, rot)
-            tr_wells, tr_y = _labelled_wells(store, labels, assay, parts["train"])
-            te_wells, te_y = _labelled_wells(store, labels, assay, parts["test"])
+            _, parts = rotation_wells(store.wells, folds, k)
+            tr_wells, tr_y = labelled_wells_of(store.wells, labels, assay, parts["train"])
+            te_wells, te_y = labelled_wells_of(store.wells, labels, assay, parts["test"])
             if len(te_wells) == 0 or len(np.unique(tr_y)) < 2:
                 continue
             head = model.assays.index(primary)
@@ -128,8 +118,8 @@ def probe_unseen(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFrame,
                                                                        "probability": prob}))
             if stl is not None:
                 pairs = WellPairs.build(store.wells, labels, [assay])
-                result = fit(store, pairs, wells_of(store.wells, parts["train"]), wells_of(store.wells, parts["val"]),
-                             np.ones(1, bool), stl, Path(work) / f"stl-{_safe(assay)}-rot{k}" if work else None,
+                folder = Path(work) / f"stl-{_safe(assay)}-rot{k}" if work else None
+                result = fit(store, pairs, parts["train"], parts["val"], np.ones(1, bool), stl, folder,
                              show_progress=False)
                 bags, mask = load_bags(store, te_wells, device)
                 prob = result.model.predict(bags, mask).numpy()[:, 0]

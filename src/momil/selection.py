@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from momil.data import WellPairs, load_bags
+from momil.data import WellPairs, labelled_wells_of, load_bags
 from momil.errors import MomilError
 from momil.io.contract import LabelMatrix, assay_genes
 from momil.io.store import InstanceStore
@@ -180,14 +180,6 @@ def influence_score(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
     return float(roc_auc_score(val_y, model.predict_proba(val_x)[:, 1]))
 
 
-def _labelled(store: InstanceStore, labels: LabelMatrix, assay: str, wells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Wells (of ``wells``) with a measured label in ``assay`` and those labels."""
-    pairs = WellPairs.build(store.wells, labels, [assay])
-    mine = pairs.labelled_wells(np.asarray(wells, np.int64))
-    _, _, y = pairs.pairs(mine)
-    return mine, y.astype(np.int64)
-
-
 # -------------------------------------------------------------------------------------------------- driver
 def select_assays(store: InstanceStore, labels: LabelMatrix, assays: pd.DataFrame,
                   associations: pd.DataFrame | None, train_wells: np.ndarray, val_wells: np.ndarray, out,
@@ -208,7 +200,7 @@ def select_assays(store: InstanceStore, labels: LabelMatrix, assays: pd.DataFram
     device = resolve_device(train.device)
     train_wells = np.asarray(train_wells, np.int64)
     val_wells = np.asarray(val_wells, np.int64)
-    labelled = set(labels.assays[np.unique(labels.cols)])
+    labelled = set(labels.labelled_assays())
     role = dict(zip(assays["assay"], assays["role"]))
     primary = [a for a in labels.assays if a in labelled and role.get(a, "primary") == "primary"]
     secondary = [a for a in labels.assays if a in labelled and role.get(a, "primary") == "secondary"]
@@ -284,8 +276,8 @@ def select_assays(store: InstanceStore, labels: LabelMatrix, assays: pd.DataFram
         with progress(total=len(primary), desc="select: influence", unit="primary", enabled=show_progress) as bar:
             for p in primary:
                 mine = sorted((candidates & associated[p]) & set(models), key=list(labels.assays).index)
-                tr, y_tr = _labelled(store, labels, p, train_wells)
-                va, y_va = _labelled(store, labels, p, val_wells)
+                tr, y_tr = labelled_wells_of(store.wells, labels, p, train_wells)
+                va, y_va = labelled_wells_of(store.wells, labels, p, val_wells)
                 heads = {t: models[t] for t in [p] + mine if t in models}
                 emb_tr = embed_wells(heads, store, tr, device)
                 emb_va = embed_wells(heads, store, va, device)

@@ -341,6 +341,20 @@ def rotations(n_folds: int) -> Iterator[Rotation]:
         yield rotation(k, n_folds)
 
 
+def test_folds(text: str, n_folds: int) -> list[int]:
+    """The test folds a ``--rotations`` value names: "all" or comma-separated fold numbers, each checked."""
+    if str(text) == "all":
+        return list(range(n_folds))
+    try:
+        chosen = [int(k) for k in str(text).split(",") if k.strip()]
+    except ValueError as err:
+        raise MomilError(f"--rotations must be 'all' or comma-separated fold numbers, not {text!r}") from err
+    bad = [k for k in chosen if not 0 <= k < n_folds]
+    if bad or not chosen:
+        raise MomilError(f"--rotations: fold {bad[0] if bad else text!r} does not exist (folds 0..{n_folds - 1})")
+    return chosen
+
+
 def rotation_compounds(folds: pd.DataFrame, rot: Rotation) -> dict[str, np.ndarray]:
     fold = folds["fold"].to_numpy()
     names = folds[COMPOUND].to_numpy(dtype=object)

@@ -55,18 +55,27 @@ class TrainSettings:
     seed: int = 0
 
 
-def build_model(in_dim: int, assays: list[str], settings: TrainSettings) -> torch.nn.Module:
-    """MoMIL or a baseline of the same interface, by ``settings.model``."""
+def model_from_hparams(hp: dict) -> torch.nn.Module:
+    """MoMIL or a baseline of the same interface from its hyperparameters (``model.hparams``)."""
     from momil.model.baselines import BASELINES
 
-    if settings.model == "momil":
-        return MoMIL(in_dim, assays, settings.head, settings.projector_dim, settings.head_dim, settings.dropout,
-                     settings.shared_projector)
-    if settings.model in BASELINES:
-        return BASELINES[settings.model](in_dim, assays, settings.projector_dim, settings.head_dim, settings.dropout)
-    if settings.model == "instance-count":
+    kind = hp.get("model", "momil")
+    if kind == "momil":
+        return MoMIL(hp["in_dim"], hp["assays"], hp["head"], hp["projector_dim"], hp["head_dim"], hp["dropout"],
+                     hp["shared_projector"])
+    if kind in BASELINES:
+        return BASELINES[kind](hp["in_dim"], hp["assays"], hp["projector_dim"], hp["head_dim"], hp["dropout"])
+    if kind == "instance-count":
         raise MomilError("the instance-count baseline is a logistic regression, not a network: run it with `momil cv`")
-    raise MomilError(f"model must be one of {MODELS}, not {settings.model!r}")
+    raise MomilError(f"model must be one of {MODELS}, not {kind!r}")
+
+
+def build_model(in_dim: int, assays: list[str], settings: TrainSettings) -> torch.nn.Module:
+    """MoMIL or a baseline of the same interface, by ``settings.model``."""
+    return model_from_hparams({"model": settings.model, "in_dim": in_dim, "assays": list(assays),
+                               "head": settings.head, "projector_dim": settings.projector_dim,
+                               "head_dim": settings.head_dim, "dropout": settings.dropout,
+                               "shared_projector": settings.shared_projector})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -443,17 +452,10 @@ def load_model(path, device="cpu") -> tuple[MoMIL, dict]:
         raise MomilError(f"{path}: not a momil model ({err})") from err
     if not isinstance(payload, dict) or payload.get("format") != "momil-model":
         raise MomilError(f"{path}: not a momil model file (train one with `momil train` or `momil cv`)")
-    hp = payload["hparams"]
-    kind = hp.get("model", "momil")
-    if kind == "momil":
-        model = MoMIL(hp["in_dim"], hp["assays"], hp["head"], hp["projector_dim"], hp["head_dim"], hp["dropout"],
-                      hp["shared_projector"])
-    else:
-        from momil.model.baselines import BASELINES
-
-        if kind not in BASELINES:
-            raise MomilError(f"{path}: a model of kind {kind!r} this momil version does not know")
-        model = BASELINES[kind](hp["in_dim"], hp["assays"], hp["projector_dim"], hp["head_dim"], hp["dropout"])
+    try:
+        model = model_from_hparams(payload["hparams"])
+    except MomilError as err:
+        raise MomilError(f"{path}: {err}") from err
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model.to(device), payload.get("extra", {})

@@ -27,7 +27,7 @@ import torch
 from momil.errors import InputError, MomilError
 from momil.imaging.backbone import make_backbone
 from momil.imaging.fields import FieldSettings, channel_map, read_field, tile_field
-from momil.io.contract import COMPOUND, PLATE, SITE, WELL, read_load_data, read_wells
+from momil.io.contract import PLATE, SITE, WELL, read_load_data, read_wells
 from momil.progress import progress
 from momil.provenance import atomic_path, provenance
 

@@ -327,6 +327,12 @@ class LabelMatrix:
         dense[self.rows, self.cols] = self.values
         return dense
 
+    def labelled_assays(self) -> list[str]:
+        """Assays with at least one known label, in the matrix's order."""
+        used = np.zeros(len(self.assays), dtype=bool)
+        used[self.cols] = True
+        return [str(a) for a in self.assays[used]]
+
     def counts(self) -> pd.DataFrame:
         """Per assay: n_labelled, n_pos, n_neg."""
         n = np.bincount(self.cols, minlength=len(self.assays))
