@@ -295,14 +295,14 @@ def run_probes(store, labels, folds, out: Path, settings: BenchmarkSettings, cv,
     stl_train = dataclasses.replace(train, **point)
     probe = ProbeSettings(shots=settings.shots, repeats=settings.probe_repeats)
     frames = [probe_unseen(store, labels, folds, mtl, unseen, probe, stl_train, out / "probes", rotations,
-                           label="MoMIL + AS head (MTL)")]
+                           label="MoMIL + AS head (MTL)", show_progress=show_progress)]
     by_primary: dict[str, dict[str, str]] = {}
     for assay, primary in unseen.items():
         by_primary.setdefault(primary, {})[assay] = primary
     for primary, mine in by_primary.items():
         if set(stl_models.get(primary, {})) >= set(rotations):
             frames.append(probe_unseen(store, labels, folds, stl_models[primary], mine, probe, None, None, rotations,
-                                       label="STL head of the primary"))
+                                       label="STL head of the primary", show_progress=show_progress))
     table3 = pd.concat(frames, ignore_index=True)
     with atomic_path(out / "table3.csv") as tmp:
         table3.to_csv(tmp, index=False)

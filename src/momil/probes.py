@@ -21,6 +21,8 @@ from momil.data import WellPairs, labelled_wells_of, load_bags, rotation_wells
 from momil.errors import MomilError
 from momil.io.contract import COMPOUND, LabelMatrix
 from momil.io.store import InstanceStore
+from momil.progress import progress
+from momil.provenance import safe_name
 from momil.train import TrainSettings, fit, load_model, resolve_device
 
 
@@ -72,7 +74,8 @@ def _draw(wells: np.ndarray, y: np.ndarray, compounds: np.ndarray, n: int, rng) 
 
 def probe_unseen(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFrame, model_paths: dict[int, Path],
                  unseen: dict[str, str], settings: ProbeSettings | None = None, stl: TrainSettings | None = None,
-                 work=None, rotations: list[int] | None = None, label: str = "probe") -> pd.DataFrame:
+                 work=None, rotations: list[int] | None = None, label: str = "probe",
+                 show_progress: bool = False) -> pd.DataFrame:
     """Few-shot probes of ``unseen`` assays (assay -> related primary) on the heads of ``model_paths`` (test
     fold -> model file whose assays include the primary and exclude the unseen assay), and a single-task model on
     each unseen assay when ``stl`` is given. Rows: assay, primary, source, shots, auc_mean, auc_sd, draws,
@@ -87,7 +90,9 @@ def probe_unseen(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFrame,
     rotations = sorted(model_paths) if rotations is None else rotations
     device = resolve_device("cpu")
     rows = []
+    bar = progress(total=len(unseen), desc=f"probes ({label})", unit="assay", enabled=show_progress)
     for assay, primary in unseen.items():
+        bar.update(1)
         # per shot count and draw, the pooled compound-level test predictions
         pooled: dict[tuple[int, int], list[pd.DataFrame]] = {}
         stl_frames = []
@@ -118,7 +123,7 @@ def probe_unseen(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFrame,
                                                                        "probability": prob}))
             if stl is not None:
                 pairs = WellPairs.build(store.wells, labels, [assay])
-                folder = Path(work) / f"stl-{_safe(assay)}-rot{k}" if work else None
+                folder = Path(work) / f"stl-{safe_name(assay, 30)}-rot{k}" if work else None
                 result = fit(store, pairs, parts["train"], parts["val"], np.ones(1, bool), stl, folder,
                              show_progress=False)
                 bags, mask = load_bags(store, te_wells, device)
@@ -142,15 +147,9 @@ def probe_unseen(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFrame,
             auc, count = compound_auc(stl_frames)
             rows.append({"assay": assay, "primary": primary, "source": "single-task model on the assay",
                          "shots": "all", "auc_mean": auc, "auc_sd": 0.0, "draws": 1, "n_compounds": count})
+    bar.close()
     return pd.DataFrame(rows, columns=["assay", "primary", "source", "shots", "auc_mean", "auc_sd", "draws",
                                        "n_compounds"])
-
-
-def _safe(name: str) -> str:
-    import hashlib
-    import re
-
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:30] + "-" + hashlib.sha1(name.encode()).hexdigest()[:6]
 
 
 def choose_unseen(selection_tables: list[pd.DataFrame], labels: LabelMatrix, limit: int = 12) -> dict[str, str]:

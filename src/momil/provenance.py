@@ -18,6 +18,15 @@ from typing import Any, Iterator
 _HASH_LIMIT = 64 * 1024 * 1024  # inputs up to this size are hashed; larger ones are recorded by size and mtime
 
 
+def safe_name(text: str, limit: int = 40) -> str:
+    """A file name for any identifier: unsafe characters replaced, cut to ``limit``, plus a short hash of the
+    original so that different identifiers never share a name."""
+    import re
+
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text))[:limit]
+    return f"{cleaned}-{hashlib.sha1(str(text).encode()).hexdigest()[:8]}"
+
+
 def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 

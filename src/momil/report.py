@@ -192,9 +192,9 @@ code { background: #f4f4f4; padding: 1px 4px; }
 
 
 def _field_file(plate, well, site) -> str:
-    import re
+    from momil.provenance import safe_name
 
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{plate}_{well}_{site}")
+    return safe_name(f"{plate}_{well}_{site}")
 
 
 def render_report(folder, out=None) -> Path:

@@ -26,7 +26,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +37,7 @@ from momil.errors import MomilError
 from momil.io.contract import LabelMatrix, assay_genes
 from momil.io.store import InstanceStore
 from momil.progress import progress
-from momil.provenance import atomic_path, provenance, write_json_atomic
+from momil.provenance import atomic_path, provenance, safe_name, write_json_atomic
 from momil.train import FitResult, TrainSettings, fit, load_model, resolve_device, save_model
 
 STAGES = ("biology", "performance", "influence")
@@ -109,11 +108,6 @@ def biological_similarity(genes: dict[str, list[str]], associations: pd.DataFram
 
 
 # ------------------------------------------------------------------------------------ single-assay models
-def _assay_dir(root: Path, assay: str) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", assay)[:40]
-    return root / f"{safe}-{hashlib.sha1(assay.encode()).hexdigest()[:8]}"
-
-
 def stl_settings(train: TrainSettings, settings: SelectSettings) -> TrainSettings:
     """The single-assay models of selection: no shared projector, the selection's head size and rate."""
     return dataclasses.replace(train, shared_projector=False, head_dim=settings.stl_head_dim, lr=settings.stl_lr)
@@ -122,7 +116,7 @@ def stl_settings(train: TrainSettings, settings: SelectSettings) -> TrainSetting
 def train_single_assay(store: InstanceStore, labels: LabelMatrix, assay: str, train_wells: np.ndarray,
                        val_wells: np.ndarray, settings: TrainSettings, root: Path) -> tuple[object, float, int]:
     """Fit (or reuse) one single-assay model; returns (model or None, validation AUC or NaN, training wells)."""
-    folder = _assay_dir(root, assay)
+    folder = root / safe_name(assay)
     pairs = WellPairs.build(store.wells, labels, [assay])
     n_train = len(pairs.labelled_wells(train_wells))
     if n_train == 0:
