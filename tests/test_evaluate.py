@@ -152,13 +152,16 @@ def test_select_and_impute_inside_cv_never_see_test_compounds(tmp_path, monkeypa
     assert leaks == []
     # imputed labels sit on training compounds of their rotation only
     imputed = result.imputed
-    assert imputed is not None
+    assert imputed is not None and len(imputed) > 0
     for k in (0, 1):
         mine = imputed[imputed["test_fold"] == k]
         assert not {fold_of[c] for c in mine["Metadata_Compound"]} & {k, (k + 1) % 5}
     sel = result.assay_selection
     assert set(sel["test_fold"]) == {0, 1} and "S_unrelated" not in set(sel.loc[sel["selected"], "assay"])
-    assert "S_related" in set(sel.loc[sel["selected"], "assay"])
+    # the associated assay passes biology in every rotation (whether its single-assay model then clears the
+    # performance bar on 50 compounds is chance; tests/test_selection.py checks the stages on a larger screen)
+    assert sel.loc[sel["assay"] == "S_related", "bio_kept"].all()
+    assert not sel.loc[sel["assay"] == "S_unrelated", "bio_kept"].any()
     assert len(imputed) > 0
     assert result.summary["select"] and result.summary["impute"]
     assert (tmp_path / "cv" / "assay_selection.csv").exists()

@@ -164,6 +164,34 @@ def test_cost_follows_pairs_not_wells_times_assays():
     assert out["logit"].shape == (3,) and out["attention"].shape == (3, 10)
 
 
+@pytest.mark.parametrize("kind", sorted(HEADS))
+def test_checkpoints_with_one_parameter_per_weight_still_load(kind):
+    """Earlier versions saved each weight (gamma_w, q_w, inst_w, ...) as its own (T, ...) parameter; the heads
+    now keep one (T, K) table and read such checkpoints into it."""
+    torch.manual_seed(6)
+    heads = HEADS[kind](n_assays=3, in_dim=5, hidden=4, dropout=0.0).double().eval()
+    names = {"abmil": ["gamma_w", "gamma_b", "v_w", "v_b", "u_w", "u_b", "w_w", "w_b", "c_w", "c_b"],
+             "dsmil": ["gamma_w", "gamma_b", "inst_w", "inst_b", "q_w", "q_b", "c_w", "c_b"],
+             "mean": ["gamma_w", "gamma_b", "c_w", "c_b"]}[kind]
+    old = {name: getattr(heads, name).detach().clone().contiguous() for name in names}
+    assert old["gamma_w"].shape == (3, 5, 4) and old["c_w"].shape == (3, 4, 1)
+    fresh = HEADS[kind](n_assays=3, in_dim=5, hidden=4, dropout=0.0).double().eval()
+    fresh.load_state_dict(old)
+    torch.testing.assert_close(fresh.flat, heads.flat, rtol=0, atol=0)
+
+
+def test_fast_dropout_keeps_the_expected_fraction_and_scale():
+    from momil.model.heads import FastDropout
+
+    torch.manual_seed(0)
+    drop = FastDropout(0.25).train()
+    out = drop(torch.ones(100_001))
+    kept = out > 0
+    assert abs(float(kept.float().mean()) - 0.75) < 0.01
+    assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / 0.75))
+    assert torch.equal(drop.eval()(torch.ones(5)), torch.ones(5))
+
+
 def test_masked_softmax():
     scores = torch.tensor([[1.0, 2.0, 3.0]])
     mask = torch.tensor([[True, True, False]])

@@ -58,7 +58,7 @@ def _split(labels):
 
 
 def test_attention_beats_chance_and_mean_pooling(tmp_path):
-    store, labels = needle_screen(tmp_path / "store")
+    store, labels = needle_screen(tmp_path / "store", responders=3)
     pairs = WellPairs.build(store.wells, labels, ["needle"])
     train_c, val_c, test_c = _split(labels)
     train, val, test = (wells_of(store.wells, c) for c in (train_c, val_c, test_c))
@@ -169,6 +169,28 @@ def test_lazy_head_adamw_equals_adamw_when_every_head_is_used():
         models.append(model)
     for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_fused_and_vectorised_lazy_updates_agree():
+    """The per-row fused kernel and the vectorised fallback (torch < 2.4) give the same AdamW step, with each head's
+    own bias-correction count."""
+    from momil.train import LazyHeadAdamW, _has_fused_adamw
+
+    if not _has_fused_adamw(torch.device("cpu")):
+        pytest.skip("this torch has no fused AdamW kernel on the CPU: only the vectorised form runs")
+    torch.manual_seed(0)
+    tables = []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        param = torch.nn.Parameter(torch.randn(5, 7))
+        lazy = LazyHeadAdamW({"flat": param}, 5e-4, fused=fused)
+        for rows in ([0, 2], [2, 3, 4], [2], [0, 1, 2, 3, 4]):
+            rows = torch.tensor(rows)
+            lazy.step(rows, {"flat": torch.randn(len(rows), 7)}, 1e-2)
+        tables.append((param.detach().clone(), lazy.steps.clone(), lazy.exp_avg_sq["flat"].clone()))
+    for a, b in zip(*tables):
+        torch.testing.assert_close(a, b)
+    assert tables[0][1].tolist() == [2, 1, 4, 2, 2]
 
 
 def test_lazy_heads_leave_unused_heads_untouched():
