@@ -566,3 +566,15 @@ def _write_images(tmp: Path, world: World, wells: pd.DataFrame, counts, effects,
                     responder_rows.append((plate, well, (site - 1) * cells_per_site + r))
                 bar.update(1)
     pq.write_table(pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False), tmp / "load_data.parquet")
+
+
+def compound_classes(screen) -> pd.Series:
+    """The simulated compounds' classes from a screen folder's truth: ``target_k`` for a compound acting most
+    on latent target k, ``inactive`` for one acting on none (indexed by Metadata_Compound)."""
+    path = Path(screen) / "truth" / "compound_potency.parquet"
+    if not path.exists():
+        raise MomilError(f"{path}: not found -- compound classes come from a screen written by `momil simulate`")
+    potency = pd.read_parquet(path).set_index(COMPOUND)
+    values = potency.to_numpy()
+    names = np.asarray(potency.columns, dtype=object)[values.argmax(axis=1)]
+    return pd.Series(np.where((values > 0).any(axis=1), names, "inactive"), index=potency.index, name="class")

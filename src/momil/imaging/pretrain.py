@@ -58,6 +58,8 @@ class PretrainSettings:
     teacher_temp_epochs: int = 30
     student_temp: float = 0.1
     center_momentum: float = 0.9
+    centering: str = "sinkhorn"  # teacher targets: "sinkhorn" (Sinkhorn-Knopp, as DINOv2) or "center" (DINO's EMA centre)
+    sinkhorn_iterations: int = 3
     ibot_weight: float = 1.0  # dinov2: weight of the masked-token loss
     mask_ratio: float = 0.3  # dinov2: share of patch tokens masked in the student's global crops
     koleo_weight: float = 0.1  # dinov2: weight of the KoLeo regulariser
@@ -117,10 +119,35 @@ def make_branch(settings: PretrainSettings, in_chans: int) -> Branch:
 
 
 # --------------------------------------------------------------------------------------------------- losses
+def teacher_targets(logits: torch.Tensor, center: torch.Tensor, temp: float, centering: str = "center",
+                    iterations: int = 3) -> torch.Tensor:
+    """The teacher's target distributions for logits (..., K).
+
+    ``"center"`` (DINO): softmax((logits - center) / temp), with ``center`` an EMA of the teacher's mean output.
+    ``"sinkhorn"`` (DINOv2, after SwAV): the soft assignment of the batch's samples (all leading axes together) to
+    the K prototypes that Sinkhorn-Knopp makes close to equipartitioned: rows and columns of exp(logits / temp)
+    are normalised in turn, so every prototype receives about the same mass over the batch. It keeps small
+    batches from collapsing onto a uniform or a single prototype; ``center`` is not used."""
+    if centering == "center":
+        return torch.softmax((logits - center) / temp, dim=-1)
+    if centering != "sinkhorn":
+        raise MomilError(f"centering must be 'sinkhorn' or 'center', not {centering!r}")
+    shape = logits.shape
+    scores = logits.reshape(-1, shape[-1]).float() / temp
+    q = torch.exp(scores - scores.max())  # (samples, K)
+    q = q / q.sum()
+    samples, prototypes = q.shape
+    for _ in range(iterations):
+        q = q / q.sum(dim=0, keepdim=True).clamp(min=1e-30) / prototypes  # each prototype: mass 1 / K
+        q = q / q.sum(dim=1, keepdim=True).clamp(min=1e-30) / samples  # each sample: mass 1 / samples
+    return (q * samples).reshape(shape)
+
+
 def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: torch.Tensor,
-              student_temp: float, teacher_temp: float) -> torch.Tensor:
+              student_temp: float, teacher_temp: float, centering: str = "center",
+              iterations: int = 3) -> torch.Tensor:
     """Cross-entropy of teacher (global views) against student (all views), pairs of different views only."""
-    targets = [torch.softmax((t - center) / teacher_temp, dim=-1) for t in teacher]
+    targets = [teacher_targets(t, center, teacher_temp, centering, iterations) for t in teacher]
     total, pairs = 0.0, 0
     for i, target in enumerate(targets):
         for j, s in enumerate(student):
@@ -132,9 +159,17 @@ def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: 
 
 
 def ibot_loss(student_patches: torch.Tensor, teacher_patches: torch.Tensor, mask: torch.Tensor,
-              center: torch.Tensor, student_temp: float, teacher_temp: float) -> torch.Tensor:
-    """Masked-token loss: at masked positions the student predicts the teacher's patch distribution."""
-    target = torch.softmax((teacher_patches - center) / teacher_temp, dim=-1)
+              center: torch.Tensor, student_temp: float, teacher_temp: float, centering: str = "center",
+              iterations: int = 3) -> torch.Tensor:
+    """Masked-token loss: at masked positions the student predicts the teacher's patch distribution (with
+    ``"sinkhorn"`` the assignment is made over the masked tokens of the batch)."""
+    if centering == "sinkhorn":
+        chosen = mask.bool()
+        target = torch.zeros_like(teacher_patches)
+        if chosen.any():
+            target[chosen] = teacher_targets(teacher_patches[chosen], center, teacher_temp, centering, iterations)
+    else:
+        target = teacher_targets(teacher_patches, center, teacher_temp, centering)
     loss = torch.sum(-target * torch.log_softmax(student_patches / student_temp, dim=-1), dim=-1)  # (B, N)
     per_image = (loss * mask).sum(-1) / mask.sum(-1).clamp(min=1)
     return per_image.mean()
@@ -234,6 +269,8 @@ def pretrain(load_data, out, field: FieldSettings | None = None, settings: Pretr
     field.check()
     if settings.method not in ("dino", "dinov2"):
         raise MomilError(f"method must be 'dino' or 'dinov2', not {settings.method!r}")
+    if settings.centering not in ("sinkhorn", "center"):
+        raise MomilError(f"centering must be 'sinkhorn' or 'center', not {settings.centering!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table, available = read_load_data(load_data)
@@ -372,11 +409,12 @@ def _step_loss(student: Branch, teacher: Branch, g_views, l_views, center, patch
     s_cls = [student.dino_head(t[:, 0]) for t in s_tokens]
     s_cls += [student.dino_head(student.tokens(v)[:, 0]) for v in l_views]
     loss = dino_loss([s.float() for s in s_cls], [t.float() for t in t_cls], center, settings.student_temp,
-                     teacher_temp)
+                     teacher_temp, settings.centering, settings.sinkhorn_iterations)
     parts = {"dino": float(loss.detach())}
     if ibot:
         ib = sum(ibot_loss(student.ibot_head(s[:, prefix:]).float(), t.float(), m.float(), patch_center,
-                           settings.student_temp, teacher_temp) for s, t, m in zip(s_tokens, t_patch, masks)) / 2
+                           settings.student_temp, teacher_temp, settings.centering, settings.sinkhorn_iterations)
+                 for s, t, m in zip(s_tokens, t_patch, masks)) / 2
         ko = koleo_loss(s_tokens[0][:, 0].float())
         loss = loss + settings.ibot_weight * ib + settings.koleo_weight * ko
         parts.update(ibot=float(ib.detach()), koleo=float(ko.detach()))

@@ -33,12 +33,26 @@ import torch
 from torch import nn
 
 
-def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``table[index]`` along dim 0 for a table of any shape, as an embedding lookup.
+class _Gather(torch.autograd.Function):
+    """Rows of a 2-D table: index_select forward (on CPU about 4x faster than the embedding's own forward for wide
+    rows), the embedding's backward (a sum over sorted indices: about 3x faster than index_select's index_add
+    and deterministic on CUDA)."""
 
-    On CPU the embedding's backward (a sum over sorted indices) is about 3x faster than index_select's
-    (an index_add) and 4x faster than advanced indexing, and on CUDA it is deterministic."""
-    flat = nn.functional.embedding(index, table.reshape(table.shape[0], -1))
+    @staticmethod
+    def forward(ctx, table, index):
+        ctx.save_for_backward(index)
+        ctx.n_rows = table.shape[0]
+        return table.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        return torch.ops.aten.embedding_dense_backward(grad.contiguous(), index, ctx.n_rows, -1, False), None
+
+
+def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` along dim 0 for a table of any shape (see :class:`_Gather`)."""
+    flat = _Gather.apply(table.reshape(table.shape[0], -1), index)
     return flat.view((index.shape[0],) + tuple(table.shape[1:]))
 
 
@@ -49,7 +63,7 @@ class _GatherParts(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, table, index, layout):
-        rows = nn.functional.embedding(index, table)
+        rows = table.index_select(0, index)
         ctx.save_for_backward(index)
         ctx.layout, ctx.n_rows = layout, table.shape[0]
         ctx.mark_non_differentiable(index)

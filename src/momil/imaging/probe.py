@@ -1,0 +1,47 @@
+"""How well instance features separate known compound classes: a cross-validated linear probe on well means.
+
+Used to judge a feature extractor (a pretrained backbone against random weights, one checkpoint against
+another): each well's instance features are averaged, and a standardised logistic regression predicts the well's
+compound class (a mechanism of action, a target, or the simulator's classes from
+:func:`momil.simulate.compound_classes`) in stratified folds. Wells of compounds without a class are left out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from momil.errors import MomilError
+from momil.io.store import InstanceStore
+
+
+def well_means(store: InstanceStore, classes: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(wells x D mean features, class per well) for the wells whose compound has a class in ``classes``
+    (indexed by Metadata_Compound)."""
+    compounds = store.wells["Metadata_Compound"].to_numpy()
+    keep = np.flatnonzero(pd.Series(compounds).isin(classes.index).to_numpy())
+    if len(keep) == 0:
+        raise MomilError("no well of the store belongs to a compound with a known class")
+    x = np.stack([np.asarray(store.bag(int(i)), dtype=np.float64).mean(0) for i in keep])
+    return x, classes.loc[compounds[keep]].to_numpy()
+
+
+def linear_probe(store: InstanceStore, classes: pd.Series, c: float = 1.0, folds: int = 5, seed: int = 0) -> dict:
+    """Cross-validated accuracy (and ROC-AUC for two classes) of a logistic regression on well means."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = well_means(store, classes)
+    counts = pd.Series(y).value_counts()
+    if len(counts) < 2 or counts.min() < folds:
+        raise MomilError(f"the probe needs at least two classes with {folds} wells each, got {counts.to_dict()}")
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, C=c))
+    split = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    result = {"wells": len(y), "classes": int(len(counts)),
+              "accuracy": float(cross_val_score(model, x, y, cv=split, scoring="accuracy").mean()),
+              "majority": float(counts.max() / len(y))}
+    if len(counts) == 2:
+        result["roc_auc"] = float(cross_val_score(model, x, y, cv=split, scoring="roc_auc").mean())
+    return result
