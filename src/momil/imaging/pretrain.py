@@ -177,7 +177,9 @@ def ibot_loss(student_patches: torch.Tensor, teacher_patches: torch.Tensor, mask
 
 def koleo_loss(embeddings: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Kozachenko-Leonenko entropy estimate: -mean log distance of each L2-normalised embedding to its nearest
-    neighbour in the batch (spreads the embeddings)."""
+    neighbour in the batch (spreads the embeddings); zero for a batch of one, which has no neighbour."""
+    if embeddings.shape[0] < 2:
+        return embeddings.sum() * 0.0
     x = nn.functional.normalize(embeddings, dim=-1)
     distances = torch.cdist(x, x)
     distances = distances + torch.eye(len(x), device=x.device) * 1e6
