@@ -2,11 +2,13 @@
 
 DINO (Caron et al. 2021): a student ViT and an EMA teacher, each with a projection head (MLP -> L2-normalised
 bottleneck -> weight-normalised prototypes). The teacher sees the global crops, the student every crop; the loss
-is the cross-entropy between the teacher's centred, sharpened distribution and the student's, over pairs of
-different views; the centre is an EMA of the teacher's outputs. ``method="dinov2"`` adds, as DINOv2 does, the
-iBOT masked-token loss (the student sees global crops with a random share of patch tokens replaced by a learned
-mask token and predicts the teacher's patch-token distributions there, with their own centre) and the KoLeo
-regulariser that spreads the student's CLS embeddings within a batch.
+is the cross-entropy between the teacher's sharpened target distribution and the student's, over pairs of
+different views. Targets are made by Sinkhorn-Knopp over the batch (``centering="sinkhorn"``, DINOv2's choice,
+the default) or by DINO's centring with an EMA of the teacher's outputs (``centering="center"``).
+``method="dinov2"`` adds, as DINOv2 does, the iBOT masked-token loss (the student sees global crops with a random
+share of patch tokens replaced by a learned mask token and predicts the teacher's patch-token distributions there,
+with targets made the same way over the masked tokens) and the KoLeo regulariser that spreads the student's CLS
+embeddings within a batch.
 
 Crops are drawn around high-intensity nuclei areas (centres sampled in proportion to the nuclei channel's
 brightness above its 90th percentile), augmented with flips, 90-degree rotations, Gaussian blur and per-channel
@@ -126,8 +128,9 @@ def teacher_targets(logits: torch.Tensor, center: torch.Tensor, temp: float, cen
     ``"center"`` (DINO): softmax((logits - center) / temp), with ``center`` an EMA of the teacher's mean output.
     ``"sinkhorn"`` (DINOv2, after SwAV): the soft assignment of the batch's samples (all leading axes together) to
     the K prototypes that Sinkhorn-Knopp makes close to equipartitioned: rows and columns of exp(logits / temp)
-    are normalised in turn, so every prototype receives about the same mass over the batch. It keeps small
-    batches from collapsing onto a uniform or a single prototype; ``center`` is not used."""
+    are normalised in turn, so every prototype receives about the same mass over the batch. No prototype can
+    take the whole batch (a teacher whose outputs do not differ between samples still gives near-uniform
+    targets); ``center`` is not used."""
     if centering == "center":
         return torch.softmax((logits - center) / temp, dim=-1)
     if centering != "sinkhorn":

@@ -6,8 +6,8 @@ the instance tensor and the assay index of each pair, so the cost grows with the
 labelled ones in training), not with wells x assays.
 
 Storage: all weights of head t are one row of a single ``flat`` parameter of shape (T, K). A forward pass
-gathers each pair's row once (one embedding lookup, whose backward is one sorted sum), and an optimizer can
-update the rows of the heads used in a step as T separate contiguous tensors (see
+gathers each pair's row once (one index_select, whose backward is one sorted sum), and an optimizer can
+update the rows of the heads used in a step as separate contiguous tensors (see
 ``momil.train.LazyHeadAdamW``). The named weights (``gamma_w``, ``q_w``, ...; shape (T, fan_in, fan_out) or
 (T, fan_out)) are views of ``flat``. Layers that read the same input are stored side by side and applied as one
 matrix product: DSMIL's query and instance-classifier weights (``qi_w`` = [q_w | inst_w]), ABMIL's tanh and
