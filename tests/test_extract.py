@@ -100,3 +100,35 @@ def test_real_fields_of_both_layouts(tmp_path, capsys):
     store = InstanceStore(tmp_path / "store")
     assert store.n_wells == 2 and list(store.counts) == [9, 9]  # 128 px, 64 px tiles at stride 32: 3 x 3 each
     assert np.isfinite(store.features).all() and "18 tiles x 192 features" in out
+
+
+def test_images_to_cross_validation_from_the_shell(tmp_path, capsys):
+    """LoadData of rendered fields -> pretrain -> extract -> correct -> split -> cv: the extracted store is one
+    that `momil cv` reads."""
+    screen = render_screen(tmp_path / "screen", n_compounds=16, replicates=2, negcon_per_plate=2, n_assays=3,
+                           n_primary=1, label_density=0.9, primary_density=0.9)
+    load_data = screen / "load_data.parquet"
+
+    def run(*argv):
+        code = main([str(a) for a in argv] + ["--quiet"])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        return captured.out
+
+    run("pretrain", "--load-data", load_data, "--out", tmp_path / "fm", "--method", "dinov2", "--backbone", "vit-tiny",
+        "--size", 64, "--global-size", 32, "--local-size", 16, "--local-crops", 1, "--out-dim", 32, "--epochs", 1,
+        "--batch-fields", 8, "--device", "cpu")
+    run("extract", "--load-data", load_data, "--wells", screen / "wells.parquet", "--out", tmp_path / "raw",
+        "--backbone", "vit-tiny", "--weights", tmp_path / "fm" / "backbone.pt", "--size", 64, "--tile", 32,
+        "--stride", 32, "--no-drop-background", "--device", "cpu")
+    run("correct", "--store", tmp_path / "raw", "--out", tmp_path / "store")
+    run("split", "--wells", screen / "wells.parquet", "--labels", screen / "labels.parquet", "--compounds",
+        screen / "compounds.parquet", "--out", tmp_path / "folds.parquet")
+    out = run("cv", "--store", tmp_path / "store", "--labels", screen / "labels.parquet", "--folds",
+              tmp_path / "folds.parquet", "--assays", screen / "assays.parquet", "--out", tmp_path / "cv",
+              "--rotations", "0", "--projector-dims", 8, "--head-dims", 4, "--lrs", "1e-3", "--epochs", 2,
+              "--warmup-epochs", 1, "--device", "cpu")
+    assert "ROC-AUC" in out
+    metrics = pd.read_csv(tmp_path / "cv" / "metrics.csv")
+    assert len(metrics) == 3 and metrics["primary"].sum() == 1
+    assert InstanceStore(tmp_path / "store").dim == 192
