@@ -34,8 +34,8 @@ def test_equals_pycytominer_on_real_lincs_plate(tmp_path, eps):
     profiles[features] = profiles[features].astype(np.float32).astype(np.float64)
     reference = normalize(profiles=profiles, features=features, samples="Metadata_broad_sample == 'DMSO'",
                           method="mad_robustize", mad_robustize_epsilon=eps)
-    store = store_from_profiles(profiles, features, tmp_path / "raw",
-                                lambda row: "negcon" if row["Metadata_broad_sample"] == "DMSO" else "trt")
+    store_from_profiles(profiles, features, tmp_path / "raw",
+                        lambda row: "negcon" if row["Metadata_broad_sample"] == "DMSO" else "trt")
     ours = correct(tmp_path / "raw", tmp_path / "corrected", CorrectSettings(eps=eps, dtype="float32"),
                    show_progress=False)
     got = pd.DataFrame(np.asarray(ours.features), columns=features)

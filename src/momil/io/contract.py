@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import warnings
 from pathlib import Path
 from typing import Iterator, Sequence

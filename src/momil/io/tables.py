@@ -76,7 +76,7 @@ def require_columns(frame: pd.DataFrame, required: Sequence[str], path, what: st
         shown = ", ".join(map(str, list(frame.columns)[:12]))
         raise InputError(
             path, f"missing required column(s) {', '.join(missing)} in the {what} table (it has: {shown})",
-            f"add or rename the column(s); names are exact (see docs/input-contract.md)",
+            "add or rename the column(s); names are exact (see docs/input-contract.md)",
         )
 
 
