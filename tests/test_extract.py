@@ -132,3 +132,11 @@ def test_images_to_cross_validation_from_the_shell(tmp_path, capsys):
     metrics = pd.read_csv(tmp_path / "cv" / "metrics.csv")
     assert len(metrics) == 3 and metrics["primary"].sum() == 1
     assert InstanceStore(tmp_path / "store").dim == 192
+
+
+def test_reader_threads_follow_the_device():
+    from momil.imaging.extract import reader_count
+
+    assert reader_count(3, "cpu") == 3  # as asked
+    assert reader_count(0, "cpu") == 1  # the CPU forward already uses every core
+    assert 1 <= reader_count(0, "cuda") <= 8
