@@ -1,6 +1,6 @@
 """End to end, from rendered images: pretrain a tiny ViT for a few CPU minutes, extract, and check that its
 features separate the simulator's compound classes better than the same ViT with random weights (slow: about
-3 minutes on 2 cores; ``pytest -m slow``)."""
+4 minutes on 2 cores; ``pytest -m slow``)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def test_pretrained_features_beat_random_features(tmp_path):
                                       hit_rate=0.3, responder_fraction=0.6), show_progress=False)
     load_data = screen / "load_data.parquet"
     settings = PretrainSettings(method="dinov2", backbone="vit-tiny", global_size=64, local_size=32, local_crops=2,
-                                out_dim=256, epochs=8, batch_fields=8, lr=0.016, warmup_epochs=2,
+                                out_dim=256, epochs=12, batch_fields=8, lr=0.016, warmup_epochs=2,
                                 teacher_temp_epochs=0, device="cpu")
     summary = pretrain(load_data, tmp_path / "fm", FieldSettings(size=128), settings, show_progress=False)
     assert summary["last_loss"] < summary["first_loss"]
@@ -36,5 +36,7 @@ def test_pretrained_features_beat_random_features(tmp_path):
                         ExtractSettings(backbone="vit-tiny", weights=weights, device="cpu", dtype="float32"),
                         show_progress=False)
         scores[name] = [linear_probe(store, classes, c=c)["accuracy"] for c in (0.01, 0.1, 1.0)]
-    assert all(p > r for p, r in zip(scores["pretrained"], scores["random"])), scores
+    # 4-class probe accuracy, averaged over three regularisation strengths and at the best of them
+    mean = {name: sum(values) / len(values) for name, values in scores.items()}
+    assert mean["pretrained"] > mean["random"] + 0.02, scores
     assert max(scores["pretrained"]) > max(scores["random"]) + 0.02, scores

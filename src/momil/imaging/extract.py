@@ -168,8 +168,8 @@ def extract(load_data, wells, out, field: FieldSettings | None = None, settings:
 
 def reader_count(readers: int, device) -> int:
     """Reader threads: as asked, or (0) one on CPU, where the backbone's forward already uses every core and a
-    second reader slows it (on 2 cores the pipeline reaches about 96 % of the bare forward with one, 89 % with
-    two), and with CUDA, where reading is the bottleneck, one per core but one, at most 8."""
+    second reader slows it (on 2 cores the pipeline reached 87-92 % of the bare forward with two readers, about
+    100 % with one), and with CUDA, where reading is the bottleneck, one per core but one, at most 8."""
     if readers > 0:
         return readers
     if torch.device(device).type == "cuda":

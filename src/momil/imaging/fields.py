@@ -117,7 +117,8 @@ def normalise(field: np.ndarray, settings: FieldSettings) -> np.ndarray:
                                                  mode="bilinear", antialias=True, align_corners=False)[0]
     out = tensor.numpy()
     flat = out.reshape(out.shape[0], -1)
-    low, high = np.percentile(flat, [settings.clip_low, settings.clip_high], axis=1)[:, :, None, None]  # one pass
+    low = np.percentile(flat, settings.clip_low, axis=1)[:, None, None]
+    high = np.percentile(flat, settings.clip_high, axis=1)[:, None, None]
     span = np.where(high > low, high - low, 1.0)
     return np.clip((out - low) / span, 0.0, 1.0).astype(np.float32)
 
