@@ -1,6 +1,6 @@
 """Training speed of MoMIL's batched heads.
 
-    python benchmarks/bench_train.py [--steps 20] [--store PATH_TO_PAPER_SCALE_CORRECTED_STORE]
+    python benchmarks/bench_train.py [--steps 20] [--device cpu|cuda|auto] [--store PATH_TO_PAPER_SCALE_CORRECTED_STORE]
 
 1. A paper-shaped batch (D=768, 36 instances per well, 200 assays, 4.3 % of (well, assay) pairs labelled):
    training steps (forward, backward, AdamW) of the batched model against a plain Python loop over 200 separate
@@ -60,7 +60,7 @@ class LoopHead(nn.Module):
         h = self.gamma(x)
         inst = self.inst(h).squeeze(-1)
         critical = inst.argmax(1)
-        rows = torch.arange(len(x))
+        rows = torch.arange(len(x), device=x.device)
         q = torch.tanh(self.q(h))
         a = torch.softmax(torch.bmm(q, q[rows, critical].unsqueeze(-1)).squeeze(-1) / h.shape[-1] ** 0.5, dim=1)
         bag = self.c(torch.bmm(a.unsqueeze(1), h).squeeze(1)).squeeze(-1)
@@ -84,32 +84,42 @@ class LoopModel(nn.Module):
         return total / len(rows)
 
 
+DEVICE = torch.device("cpu")
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def time_steps(step, steps: int) -> float:
     step()  # warm-up
+    _sync()
     started = time.perf_counter()
     for _ in range(steps):
         step()
+    _sync()
     return (time.perf_counter() - started) / steps
 
 
 def batched_step(model, batch, lazy_heads: bool = True):
     """momil's own training step (momil.train.training_step), lazy per-head AdamW by default."""
-    bags, mask, rows, cols, labels = batch
+    bags, mask, rows, cols, labels = (t.to(DEVICE) for t in batch)
+    model.to(DEVICE)
     if lazy_heads:
         lazy = LazyHeadAdamW(dict(model.heads.named_parameters()), 5e-4)
         optimizer = torch.optim.AdamW(model.projector.parameters(), lr=1e-4, weight_decay=5e-4)
     else:
         lazy, optimizer = None, torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=5e-4)
-    rows, cols, labels = rows.numpy(), cols.numpy(), labels.numpy()
-    device = torch.device("cpu")
+    rows, cols, labels = rows.cpu().numpy(), cols.cpu().numpy(), labels.cpu().numpy()
 
     def step():
-        training_step(model, bags, mask, rows, cols, labels, optimizer, lazy, 1e-4, device)
+        training_step(model, bags, mask, rows, cols, labels, optimizer, lazy, 1e-4, DEVICE)
     return step
 
 
 def loop_step(model, optimizer, batch):
-    bags, _, rows, cols, labels = batch
+    bags, _, rows, cols, labels = (t.to(DEVICE) for t in batch)
 
     def step():
         loss = model.loss(bags, rows, cols, labels)
@@ -130,16 +140,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--wells", default="32,64", help="wells per step, comma-separated (training default: 32)")
     parser.add_argument("--store", help="paper-scale corrected store for a full-epoch timing")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (training runs bf16 autocast on CUDA)")
     args = parser.parse_args()
+    global DEVICE
+    from momil.train import resolve_device
+
+    DEVICE = resolve_device(args.device)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU\n")
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "CPU"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}\n")
 
     rows, speedups = [], {}
     for wells in [int(w) for w in args.wells.split(",")]:
         batch = make_batch(wells, 200, None)
         pairs = len(batch[2])
         momil = MoMIL(D, [f"t{i}" for i in range(200)], "dsmil", 128, 64)
-        loop = LoopModel(200)
+        loop = LoopModel(200).to(DEVICE)
         t_batched = time_steps(batched_step(momil, batch), args.steps)
         plain = MoMIL(D, [f"t{i}" for i in range(200)], "dsmil", 128, 64)
         t_plain = time_steps(batched_step(plain, batch, lazy_heads=False), args.steps)
@@ -170,19 +186,19 @@ def main() -> None:
                  {"assays": 2000, "pairs": len(batch_big[2]), "s/step": f"{t_big:.4f}"}])
     print(f"   time ratio 2000 / 200 assays: {t_big / t_batched:.2f} (target <= 1.5)\n")
 
-    x = batch[0][batch[2]]  # (P, N, D) as the heads see after gathering
-    enc = torch.randn(pairs, N, 128)
-    heads = momil.heads
-    cols = batch[3]
+    enc = torch.randn(pairs, N, 128, device=DEVICE)
+    heads = momil.heads.to(DEVICE)
+    cols, target = batch[3].to(DEVICE), batch[4].to(DEVICE)
+    all_real = torch.ones(pairs, N, dtype=torch.bool, device=DEVICE)
 
     def head_forward_backward():
         e = enc.clone().requires_grad_(True)
-        out = heads(e, torch.ones(pairs, N, dtype=torch.bool), cols)
-        heads.loss(out, batch[4]).backward()
+        out = heads(e, all_real, cols)
+        heads.loss(out, target).backward()
 
     t_head = time_steps(head_forward_backward, args.steps)
-    a = torch.randn(2048, 2048)
-    b = torch.randn(2048, 2048)
+    a = torch.randn(2048, 2048, device=DEVICE)
+    b = torch.randn(2048, 2048, device=DEVICE)
     t_mm = time_steps(lambda: a @ b, 10)
     gflops_head = head_flops(pairs) / t_head / 1e9
     gflops_mm = 2 * 2048 ** 3 / t_mm / 1e9
@@ -190,7 +206,6 @@ def main() -> None:
     print_table([{"what": "head path (forward + backward)", "GFLOP/s": f"{gflops_head:.1f}"},
                  {"what": "plain 2048x2048 matmul", "GFLOP/s": f"{gflops_mm:.1f}"}])
     print(f"   head path at {100 * gflops_head / gflops_mm:.0f} % of the matmul rate\n")
-    del x
 
     if args.store:
         from momil.data import WellPairs
@@ -210,7 +225,8 @@ def main() -> None:
                                                      "label": rng.integers(0, 2, len(r))}))
         pairs_all = WellPairs.build(store.wells, labels, [f"t{i:03d}" for i in range(200)])
         wells = np.flatnonzero((store.wells["Metadata_ControlType"] == "trt").to_numpy())
-        settings = TrainSettings(epochs=1, warmup_epochs=0, batch_wells=64, projector_dim=128, head_dim=64)
+        settings = TrainSettings(epochs=1, warmup_epochs=0, batch_wells=64, projector_dim=128, head_dim=64,
+                                 device=str(DEVICE))
         started = time.perf_counter()
         fit(store, pairs_all, wells, wells[:0], np.ones(200, bool), settings, show_progress=True)
         seconds = time.perf_counter() - started
