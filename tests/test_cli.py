@@ -131,12 +131,18 @@ def prepared_screen(tmp_path, capsys, screen) -> list:
     return common
 
 
-def test_train_cv_predict_from_the_shell(tmp_path, capsys):
+def simulated_screen(tmp_path, capsys, *options) -> tuple:
+    """A 60-compound simulated screen (6 features, 6 instances per well) prepared from the shell:
+    (screen folder, the model commands' shared arguments); ``options`` add to or override `momil simulate`'s."""
     screen = tmp_path / "screen"
     assert run(capsys, "simulate", "--out", screen, "--n-compounds", 60, "--replicates", 2, "--negcon-per-plate", 8,
-               "--dim", 6, "--instances", 6, "--n-assays", 8, "--n-primary", 3, "--label-density", 0.3,
-               "--primary-density", 0.6, "--quiet")[0] == 0
-    common = prepared_screen(tmp_path, capsys, screen)
+               "--dim", 6, "--instances", 6, *options, "--quiet")[0] == 0
+    return screen, prepared_screen(tmp_path, capsys, screen)
+
+
+def test_train_cv_predict_from_the_shell(tmp_path, capsys):
+    _, common = simulated_screen(tmp_path, capsys, "--n-assays", 8, "--n-primary", 3, "--label-density", 0.3,
+                                 "--primary-density", 0.6)
     code, out, err = run(capsys, "train", *common, "--out", tmp_path / "model", "--epochs", 2, "--warmup-epochs", 1,
                          "--projector-dim", 8, "--head-dim", 4, "--quiet")
     assert code == 0, err
@@ -172,11 +178,8 @@ def test_train_cv_predict_from_the_shell(tmp_path, capsys):
 
 
 def test_select_impute_and_cv_with_both_from_the_shell(tmp_path, capsys):
-    screen = tmp_path / "screen"
-    assert run(capsys, "simulate", "--out", screen, "--n-compounds", 60, "--replicates", 2, "--negcon-per-plate", 8,
-               "--dim", 6, "--instances", 6, "--n-assays", 10, "--n-primary", 2, "--label-density", 0.4,
-               "--primary-density", 0.7, "--quiet")[0] == 0
-    common = prepared_screen(tmp_path, capsys, screen)
+    screen, common = simulated_screen(tmp_path, capsys, "--n-assays", 10, "--n-primary", 2, "--label-density", 0.4,
+                                      "--primary-density", 0.7)
     fast = ["--epochs", 3, "--warmup-epochs", 1, "--quiet"]
 
     # the biology stage without associations is refused before anything is written

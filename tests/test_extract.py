@@ -134,9 +134,15 @@ def test_images_to_cross_validation_from_the_shell(tmp_path, capsys):
     assert InstanceStore(tmp_path / "store").dim == 192
 
 
-def test_reader_threads_follow_the_device():
+def test_reader_threads_follow_the_device(rendered, tmp_path):
+    from momil.errors import MomilError
     from momil.imaging.extract import reader_count
 
     assert reader_count(3, "cpu") == 3  # as asked
     assert reader_count(0, "cpu") == 1  # the CPU forward already uses every core
     assert 1 <= reader_count(0, "cuda") <= 8
+    negative = ExtractSettings(**{**TINY.__dict__, "readers": -1})
+    with pytest.raises(MomilError, match="readers must be 0"):
+        extract(rendered / "load_data.parquet", rendered / "wells.parquet", tmp_path / "store", FIELD, negative,
+                show_progress=False)
+    assert not (tmp_path / "store").exists()

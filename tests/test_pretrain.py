@@ -149,6 +149,16 @@ def test_pretraining_on_the_real_fields_lowers_its_loss(tmp_path):
     assert (history["loss"].iloc[4:] < history["loss"].iloc[0]).all()
 
 
+@pytest.mark.parametrize("bad, message", [({"centering": "median"}, "centering must be"),
+                                          ({"sinkhorn_iterations": 0}, "sinkhorn_iterations must be")])
+def test_bad_pretraining_settings_are_refused(fields, tmp_path, bad, message):
+    from momil.errors import MomilError
+
+    with pytest.raises(MomilError, match=message):
+        pretrain(fields, tmp_path / "fm", FIELD, PretrainSettings(**{**SMALL, **bad}), show_progress=False)
+    assert not (tmp_path / "fm").exists()
+
+
 def test_pretrain_then_extract_from_the_shell(fields, tmp_path, capsys):
     from momil.cli import main
     from momil.io.store import InstanceStore

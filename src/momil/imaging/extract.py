@@ -88,6 +88,8 @@ def extract(load_data, wells, out, field: FieldSettings | None = None, settings:
     field = field or FieldSettings()
     settings = settings or ExtractSettings()
     field.check()
+    if settings.readers < 0:
+        raise MomilError(f"readers must be 0 (automatic) or a positive number of threads, not {settings.readers}")
     out = Path(out)
     if out.exists() and not settings.overwrite:
         raise MomilError(f"{out}: exists -- choose another --out or pass --overwrite")

@@ -276,6 +276,8 @@ def pretrain(load_data, out, field: FieldSettings | None = None, settings: Pretr
         raise MomilError(f"method must be 'dino' or 'dinov2', not {settings.method!r}")
     if settings.centering not in ("sinkhorn", "center"):
         raise MomilError(f"centering must be 'sinkhorn' or 'center', not {settings.centering!r}")
+    if settings.sinkhorn_iterations < 1:
+        raise MomilError(f"sinkhorn_iterations must be at least 1, not {settings.sinkhorn_iterations}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table, available = read_load_data(load_data)

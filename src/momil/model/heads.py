@@ -47,7 +47,12 @@ class _Gather(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (index,) = ctx.saved_tensors
-        return torch.ops.aten.embedding_dense_backward(grad.contiguous(), index, ctx.n_rows, -1, False), None
+        return _rows_backward(grad.contiguous(), index, ctx.n_rows), None
+
+
+def _rows_backward(grad: torch.Tensor, index: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """The gradient of gathered rows summed back into a table of ``n_rows`` rows (the embedding's backward)."""
+    return torch.ops.aten.embedding_dense_backward(grad, index, n_rows, -1, False)
 
 
 def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -80,8 +85,7 @@ class _GatherParts(torch.autograd.Function):
                 buffer[:, start:stop].zero_()
             else:
                 buffer[:, start:stop].copy_(grad.reshape(index.shape[0], stop - start))
-        table_grad = torch.ops.aten.embedding_dense_backward(buffer, index, ctx.n_rows, -1, False)
-        return table_grad, None, None
+        return _rows_backward(buffer, index, ctx.n_rows), None, None
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -154,11 +158,17 @@ class StackedHeads(nn.Module):
 
     def weights(self, table: torch.Tensor, name: str) -> torch.Tensor:
         """The view of one named weight in ``table`` (rows of ``flat``-shaped data): (rows, *shape)."""
-        if name in self._layout:
-            start, stop, shape = self._layout[name]
+        def part(stored: str) -> torch.Tensor:
+            start, stop, shape = self._layout[stored]
             return table[:, start:stop].view((table.shape[0],) + tuple(shape))
-        part, start, stop = self._aliases[name]
-        return self.weights(table, part)[..., start:stop]
+        return self._named(name, part)
+
+    def _named(self, name: str, part) -> torch.Tensor:
+        """A stored part (``part(name)``) or an alias's slice of one along the last axis."""
+        if name in self._layout:
+            return part(name)
+        stored, start, stop = self._aliases[name]
+        return part(stored)[..., start:stop]
 
     def __getattr__(self, name: str):
         if name in self.__dict__.get("_layout", ()) or name in self.__dict__.get("_aliases", ()):
@@ -169,13 +179,7 @@ class StackedHeads(nn.Module):
         """Each pair's head row, gathered once: a function name -> (P, *shape) view."""
         layout = tuple(self._layout.values())
         parts = dict(zip(self._layout, _GatherParts.apply(self.flat, assay, layout)))
-
-        def weight(name: str) -> torch.Tensor:
-            if name in parts:
-                return parts[name]
-            part, start, stop = self._aliases[name]
-            return parts[part][..., start:stop]
-        return weight
+        return lambda name: self._named(name, parts.__getitem__)
 
     def project(self, x: torch.Tensor, w) -> torch.Tensor:
         return self.dropout(torch.relu(_linear(x, w("gamma_w"), w("gamma_b"))))  # (P, N, h)
