@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _util import print_table  # noqa: E402
 
 from momil.model.momil import MoMIL  # noqa: E402
-from momil.train import LazyHeadAdamW, training_step  # noqa: E402
+from momil.train import LazyHeadAdamW, keep_freed_memory, training_step  # noqa: E402
 
 D, N, DENSITY = 768, 36, 0.043
 
@@ -148,7 +148,9 @@ def main() -> None:
     DEVICE = resolve_device(args.device)
     torch.manual_seed(0)
     where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "CPU"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}\n")
+    kept = keep_freed_memory() if DEVICE.type == "cpu" else False  # as momil.train.fit does, for every model here
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}"
+          f"{', malloc keeps freed memory' if kept else ''}\n")
 
     rows, speedups = [], {}
     for wells in [int(w) for w in args.wells.split(",")]:

@@ -10,6 +10,16 @@ from momil.model.heads import HEADS, DSMILHeads, GatedAttentionHeads, masked_sof
 from momil.model.momil import MoMIL
 
 
+KINDS = sorted(HEADS) + ["dsmil-autograd"]  # DSMIL's hand-written CPU backward, and autograd on the same model
+
+
+def make_heads(kind: str, **kwargs):
+    heads = HEADS[kind.removesuffix("-autograd")](**kwargs)
+    if kind.endswith("-autograd"):
+        heads.fused = False
+    return heads
+
+
 def random_bags(b=4, n=7, d=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     bags = torch.randn(b, n, d, generator=g, dtype=torch.float64)
@@ -19,10 +29,10 @@ def random_bags(b=4, n=7, d=5, seed=0):
     return bags, mask
 
 
-@pytest.mark.parametrize("kind", sorted(HEADS))
+@pytest.mark.parametrize("kind", KINDS)
 def test_head_gradient_matches_finite_differences(kind):
     torch.manual_seed(0)
-    heads = HEADS[kind](n_assays=3, in_dim=5, hidden=4, dropout=0.0).double()
+    heads = make_heads(kind, n_assays=3, in_dim=5, hidden=4, dropout=0.0).double()
     bags, mask = random_bags()
     wells = torch.tensor([0, 1, 2, 3, 0])
     assays = torch.tensor([0, 2, 1, 2, 1])
@@ -137,10 +147,10 @@ class ReferenceDSMIL(nn.Module):
         return 0.5 * (torch.sigmoid(bag) + torch.sigmoid(inst[m]))
 
 
-@pytest.mark.parametrize("kind", ["abmil", "dsmil"])
+@pytest.mark.parametrize("kind", ["abmil", "dsmil", "dsmil-autograd"])
 def test_batched_heads_equal_per_assay_reference(kind):
     torch.manual_seed(4)
-    heads = HEADS[kind](n_assays=6, in_dim=5, hidden=4, dropout=0.0).double().eval()
+    heads = make_heads(kind, n_assays=6, in_dim=5, hidden=4, dropout=0.0).double().eval()
     bags, mask = random_bags(b=5, n=9)
     wells = torch.tensor([0, 0, 1, 2, 3, 4, 4, 1])
     assays = torch.tensor([0, 5, 3, 2, 1, 4, 0, 5])
@@ -152,6 +162,69 @@ def test_batched_heads_equal_per_assay_reference(kind):
         else:
             expected = ReferenceDSMIL(heads, t)(x).squeeze()
         torch.testing.assert_close(prob[i], expected)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("given_table", [False, True])
+def test_fused_dsmil_equals_autograd(training, given_table):
+    """The hand-written forward and backward against autograd on the same computation, float32, with dropout (the
+    same random draws), ragged bags, several pairs per assay, and gradients through all four outputs."""
+    from momil.model.heads import PairPlan
+
+    torch.manual_seed(7)
+    heads = DSMILHeads(n_assays=9, in_dim=12, hidden=8, dropout=0.5).train(training)
+    pairs, n = 40, 11
+    x = torch.randn(pairs, n, 12)
+    mask = torch.rand(pairs, n) > 0.4
+    mask[:, 3] = True
+    assay = torch.randint(0, 9, (pairs,))
+    assay[:6] = 4  # one head with many pairs
+    weights = [torch.randn(pairs), torch.randn(pairs), torch.randn(pairs, n), torch.randn(pairs, 8)]
+    plan = PairPlan.build(assay)
+    assert len(plan.groups) > 1
+    results = []
+    for fused in (True, False):
+        heads.fused = fused
+        heads.zero_grad()
+        xx = plan.permute(x).clone().requires_grad_(True)
+        table = heads.flat.detach().index_select(0, plan.assays).requires_grad_(True) if given_table else None
+        torch.manual_seed(8)
+        out = heads.forward_planned(xx, plan.permute(mask), plan, table)
+        loss = sum((out[k] * w).sum() for k, w in zip(["logit", "max_logit", "attention", "embedding"], weights))
+        loss.backward()
+        results.append((out, xx.grad, table.grad if given_table else heads.flat.grad))
+    (out_f, gx_f, gt_f), (out_a, gx_a, gt_a) = results
+    for key in ("logit", "max_logit", "attention", "embedding", "critical"):
+        torch.testing.assert_close(out_f[key], out_a[key], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx_f, gx_a, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gt_f, gt_a, rtol=1e-4, atol=1e-5)
+
+
+def test_pair_plan_groups_the_pairs_of_each_assay():
+    from momil.model.heads import PairPlan
+
+    assay = torch.tensor([5, 2, 5, 7, 2, 5, 9])
+    plan = PairPlan.build(assay)
+    # heads by number of pairs, then assay: 7 and 9 (one pair each), 2 (two), 5 (three)
+    assert plan.assays.tolist() == [7, 9, 2, 5]
+    assert plan.groups == ((2, 1), (1, 2), (1, 3))
+    assert plan.sizes == [2, 2, 3]
+    assert assay[plan.order].tolist() == [7, 9, 2, 2, 5, 5, 5]
+    assert plan.order.tolist() == [3, 6, 1, 4, 0, 2, 5]  # stable within an assay
+    assert plan.pair_head.tolist() == [0, 1, 2, 2, 3, 3, 3]
+    torch.testing.assert_close(plan.permute(assay)[plan.inverse], assay)
+    assert not plan.in_order and PairPlan.build(torch.tensor([1, 3, 3])).in_order
+    assert plan.spans == [(0, 2, 0, 2, 2, 1), (2, 3, 2, 4, 1, 2), (3, 4, 4, 7, 1, 3)]
+
+
+def test_fast_tanh():
+    from momil.model.heads import fast_tanh
+
+    x = torch.linspace(-20, 20, 100_001, requires_grad=True)
+    y = fast_tanh(x)
+    torch.testing.assert_close(y, torch.tanh(x), rtol=0, atol=1e-6)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, 1 - torch.tanh(x.detach()) ** 2, rtol=0, atol=2e-6)
 
 
 def test_cost_follows_pairs_not_wells_times_assays():

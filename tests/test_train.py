@@ -256,3 +256,15 @@ def test_smoothed_amtl_gradient_by_hand():
     # the next step moves the running loss by the EMA, and only for tasks present
     smoothed_balanced_loss(torch.tensor([6.0]), torch.tensor([0]), torch.tensor([1.0]), running, np.array([1]))
     assert running[1] == pytest.approx(0.9 * 4.0 + 0.1 * 6.0) and running[0] == 2.0
+
+
+def test_keep_freed_memory_sets_glibc_thresholds_and_training_still_runs():
+    import platform
+
+    from momil.train import keep_freed_memory
+
+    kept = keep_freed_memory()
+    assert kept == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    assert keep_freed_memory() == kept  # idempotent
+    big = torch.ones(8 * 2 ** 20)  # 32 MiB: allocated and freed as usual
+    assert float(big.sum()) == 8 * 2 ** 20

@@ -5,13 +5,16 @@ the well's instances) and F_alpha_t (classifier). A call evaluates a list of (we
 the instance tensor and the assay index of each pair, so the cost grows with the number of pairs asked for (the
 labelled ones in training), not with wells x assays.
 
-Storage: all weights of head t are one row of a single ``flat`` parameter of shape (T, K). A forward pass
-gathers each pair's row once (one index_select, whose backward is one sorted sum), and an optimizer can
-update the rows of the heads used in a step as separate contiguous tensors (see
-``momil.train.LazyHeadAdamW``). The named weights (``gamma_w``, ``q_w``, ...; shape (T, fan_in, fan_out) or
-(T, fan_out)) are views of ``flat``. Layers that read the same input are stored side by side and applied as one
-matrix product: DSMIL's query and instance-classifier weights (``qi_w`` = [q_w | inst_w]), ABMIL's tanh and
-sigmoid branches (``vu_w`` = [v_w | u_w]).
+Storage: all weights of head t are one row of a single ``flat`` parameter of shape (T, K). The named weights
+(``gamma_w``, ``q_w``, ...; shape (T, fan_in, fan_out) or (T, fan_out)) are views of ``flat``. Layers that read
+the same input are stored side by side and applied as one matrix product: DSMIL's query and instance-classifier
+weights (``qi_w`` = [q_w | inst_w]), ABMIL's tanh and sigmoid branches (``vu_w`` = [v_w | u_w]).
+
+Evaluation is planned (:class:`PairPlan`): the pairs of one assay are put side by side and the assays with the
+same number of pairs form a group, so each per-assay layer is one batched matrix product per group over the
+rows of the heads in use, (heads, pairs x instances, in) @ (heads, in, out), and no weight is copied per pair.
+The rest of a head (attention, pooling) runs on all pairs at once. An optimizer can update just the rows used
+in a step (see ``momil.train.LazyHeadAdamW`` and :meth:`StackedHeads.forward_planned`'s ``table``).
 
 Shapes: ``x`` (P, N, d) instances of each pair's well (padded), ``mask`` (P, N) True for real instances,
 ``assay`` (P,) long. Outputs hold per pair a logit (P,), attention (P, N) and extra logits where the head has
@@ -27,8 +30,10 @@ them (DSMIL's max-instance stream).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -61,36 +66,119 @@ def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return flat.view((index.shape[0],) + tuple(table.shape[1:]))
 
 
-class _GatherParts(torch.autograd.Function):
-    """Rows of a (T, K) table for each index, returned as views of the named column ranges (one gather); the
-    backward writes the parts' gradients side by side into one (P, K) buffer and sums it into the table's rows
-    once. (Slicing a gathered tensor under autograd would instead zero-fill a (P, K) gradient per part.)"""
+class _Blocks(torch.autograd.Function):
+    """Blocks of a (R, K) table (rows ``index`` of it, gathered once, when an index is given) returned as views
+    shaped per block: ``layout`` lists (row_start, row_stop, col_start, col_stop, shape) tiling the table. The
+    backward writes the blocks' gradients into one (R, K) buffer (slicing under autograd would instead add a
+    zero-filled table-sized gradient per block) and, with an index, sums it into the table's rows once."""
 
     @staticmethod
     def forward(ctx, table, index, layout):
-        rows = table.index_select(0, index)
-        ctx.save_for_backward(index)
-        ctx.layout, ctx.n_rows = layout, table.shape[0]
-        ctx.mark_non_differentiable(index)
-        return tuple(rows[:, start:stop].view((rows.shape[0],) + tuple(shape)) for start, stop, shape in layout)
+        rows = table if index is None else table.index_select(0, index)
+        ctx.has_index, ctx.layout, ctx.n_rows = index is not None, layout, table.shape[0]
+        ctx.shape = rows.shape
+        if index is not None:
+            ctx.save_for_backward(index)
+            ctx.mark_non_differentiable(index)
+        return tuple(rows[r0:r1, c0:c1].view(shape) for r0, r1, c0, c1, shape in layout)
 
     @staticmethod
     def backward(ctx, *grads):
-        (index,) = ctx.saved_tensors
-        width = ctx.layout[-1][1]
         reference = next(g for g in grads if g is not None)
-        buffer = reference.new_empty(index.shape[0], width)
-        for (start, stop, _shape), grad in zip(ctx.layout, grads):
+        buffer = reference.new_empty(ctx.shape)
+        for (r0, r1, c0, c1, _shape), grad in zip(ctx.layout, grads):
             if grad is None:
-                buffer[:, start:stop].zero_()
+                buffer[r0:r1, c0:c1].zero_()
             else:
-                buffer[:, start:stop].copy_(grad.reshape(index.shape[0], stop - start))
+                buffer[r0:r1, c0:c1].copy_(grad.reshape(r1 - r0, c1 - c0))
+        if not ctx.has_index:
+            return buffer, None, None
+        (index,) = ctx.saved_tensors
         return _rows_backward(buffer, index, ctx.n_rows), None, None
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Per-pair linear map: x (P, N, in), weight (P, in, out), bias (P, out) -> (P, N, out)."""
-    return torch.baddbmm(bias.unsqueeze(1), x, weight)
+@dataclasses.dataclass(frozen=True)
+class PairPlan:
+    """How a list of (well, assay) pairs is evaluated: the pairs of each assay side by side, the assays with the
+    same number of pairs in one group (fewest pairs first), so that a per-assay layer is one batched matrix
+    product per group. Built on the host from the pairs' assay indices (a few microseconds per hundred pairs).
+
+    ``order`` (P,): the pairs in planned order (positions in the caller's list); ``inverse`` (P,): the planned
+    position of each of the caller's pairs; ``assays`` (U,): the table row of each head in use, group by group;
+    ``pair_head`` (P,): the head (0..U-1) of each planned pair; ``groups``: (heads, pairs per head) per group.
+    """
+
+    order: torch.Tensor
+    inverse: torch.Tensor
+    assays: torch.Tensor
+    pair_head: torch.Tensor
+    groups: tuple[tuple[int, int], ...]
+    in_order: bool
+
+    @classmethod
+    def build(cls, assay, device=None) -> "PairPlan":
+        values = assay.detach().cpu().numpy() if isinstance(assay, torch.Tensor) else np.asarray(assay)
+        if device is None:
+            device = assay.device if isinstance(assay, torch.Tensor) else torch.device("cpu")
+        values = values.astype(np.int64, copy=False).reshape(-1)
+        unique, pair_unique, counts = np.unique(values, return_inverse=True, return_counts=True)
+        by_count = np.lexsort((unique, counts))  # heads ordered by (pairs, assay)
+        rank = np.empty(len(unique), dtype=np.int64)
+        rank[by_count] = np.arange(len(unique))
+        pair_rank = rank[pair_unique.reshape(-1)]
+        order = np.argsort(pair_rank, kind="stable")
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        sorted_counts = counts[by_count]
+        sizes, firsts = np.unique(sorted_counts, return_index=True)
+        heads = np.diff(np.append(firsts, len(sorted_counts)))
+        as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+        return cls(as_tensor(order), as_tensor(inverse), as_tensor(unique[by_count]), as_tensor(pair_rank[order]),
+                   tuple((int(n), int(c)) for n, c in zip(heads, sizes)), bool((order == np.arange(len(order))).all()))
+
+    @property
+    def sizes(self) -> list[int]:
+        """Pairs per group."""
+        return [n * c for n, c in self.groups]
+
+    @property
+    def spans(self) -> list[tuple[int, int, int, int, int, int]]:
+        """Per group: (first head, end head, first pair, end pair, heads, pairs per head)."""
+        out, row, pair = [], 0, 0
+        for heads, pairs in self.groups:
+            out.append((row, row + heads, pair, pair + heads * pairs, heads, pairs))
+            row, pair = row + heads, pair + heads * pairs
+        return out
+
+    def permute(self, t: torch.Tensor) -> torch.Tensor:
+        """A per-pair tensor of the caller's order in planned order."""
+        return t if self.in_order else t.index_select(0, self.order)
+
+    def unpermute(self, out: dict) -> dict:
+        """Planned-order outputs back in the caller's order."""
+        if self.in_order:
+            return out
+        return {k: v.index_select(0, self.inverse) for k, v in out.items()}
+
+
+class _SigmoidTanh(torch.autograd.Function):
+    """tanh(x) = 2 sigmoid(2x) - 1 (absolute error below 1e-6): on CPU torch's tanh is about 6x slower than its
+    sigmoid, and tanh is a tenth of a head's training step."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.sigmoid(x * 2).mul_(2).sub_(1)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)
+
+
+def fast_tanh(x: torch.Tensor) -> torch.Tensor:
+    return _SigmoidTanh.apply(x) if x.device.type == "cpu" else torch.tanh(x)
 
 
 class FastDropout(nn.Module):
@@ -106,13 +194,21 @@ class FastDropout(nn.Module):
         self.p = p
         self.threshold = int(round(p * 256))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def scale(self) -> float:
+        return 256.0 / (256 - self.threshold)
+
+    def keep_mask(self, shape, device) -> torch.Tensor | None:
+        """The units kept in a tensor of ``shape`` (bool), or None where nothing is dropped (eval, p = 0)."""
         if not self.training or self.threshold == 0:
-            return x
-        n = x.numel()
-        words = torch.empty((n + 7) // 8, dtype=torch.int64, device=x.device).random_(-2 ** 63, None)
-        keep = words.view(torch.uint8)[:n].view(x.shape) >= self.threshold
-        return x * keep * (256.0 / (256 - self.threshold))
+            return None
+        n = math.prod(shape)
+        words = torch.empty((n + 7) // 8, dtype=torch.int64, device=device).random_(-2 ** 63, None)
+        return words.view(torch.uint8)[:n].view(shape) >= self.threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        keep = self.keep_mask(x.shape, x.device)
+        return x if keep is None else x * keep.view(torch.uint8) * self.scale
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -123,9 +219,114 @@ def full(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
+def attention_pool(attention: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """sum_n a_n h_n: attention (P, N), h (P, N, h) -> (P, h). Elementwise: on CPU about twice as fast as a
+    batched matrix-vector product, forward and backward."""
+    return (attention.unsqueeze(-1) * h).sum(1)
+
+
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     scores = scores.masked_fill(~mask, float("-inf"))
     return torch.softmax(full(scores), dim=-1).to(scores.dtype)
+
+
+class _FusedDSMIL(torch.autograd.Function):
+    """DSMIL heads on planned pairs with a hand-written backward (CPU, float32 or float64; see :class:`DSMILHeads`).
+
+    Autograd through the same computation keeps about twice as many (pairs, instances, hidden) tensors alive and
+    passes over them, concatenates group outputs and splits their gradients, and copies the weight gradients
+    once more; here every group writes into one output (and one gradient) buffer, the ReLU and dropout are
+    applied in place, and each weight gradient lands in its block of one (heads, K) table gradient. Inputs:
+    ``x`` (P, N, d) in planned order, ``table`` (U, K) the heads' rows, ``mask`` (P, N), ``keep`` (P, N, h)
+    bool or None, ``scale`` the dropout's rescaling, ``spans`` :attr:`PairPlan.spans`, ``cols`` the column
+    ranges of gamma_w, gamma_b, qi_w, qi_b, c_w, c_b in a row. ``tests/test_model.py`` checks it against
+    autograd on the same computation."""
+
+    @staticmethod
+    def forward(ctx, x, table, mask, keep, scale, spans, cols, query_dim):
+        (g0, g1), (gb0, gb1), (q0, q1), (qb0, qb1), (c0, c1), (cb0, cb1) = cols
+        pairs_total, n, d = x.shape
+        h, q = gb1 - gb0, query_dim
+        z = x.new_empty(pairs_total, n, h)
+        for r0, r1, p0, p1, heads, pairs in spans:
+            torch.baddbmm(table[r0:r1, gb0:gb1].unsqueeze(1), x[p0:p1].view(heads, pairs * n, d),
+                          table[r0:r1, g0:g1].view(heads, d, h), out=z[p0:p1].view(heads, pairs * n, h))
+        hidden = z.clamp_min_(0)  # in place: z is not needed again
+        if keep is not None:  # (a bool mask read as uint8 multiplies about 4x faster than as bool)
+            hidden.mul_(keep.view(torch.uint8)).mul_(scale)
+        qi = x.new_empty(pairs_total, n, q + 1)
+        for r0, r1, p0, p1, heads, pairs in spans:
+            torch.baddbmm(table[r0:r1, qb0:qb1].unsqueeze(1), hidden[p0:p1].view(heads, pairs * n, h),
+                          table[r0:r1, q0:q1].view(heads, h, q + 1), out=qi[p0:p1].view(heads, pairs * n, q + 1))
+        instance = qi[..., q].masked_fill(~mask, float("-inf"))
+        critical = instance.argmax(dim=1)
+        rows = torch.arange(pairs_total, device=x.device)
+        max_logit = instance[rows, critical]
+        queries = torch.sigmoid(qi[..., :q] * 2).mul_(2).sub_(1)  # tanh
+        q_critical = queries[rows, critical] / math.sqrt(q)
+        scores = (queries * q_critical.unsqueeze(1)).sum(-1).masked_fill_(~mask, float("-inf"))
+        attention = torch.softmax(scores, dim=1)
+        pooled = attention_pool(attention, hidden)
+        logit = x.new_empty(pairs_total)
+        for r0, r1, p0, p1, heads, pairs in spans:
+            torch.baddbmm(table[r0:r1, cb0:cb1].unsqueeze(1), pooled[p0:p1].view(heads, pairs, h),
+                          table[r0:r1, c0:c1].unsqueeze(-1), out=logit[p0:p1].view(heads, pairs, 1))
+        ctx.save_for_backward(x, table, hidden, queries, q_critical, attention, pooled, critical)
+        ctx.spans, ctx.cols, ctx.q, ctx.scale = spans, cols, q, (scale if keep is not None else 1.0)
+        ctx.mark_non_differentiable(critical)
+        return logit, max_logit, attention, pooled, critical
+
+    @staticmethod
+    def backward(ctx, g_logit, g_max, g_attention, g_pooled, _g_critical):
+        x, table, hidden, queries, q_critical, attention, pooled, critical = ctx.saved_tensors
+        (g0, g1), (gb0, gb1), (q0, q1), (qb0, qb1), (c0, c1), (cb0, cb1) = ctx.cols
+        pairs_total, n, d = x.shape
+        h, q = gb1 - gb0, ctx.q
+        rows = torch.arange(pairs_total, device=x.device)
+        grad = torch.empty_like(table)
+        if g_logit is None:
+            g_logit = pooled.new_zeros(pairs_total)
+        # F_alpha: logit = c_w . pooled + c_b
+        g_pool = pooled.new_empty(pairs_total, h)
+        for r0, r1, p0, p1, heads, pairs in ctx.spans:
+            gl = g_logit[p0:p1].view(heads, pairs, 1)
+            torch.mul(gl, table[r0:r1, c0:c1].unsqueeze(1), out=g_pool[p0:p1].view(heads, pairs, h))
+            grad[r0:r1, c0:c1] = (pooled[p0:p1].view(heads, pairs, h) * gl).sum(1)
+            grad[r0:r1, cb0:cb1] = gl.sum(1)
+        if g_pooled is not None:
+            g_pool += g_pooled
+        # pooling and the softmax over instances
+        g_att = (hidden * g_pool.unsqueeze(1)).sum(-1)
+        if g_attention is not None:
+            g_att += g_attention
+        g_hidden = attention.unsqueeze(-1) * g_pool.unsqueeze(1)
+        g_scores = attention * (g_att - (attention * g_att).sum(1, keepdim=True))
+        # queries: scores = tanh(Q) . tanh(Q)[critical] / sqrt(q)
+        g_queries = g_scores.unsqueeze(-1) * q_critical.unsqueeze(1)
+        g_queries[rows, critical] += (g_scores.unsqueeze(-1) * queries).sum(1) / math.sqrt(q)
+        g_qi = x.new_empty(pairs_total, n, q + 1)
+        torch.ops.aten.tanh_backward.grad_input(g_queries, queries, grad_input=g_qi[..., :q])
+        g_qi[..., q] = 0
+        if g_max is not None:
+            g_qi[rows, critical, q] = g_max
+        for r0, r1, p0, p1, heads, pairs in ctx.spans:
+            gq = g_qi[p0:p1].view(heads, pairs * n, q + 1)
+            g_hidden[p0:p1].view(heads, pairs * n, h).baddbmm_(gq, table[r0:r1, q0:q1].view(heads, h, q + 1).transpose(1, 2))
+            grad[r0:r1, q0:q1] = torch.bmm(hidden[p0:p1].view(heads, pairs * n, h).transpose(1, 2), gq).view(heads, -1)
+            grad[r0:r1, qb0:qb1] = gq.sum(1)
+        # ReLU and dropout: hidden > 0 exactly where the unit was kept and its input was positive
+        g_z = torch.ops.aten.threshold_backward(g_hidden, hidden, 0)
+        if ctx.scale != 1.0:
+            g_z.mul_(ctx.scale)
+        g_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        for r0, r1, p0, p1, heads, pairs in ctx.spans:
+            gz = g_z[p0:p1].view(heads, pairs * n, h)
+            weight = table[r0:r1, g0:g1].view(heads, d, h)
+            if g_x is not None:
+                torch.bmm(gz, weight.transpose(1, 2), out=g_x[p0:p1].view(heads, pairs * n, d))
+            grad[r0:r1, g0:g1] = torch.bmm(x[p0:p1].view(heads, pairs * n, d).transpose(1, 2), gz).view(heads, -1)
+            grad[r0:r1, gb0:gb1] = gz.sum(1)
+        return g_x, grad, None, None, None, None, None, None
 
 
 class StackedHeads(nn.Module):
@@ -175,18 +376,59 @@ class StackedHeads(nn.Module):
             return self.weights(self.flat, name)
         return super().__getattr__(name)
 
-    def pair_weights(self, assay: torch.Tensor):
-        """Each pair's head row, gathered once: a function name -> (P, *shape) view."""
-        layout = tuple(self._layout.values())
-        parts = dict(zip(self._layout, _GatherParts.apply(self.flat, assay, layout)))
-        return lambda name: self._named(name, parts.__getitem__)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, assay: torch.Tensor) -> dict:
+        """Outputs for pairs in the caller's order: ``x`` (P, N, d), ``mask`` (P, N), ``assay`` (P,)."""
+        plan = PairPlan.build(assay, x.device)
+        return plan.unpermute(self.forward_planned(plan.permute(x), plan.permute(mask), plan))
 
-    def project(self, x: torch.Tensor, w) -> torch.Tensor:
-        return self.dropout(torch.relu(_linear(x, w("gamma_w"), w("gamma_b"))))  # (P, N, h)
+    def forward_planned(self, x: torch.Tensor, mask: torch.Tensor, plan: PairPlan,
+                        table: torch.Tensor | None = None) -> dict:
+        """Outputs in ``plan``'s order for ``x`` and ``mask`` given in that order. ``table``: the rows of
+        ``flat`` for ``plan.assays``, in that order (a training step's copy of the rows it updates); by default
+        they are gathered from ``flat``."""
+        raise NotImplementedError
 
-    def classify(self, pooled: torch.Tensor, w) -> torch.Tensor:
+    def planned_weights(self, plan: PairPlan, table: torch.Tensor | None = None) -> list:
+        """Per group of ``plan``, a function name -> (heads of the group, *shape) view of their weights."""
+        layout, row = [], 0
+        for heads, _pairs in plan.groups:
+            layout += [(row, row + heads, start, stop, (heads,) + tuple(shape))
+                       for start, stop, shape in self._layout.values()]
+            row += heads
+        source, index = (self.flat, plan.assays) if table is None else (table, None)
+        views = _Blocks.apply(source, index, tuple(layout))
+        width = len(self._layout)
+        groups = [dict(zip(self._layout, views[g * width:(g + 1) * width])) for g in range(len(plan.groups))]
+        return [lambda name, parts=parts: self._named(name, parts.__getitem__) for parts in groups]
+
+    @staticmethod
+    def _per_group(x: torch.Tensor, plan: PairPlan, fn) -> torch.Tensor:
+        """``fn(g, part)`` on each group's slice of ``x`` (planned order), concatenated back."""
+        outs = [fn(g, part) for g, part in enumerate(x.split(plan.sizes))]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def linear(self, x: torch.Tensor, plan: PairPlan, ws: list, weight: str, bias: str) -> torch.Tensor:
+        """A per-assay linear layer on each pair's instances: x (P, N, in) -> (P, N, out), one batched matrix
+        product per group: (heads, pairs x N, in) @ (heads, in, out)."""
+        n = x.shape[1]
+
+        def one(g: int, part: torch.Tensor) -> torch.Tensor:
+            heads, pairs = plan.groups[g]
+            w, b = ws[g](weight), ws[g](bias)
+            out = torch.baddbmm(b.unsqueeze(1), part.reshape(heads, pairs * n, part.shape[-1]), w)
+            return out.view(heads * pairs, n, w.shape[-1])
+        return self._per_group(x, plan, one)
+
+    def project(self, x: torch.Tensor, plan: PairPlan, ws: list) -> torch.Tensor:
+        return self.dropout(torch.relu(self.linear(x, plan, ws, "gamma_w", "gamma_b")))  # (P, N, h)
+
+    def classify(self, pooled: torch.Tensor, plan: PairPlan, ws: list) -> torch.Tensor:
         """F_alpha on the pooled representation (P, h) -> logits (P,)."""
-        return (pooled * w("c_w").squeeze(-1)).sum(-1) + w("c_b").squeeze(-1)
+        def one(g: int, part: torch.Tensor) -> torch.Tensor:
+            heads, pairs = plan.groups[g]
+            w, b = ws[g]("c_w"), ws[g]("c_b")  # (heads, h, 1), (heads, 1)
+            return torch.baddbmm(b.unsqueeze(1), part.reshape(heads, pairs, part.shape[-1]), w).reshape(-1)
+        return self._per_group(pooled, plan, one)
 
     def probability(self, out: dict) -> torch.Tensor:
         return torch.sigmoid(full(out["logit"]))
@@ -228,16 +470,17 @@ class GatedAttentionHeads(StackedHeads):
                      ("c_w", (hidden, 1), hidden), ("c_b", (1,), hidden)],  # F_alpha: classifier
                     {"v_w": ("vu_w", 0, a), "u_w": ("vu_w", a, 2 * a), "v_b": ("vu_b", 0, a), "u_b": ("vu_b", a, 2 * a)})
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, assay: torch.Tensor) -> dict:
-        w = self.pair_weights(assay)
-        h = self.project(x, w)  # (P, N, h)
+    def forward_planned(self, x: torch.Tensor, mask: torch.Tensor, plan: PairPlan,
+                        table: torch.Tensor | None = None) -> dict:
+        ws = self.planned_weights(plan, table)
+        h = self.project(x, plan, ws)  # (P, N, h)
         a = self.attention_dim
-        vu = _linear(h, w("vu_w"), w("vu_b"))
-        gate = torch.tanh(vu[..., :a]) * torch.sigmoid(vu[..., a:])
-        scores = _linear(gate, w("w_w"), w("w_b")).squeeze(-1)  # (P, N)
+        vu = self.linear(h, plan, ws, "vu_w", "vu_b")
+        gate = fast_tanh(vu[..., :a]) * torch.sigmoid(vu[..., a:])
+        scores = self.linear(gate, plan, ws, "w_w", "w_b").squeeze(-1)  # (P, N)
         attention = masked_softmax(scores, mask)
-        pooled = torch.bmm(attention.unsqueeze(1), h).squeeze(1)  # (P, h)
-        return {"logit": self.classify(pooled, w), "attention": attention, "embedding": pooled}
+        pooled = attention_pool(attention, h)  # (P, h)
+        return {"logit": self.classify(pooled, plan, ws), "attention": attention, "embedding": pooled}
 
 
 class DSMILHeads(StackedHeads):
@@ -246,28 +489,42 @@ class DSMILHeads(StackedHeads):
     def __init__(self, n_assays: int, in_dim: int, hidden: int, dropout: float = 0.5, query_dim: int | None = None):
         super().__init__(n_assays, in_dim, hidden, dropout)
         q = self.query_dim = query_dim or hidden
+        self.fused = True  # the hand-written forward and backward on CPU (False: autograd, the reference)
         self._build([("gamma_w", (in_dim, hidden), in_dim), ("gamma_b", (hidden,), in_dim),  # F_gamma
                      ("qi_w", (hidden, q + 1), hidden), ("qi_b", (q + 1,), hidden),  # queries (F_beta) | instance cls
                      ("c_w", (hidden, 1), hidden), ("c_b", (1,), hidden)],  # bag classifier (F_alpha)
                     {"q_w": ("qi_w", 0, q), "inst_w": ("qi_w", q, q + 1),
                      "q_b": ("qi_b", 0, q), "inst_b": ("qi_b", q, q + 1)})
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, assay: torch.Tensor) -> dict:
-        w = self.pair_weights(assay)
-        h = self.project(x, w)  # (P, N, h)
+    def forward_planned(self, x: torch.Tensor, mask: torch.Tensor, plan: PairPlan,
+                        table: torch.Tensor | None = None) -> dict:
+        if self.fused and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and mask.shape[1]:
+            return self._forward_fused(x, mask, plan, table)
+        ws = self.planned_weights(plan, table)
+        h = self.project(x, plan, ws)  # (P, N, h)
         q = self.query_dim
-        qi = _linear(h, w("qi_w"), w("qi_b"))  # (P, N, q + 1)
+        qi = self.linear(h, plan, ws, "qi_w", "qi_b")  # (P, N, q + 1)
         instance = qi[..., q].masked_fill(~mask, float("-inf"))  # instance classifier, (P, N)
         critical = instance.argmax(dim=1)  # (P,)
         rows = torch.arange(len(critical), device=x.device)
         max_logit = instance[rows, critical]
-        queries = torch.tanh(qi[..., :q])  # (P, N, q)
+        queries = fast_tanh(qi[..., :q])  # (P, N, q)
         q_critical = queries[rows, critical]  # (P, q)
-        scores = torch.bmm(queries, q_critical.unsqueeze(-1)).squeeze(-1) / math.sqrt(q)
+        scores = (queries * (q_critical / math.sqrt(q)).unsqueeze(1)).sum(-1)
         attention = masked_softmax(scores, mask)
-        pooled = torch.bmm(attention.unsqueeze(1), h).squeeze(1)  # (P, h)
-        return {"logit": self.classify(pooled, w), "max_logit": max_logit, "attention": attention,
+        pooled = attention_pool(attention, h)  # (P, h)
+        return {"logit": self.classify(pooled, plan, ws), "max_logit": max_logit, "attention": attention,
                 "embedding": pooled, "critical": critical}
+
+    def _forward_fused(self, x, mask, plan, table) -> dict:
+        if table is None:
+            table = gather_rows(self.flat, plan.assays)
+        cols = tuple(self._layout[name][:2] for name in ("gamma_w", "gamma_b", "qi_w", "qi_b", "c_w", "c_b"))
+        keep = self.dropout.keep_mask((x.shape[0], x.shape[1], self.hidden), x.device)
+        logit, max_logit, attention, pooled, critical = _FusedDSMIL.apply(
+            x.contiguous(), table.contiguous(), mask, keep, self.dropout.scale, plan.spans, cols, self.query_dim)
+        return {"logit": logit, "max_logit": max_logit, "attention": attention, "embedding": pooled,
+                "critical": critical}
 
     def probability(self, out: dict) -> torch.Tensor:
         return 0.5 * (torch.sigmoid(full(out["logit"])) + torch.sigmoid(full(out["max_logit"])))
@@ -289,12 +546,13 @@ class MeanPoolHeads(StackedHeads):
         self._build([("gamma_w", (in_dim, hidden), in_dim), ("gamma_b", (hidden,), in_dim),
                      ("c_w", (hidden, 1), hidden), ("c_b", (1,), hidden)], {})
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, assay: torch.Tensor) -> dict:
-        w = self.pair_weights(assay)
-        h = self.project(x, w)
+    def forward_planned(self, x: torch.Tensor, mask: torch.Tensor, plan: PairPlan,
+                        table: torch.Tensor | None = None) -> dict:
+        ws = self.planned_weights(plan, table)
+        h = self.project(x, plan, ws)
         weights = mask.to(h.dtype) / mask.sum(dim=1, keepdim=True).clamp(min=1).to(h.dtype)
-        pooled = torch.bmm(weights.unsqueeze(1), h).squeeze(1)
-        return {"logit": self.classify(pooled, w), "attention": weights, "embedding": pooled}
+        pooled = attention_pool(weights, h)
+        return {"logit": self.classify(pooled, plan, ws), "attention": weights, "embedding": pooled}
 
 
 HEADS = {"abmil": GatedAttentionHeads, "dsmil": DSMILHeads, "mean": MeanPoolHeads}

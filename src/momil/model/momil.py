@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from momil.errors import MomilError
-from momil.model.heads import HEADS, FastDropout, gather_rows
+from momil.model.heads import HEADS, FastDropout, PairPlan, gather_rows
 
 
 class MoMIL(nn.Module):
@@ -43,8 +43,16 @@ class MoMIL(nn.Module):
     def forward(self, bags: torch.Tensor, mask: torch.Tensor, pair_well: torch.Tensor, pair_assay: torch.Tensor
                 ) -> dict:
         """Logits for (well, assay) pairs: ``pair_well`` indexes rows of ``bags``, ``pair_assay`` heads."""
+        plan = PairPlan.build(pair_assay, bags.device)
+        return plan.unpermute(self.forward_planned(bags, mask, plan.permute(pair_well), plan))
+
+    def forward_planned(self, bags: torch.Tensor, mask: torch.Tensor, pair_well: torch.Tensor, plan: PairPlan,
+                        table: torch.Tensor | None = None) -> dict:
+        """Outputs in ``plan``'s order; ``pair_well`` is given in that order (see ``StackedHeads.forward_planned``
+        for ``table``)."""
         encoded = self.encode(bags, mask)
-        return self.heads(gather_rows(encoded, pair_well), mask[pair_well], pair_assay)
+        return self.heads.forward_planned(gather_rows(encoded, pair_well), mask.index_select(0, pair_well), plan,
+                                          table)
 
     def loss(self, out: dict, target: torch.Tensor) -> torch.Tensor:
         """Summed BCE over the pairs in ``out`` (unknown labels are never pairs, so they add nothing)."""
