@@ -215,6 +215,22 @@ def _has_fused_adamw(device: torch.device) -> bool:
     return True
 
 
+def make_optimizers(model: torch.nn.Module, lr: float, weight_decay: float, lazy_heads: bool, device
+                    ) -> tuple[torch.optim.AdamW, LazyHeadAdamW | None]:
+    """AdamW for the dense parameters (torch's fused kernel where it runs) and, with ``lazy_heads`` on a MoMIL
+    model, :class:`LazyHeadAdamW` for the head table (else None: the heads are dense parameters too)."""
+    device = torch.device(device)
+    if lazy_heads and isinstance(model, MoMIL):
+        lazy = LazyHeadAdamW(dict(model.heads.named_parameters()), weight_decay)
+        dense_params = list(model.projector.parameters())
+    else:
+        lazy, dense_params = None, list(model.parameters())
+    if not dense_params:  # lazy heads without a shared projector: a placeholder keeps the schedule's bookkeeping
+        dense_params = [torch.nn.Parameter(torch.zeros(0, device=device))]
+    fused = _has_fused_adamw(device) and all(p.dtype in (torch.float32, torch.float64) for p in dense_params)
+    return torch.optim.AdamW(dense_params, lr=lr, weight_decay=weight_decay, fused=fused or None), lazy
+
+
 def balanced_loss(pair_loss: torch.Tensor, task: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """AMTL's weighted geometric mean of the task losses present in a step: sum_t w_t log L_t / sum_t w_t, where
     L_t is the mean loss of task t's pairs; ``task`` (P,) indexes ``weights`` (tasks in the step)."""
@@ -390,14 +406,7 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
         raise MomilError("no training well carries a label for the model's assays")
     torch.manual_seed(settings.seed)
     model = build_model(store.dim, pairs.assays, settings).to(device)
-    if settings.lazy_heads and isinstance(model, MoMIL):
-        lazy = LazyHeadAdamW(dict(model.heads.named_parameters()), settings.weight_decay)
-        dense_params = list(model.projector.parameters())
-    else:
-        lazy, dense_params = None, list(model.parameters())
-    if not dense_params:  # lazy heads without a shared projector: a placeholder keeps the schedule's bookkeeping
-        dense_params = [torch.nn.Parameter(torch.zeros(0, device=device))]
-    optimizer = torch.optim.AdamW(dense_params, lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer, lazy = make_optimizers(model, settings.lr, settings.weight_decay, settings.lazy_heads, device)
     steps_per_epoch = math.ceil(len(train_wells) / settings.batch_wells)
     total_steps = steps_per_epoch * settings.epochs
     warmup_steps = steps_per_epoch * min(settings.warmup_epochs, settings.epochs)
