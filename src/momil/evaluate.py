@@ -31,13 +31,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from momil.data import WellPairs, load_bags, wells_of
+from momil.data import WellPairs, load_bags, rotation_wells
 from momil.errors import MomilError
 from momil.io.contract import COMPOUND, LabelMatrix
 from momil.io.store import InstanceStore
 from momil.progress import progress
 from momil.provenance import atomic_path, provenance, write_json_atomic
-from momil.splits import rotation, rotation_compounds
 from momil.splits import test_folds as parse_test_folds
 from momil.train import TrainSettings, fit, resolve_device, save_model
 
@@ -308,15 +307,13 @@ def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFram
     runs = len(test_folds) * len(model_sets) * len(points)
     with progress(total=runs, desc=f"cv {cv.configuration}", unit="fit", enabled=show_progress) as bar:
         for k in test_folds:
-            rot = rotation(k, n_folds)
-            parts = rotation_compounds(folds, rot)
-            train_wells = wells_of(store.wells, parts["train"])
-            val_wells = wells_of(store.wells, parts["val"])
-            test_wells = wells_of(store.wells, parts["test"])
+            rot, wells = rotation_wells(store.wells, folds, k)
+            train_wells, val_wells, test_wells = wells["train"], wells["val"], wells["test"]
             # extra (imputed) labels may only ever touch training compounds
             extra = None
             if extra_labels is not None and len(extra_labels):
-                extra = extra_labels[extra_labels[COMPOUND].isin(set(parts["train"]))]
+                train_compounds = set(store.wells[COMPOUND].to_numpy()[train_wells])
+                extra = extra_labels[extra_labels[COMPOUND].isin(train_compounds)]
             rotation_sets = model_sets
             info = per_rotation.setdefault(k, {})
             if selecting:

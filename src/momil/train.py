@@ -274,16 +274,17 @@ def training_step(model: MoMIL, bags, mask, rows, assay, label, optimizer, lazy:
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
+    rows_t, target = torch.from_numpy(rows).to(device), torch.from_numpy(label).to(device)
     with _autocast(device):
         if lazy is None:
-            out = model(bags, mask, torch.from_numpy(rows).to(device), torch.from_numpy(assay).to(device))
-            target = torch.from_numpy(label).to(device)
             task, ids = torch.from_numpy(assay).to(device), np.arange(len(model.assays))
+            out = model(bags, mask, rows_t, task)
         else:  # the rows of the heads in use, in the plan's order: updated by the lazy optimizer
             plan = PairPlan.build(assay, device)
-            table = model.heads.flat.detach().index_select(0, plan.assays).requires_grad_(True)
-            out = model.forward_planned(bags, mask, plan.permute(torch.from_numpy(rows).to(device)), plan, table)
-            target = plan.permute(torch.from_numpy(label).to(device))
+            tables = {name: param.detach().index_select(0, plan.assays).requires_grad_(True)
+                      for name, param in lazy.params.items()}
+            out = model.forward_planned(bags, mask, plan.permute(rows_t), plan, tables["flat"])
+            target = plan.permute(target)
             task, ids = plan.pair_head, plan.assays.cpu().numpy()
         pair_loss = model.pair_loss(out, target)
         loss_sum = pair_loss.sum()
@@ -297,7 +298,7 @@ def training_step(model: MoMIL, bags, mask, rows, assay, label, optimizer, lazy:
     if optimizer.param_groups[0]["params"]:
         optimizer.step()
     if lazy is not None:
-        lazy.step(plan.assays, {"flat": table.grad}, lr)
+        lazy.step(plan.assays, {name: table.grad for name, table in tables.items()}, lr)
     return float(loss_sum.detach())
 
 
