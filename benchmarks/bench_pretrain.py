@@ -6,7 +6,7 @@ Simulates a screen of 240 compounds with rendered 5-channel 128 x 128 fields (2 
 compounds act on one of 3 latent targets or none), pretrains a ViT-tiny on its fields for the given wall time
 (global crops 64, local crops 32, 8 fields per step), extracts 64 x 64 tiles with the pretrained teacher and with
 random weights, and probes both with a cross-validated logistic regression on well means
-(:func:`momil.imaging.probe.linear_probe`): accuracy over the 4 compound classes and ROC-AUC for active vs
+(:func:`momil.imaging.probe.compare_backbones`): accuracy over the 4 compound classes and ROC-AUC for active vs
 inactive, at three regularisation strengths.
 """
 
@@ -24,10 +24,10 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from _util import print_table  # noqa: E402
 
-from momil.imaging.extract import ExtractSettings, extract  # noqa: E402
+from momil.imaging.extract import ExtractSettings  # noqa: E402
 from momil.imaging.fields import FieldSettings  # noqa: E402
 from momil.imaging.pretrain import PretrainSettings, pretrain  # noqa: E402
-from momil.imaging.probe import linear_probe  # noqa: E402
+from momil.imaging.probe import compare_backbones  # noqa: E402
 from momil.simulate import SimulateSettings, compound_classes, simulate  # noqa: E402
 
 
@@ -61,18 +61,14 @@ def main() -> None:
 
     field = FieldSettings(size=128, tile=64, stride=64, drop_background=False)
     classes = compound_classes(screen)
-    active = (classes != "inactive").astype(int)
-    rows = []
-    for name, weights in (("random weights", ""), ("pretrained", str(work / "fm" / "backbone.pt"))):
-        store = extract(load_data, screen / "wells.parquet", work / f"store-{name.split()[0]}", field,
-                        ExtractSettings(backbone="vit-tiny", weights=weights, device="cpu", dtype="float32",
-                                        overwrite=True), show_progress=False)
-        for c in (0.01, 0.1, 1.0):
-            four = linear_probe(store, classes, c=c)
-            two = linear_probe(store, active, c=c)
-            rows.append({"features": name, "C": c, "wells": four["wells"],
-                         "class accuracy": f"{four['accuracy']:.3f}", "majority class": f"{four['majority']:.3f}",
-                         "active ROC-AUC": f"{two['roc_auc']:.3f}"})
+    table = compare_backbones(load_data, screen / "wells.parquet",
+                              {"random weights": "", "pretrained": str(work / "fm" / "backbone.pt")},
+                              {"class": classes, "active": (classes != "inactive").astype(int)}, work, field,
+                              ExtractSettings(backbone="vit-tiny", device="cpu", dtype="float32"))
+    four, two = table[table["target"] == "class"], table[table["target"] == "active"]
+    rows = [{"features": a["features"], "C": a["C"], "wells": a["wells"], "class accuracy": f"{a['accuracy']:.3f}",
+             "majority class": f"{a['majority']:.3f}", "active ROC-AUC": f"{b['roc_auc']:.3f}"}
+            for (_, a), (_, b) in zip(four.iterrows(), two.iterrows())]
     print("linear probe on well means (5-fold, stratified)")
     print_table(rows)
 

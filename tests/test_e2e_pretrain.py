@@ -8,10 +8,10 @@ import warnings
 
 import pytest
 
-from momil.imaging.extract import ExtractSettings, extract
+from momil.imaging.extract import ExtractSettings
 from momil.imaging.fields import FieldSettings
 from momil.imaging.pretrain import PretrainSettings, pretrain
-from momil.imaging.probe import linear_probe
+from momil.imaging.probe import compare_backbones
 from momil.simulate import SimulateSettings, compound_classes, simulate
 
 
@@ -29,13 +29,11 @@ def test_pretrained_features_beat_random_features(tmp_path):
     summary = pretrain(load_data, tmp_path / "fm", FieldSettings(size=128), settings, show_progress=False)
     assert summary["last_loss"] < summary["first_loss"]
     field = FieldSettings(size=128, tile=64, stride=64, drop_background=False)
-    classes = compound_classes(screen)
-    scores = {}
-    for name, weights in (("random", ""), ("pretrained", str(tmp_path / "fm" / "backbone.pt"))):
-        store = extract(load_data, screen / "wells.parquet", tmp_path / f"store-{name}", field,
-                        ExtractSettings(backbone="vit-tiny", weights=weights, device="cpu", dtype="float32"),
-                        show_progress=False)
-        scores[name] = [linear_probe(store, classes, c=c)["accuracy"] for c in (0.01, 0.1, 1.0)]
+    table = compare_backbones(load_data, screen / "wells.parquet",
+                              {"random": "", "pretrained": str(tmp_path / "fm" / "backbone.pt")},
+                              {"class": compound_classes(screen)}, tmp_path, field,
+                              ExtractSettings(backbone="vit-tiny", device="cpu", dtype="float32"))
+    scores = {name: list(group["accuracy"]) for name, group in table.groupby("features")}
     # 4-class probe accuracy, averaged over three regularisation strengths and at the best of them
     mean = {name: sum(values) / len(values) for name, values in scores.items()}
     assert mean["pretrained"] > mean["random"] + 0.02, scores

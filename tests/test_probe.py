@@ -51,3 +51,56 @@ def test_simulated_compound_classes(tmp_path):
         assert value == ("inactive" if (row <= 0).all() else row.idxmax())
     with pytest.raises(MomilError, match="compound_potency"):
         compound_classes(tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:no --weights")
+def test_compare_backbones_extracts_once_per_backbone_and_probes_every_target(tmp_path):
+    from conftest import render_screen
+    from momil.imaging.extract import ExtractSettings
+    from momil.imaging.fields import FieldSettings
+    from momil.imaging.probe import compare_backbones
+    from momil.provenance import safe_name
+
+    screen = render_screen(tmp_path / "screen", n_compounds=20, hit_rate=0.5)
+    classes = compound_classes(screen)
+    active = (classes != "inactive").astype(int)
+    assert active.value_counts().min() >= 3
+    table = compare_backbones(screen / "load_data.parquet", screen / "wells.parquet",
+                              {"random": "", "random again": ""}, {"active": active}, tmp_path,
+                              FieldSettings(size=64, tile=32, stride=32, drop_background=False),
+                              ExtractSettings(backbone="vit-tiny", batch_tiles=8, dtype="float32", device="cpu"),
+                              cs=(0.1, 1.0), folds=3)
+    assert list(table.columns) == ["features", "target", "C", "wells", "classes", "accuracy", "majority", "roc_auc"]
+    assert table["features"].tolist() == ["random"] * 2 + ["random again"] * 2
+    assert (table["wells"] == 20).all() and (table["classes"] == 2).all()
+    assert table["accuracy"].between(0, 1).all() and table["roc_auc"].between(0, 1).all()
+    # random weights come from the same seed: the same features, so the same probe scores
+    np.testing.assert_allclose(table["accuracy"].iloc[:2], table["accuracy"].iloc[2:])
+    assert (tmp_path / f"store-{safe_name('random again', 20)}").exists()
+
+
+def test_probe_from_the_shell(tmp_path, capsys):
+    from momil.cli import main
+
+    _store(tmp_path / "good", True)
+    _, classes = _store(tmp_path / "noise", False)
+    table = tmp_path / "classes.csv"
+    classes.rename("moa").rename_axis("Metadata_Compound").reset_index().to_csv(table, index=False)
+    out = tmp_path / "probe.parquet"
+    code = main(["probe", "--store", str(tmp_path / "good"), "--store", str(tmp_path / "noise"), "--classes",
+                 str(table), "--class-column", "moa", "--c", "0.1,1", "--out", str(out)])
+    assert code == 0
+    frame = pd.read_parquet(out)
+    assert frame["store"].tolist() == [str(tmp_path / "good")] * 2 + [str(tmp_path / "noise")] * 2
+    assert frame["C"].tolist() == [0.1, 1.0, 0.1, 1.0]
+    assert (frame["accuracy"].iloc[:2] > 0.9).all() and (frame["accuracy"].iloc[2:] < 0.75).all()
+    assert "accuracy" in capsys.readouterr().out
+    # bad input: a missing class column, an unknown store; nothing written
+    bad = tmp_path / "bad.parquet"
+    code = main(["probe", "--store", str(tmp_path / "good"), "--classes", str(table), "--out", str(bad)])
+    assert code == 2 and "missing required column(s) class" in capsys.readouterr().err and not bad.exists()
+    code = main(["probe", "--store", str(tmp_path / "good"), "--store", str(tmp_path / "nowhere"), "--classes",
+                 str(table), "--class-column", "moa", "--out", str(bad)])
+    assert code == 2 and "nowhere" in capsys.readouterr().err and not bad.exists()
+    code = main(["probe", "--store", str(tmp_path / "good"), "--class-column", "moa"])
+    assert code == 2 and "--simulated" in capsys.readouterr().err

@@ -401,6 +401,44 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def cmd_probe(args) -> int:
+    import pandas as pd
+
+    from momil.imaging.probe import linear_probe
+    from momil.io.store import InstanceStore
+    from momil.io.tables import read_table, require_columns, require_no_missing, write_table_atomic
+    from momil.simulate import compound_classes
+
+    if bool(args.classes) == bool(args.simulated):
+        raise MomilError("give the compound classes as --classes TABLE (with --class-column) or --simulated SCREEN")
+    if args.classes:
+        table = read_table(args.classes, dtype_str=["Metadata_Compound"])
+        require_columns(table, ["Metadata_Compound", args.class_column], args.classes, "compound classes")
+        require_no_missing(table, ["Metadata_Compound", args.class_column], args.classes)
+        classes = table.drop_duplicates("Metadata_Compound").set_index("Metadata_Compound")[args.class_column]
+    else:
+        classes = compound_classes(args.simulated)
+    try:
+        cs = [float(c) for c in args.c.split(",") if c.strip()]
+    except ValueError as err:
+        raise MomilError(f"--c must be comma-separated positive numbers, not {args.c!r}") from err
+    if not cs or min(cs) <= 0:
+        raise MomilError(f"--c must be comma-separated positive numbers, not {args.c!r}")
+    stores = [(path, InstanceStore(path)) for path in args.store]  # every store opened before any work
+    rows = []
+    for path, store in stores:
+        for c in cs:
+            result = linear_probe(store, classes, c=c, folds=args.folds, seed=args.seed)
+            rows.append({"store": str(path), "C": c, **result})
+    frame = pd.DataFrame(rows)
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if args.out:
+        write_table_atomic(frame, args.out, {"command": "probe", "classes": args.classes or args.simulated,
+                                             "class_column": args.class_column, "folds": args.folds})
+        print(f"written to {args.out}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from momil.report import render_report
 
@@ -605,6 +643,17 @@ def build_parser() -> argparse.ArgumentParser:
                  "associations", "string-info"):
         p.add_argument(f"--{name}")
     p.add_argument("--strict-labels", action="store_true")
+
+    p = stage("probe", "how well stores' features separate compound classes (linear probe on well means)",
+              cmd_probe)
+    p.add_argument("--store", action="append", required=True, help="instance store (repeat to compare several)")
+    p.add_argument("--classes", help="table of Metadata_Compound and a class column (.parquet or .csv)")
+    p.add_argument("--class-column", default="class", help="the class column of --classes (default: class)")
+    p.add_argument("--simulated", help="a `momil simulate` screen folder: its compounds' target classes")
+    p.add_argument("--c", default="0.01,0.1,1", help="logistic-regression strengths C, comma-separated")
+    p.add_argument("--folds", type=int, default=5, help="stratified cross-validation folds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write the table here too (.parquet)")
 
     p = stage("info", "describe an instance store", cmd_info)
     p.add_argument("store")
