@@ -123,7 +123,7 @@ def test_images_to_cross_validation_from_the_shell(tmp_path, capsys):
         "--stride", 32, "--no-drop-background", "--device", "cpu")
     run("correct", "--store", tmp_path / "raw", "--out", tmp_path / "store")
     run("split", "--wells", screen / "wells.parquet", "--labels", screen / "labels.parquet", "--compounds",
-        screen / "compounds.parquet", "--out", tmp_path / "folds.parquet")
+        screen / "compounds.parquet", "--out", tmp_path / "folds.parquet", "--n-folds", 3)
     out = run("cv", "--store", tmp_path / "store", "--labels", screen / "labels.parquet", "--folds",
               tmp_path / "folds.parquet", "--assays", screen / "assays.parquet", "--out", tmp_path / "cv",
               "--rotations", "0", "--projector-dims", 8, "--head-dims", 4, "--lrs", "1e-3", "--epochs", 2,
@@ -141,8 +141,6 @@ def test_reader_threads_follow_the_device(rendered, tmp_path):
     assert reader_count(3, "cpu") == 3  # as asked
     assert reader_count(0, "cpu") == 1  # the CPU forward already uses every core
     assert 1 <= reader_count(0, "cuda") <= 8
-    negative = ExtractSettings(**{**TINY.__dict__, "readers": -1})
-    with pytest.raises(MomilError, match="readers must be 0"):
-        extract(rendered / "load_data.parquet", rendered / "wells.parquet", tmp_path / "store", FIELD, negative,
-                show_progress=False)
+    with pytest.raises(MomilError, match="--readers must be >= 0"):
+        ExtractSettings(**{**TINY.__dict__, "readers": -1})
     assert not (tmp_path / "store").exists()

@@ -150,7 +150,7 @@ def test_pretraining_on_the_real_fields_lowers_its_loss(tmp_path):
 
 
 @pytest.mark.parametrize("bad, message", [({"centering": "median"}, "centering must be"),
-                                          ({"sinkhorn_iterations": 0}, "sinkhorn_iterations must be")])
+                                          ({"sinkhorn_iterations": 0}, "--sinkhorn-iterations must be")])
 def test_bad_pretraining_settings_are_refused(fields, tmp_path, bad, message):
     from momil.errors import MomilError
 

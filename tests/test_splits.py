@@ -110,7 +110,7 @@ def test_rotation_3_1_1():
 
 
 def test_bad_settings():
-    with pytest.raises(MomilError, match="at least 3"):
+    with pytest.raises(MomilError, match="--n-folds must be >= 3"):
         make_folds(["a"], settings=SplitSettings(n_folds=2), show_progress=False)
     with pytest.raises(MomilError, match="butina.*scaffold"):
         make_folds(["a"], settings=SplitSettings(method="kmeans"), show_progress=False)

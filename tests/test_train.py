@@ -132,7 +132,7 @@ def test_same_seed_same_model_and_save_load(tmp_path):
     torch.testing.assert_close(loaded.predict(bags, mask), a.model.predict(bags, mask))
     assert extra == {"note": "test"}
     (tmp_path / "bad.pt").write_bytes(b"nonsense")
-    with pytest.raises(MomilError, match="not a momil model"):
+    with pytest.raises(MomilError, match="not a readable model file"):
         load_model(tmp_path / "bad.pt")
 
 

@@ -15,6 +15,7 @@ by the methods that use it. The report folder holds:
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from momil.config import Settings, setting
 from momil.errors import MomilError
 from momil.io.contract import LabelMatrix
 from momil.io.store import InstanceStore
@@ -43,15 +45,15 @@ METHODS: dict[str, tuple[str, dict, dict]] = {
 
 
 @dataclasses.dataclass
-class BenchmarkSettings:
-    methods: str = ",".join(METHODS)  # comma-separated, from: instance-count, mean-mlp, multilabel-mil, mil-amtl, momil-stl, momil-primary, momil-all, momil-as, momil-as-li
-    focus: str = "momil-as-li"  # the method tested against the others (falls back to the last method run)
-    reference: str = "multilabel-mil"  # the method Table 2's p-values compare the focus with
-    n_boot: int = 1000  # bootstrap draws per test
-    probes: int = 12  # unseen assays probed for Table 3 (needs momil-as and momil-stl; 0: none)
-    shots: str = "5,10,all"  # actives and inactives per fold for the probes
-    probe_repeats: int = 10  # random draws per shot count
-    overwrite: bool = False
+class BenchmarkSettings(Settings):
+    methods: str = setting(",".join(METHODS), "comma-separated, from: instance-count, mean-mlp, multilabel-mil, mil-amtl, momil-stl, momil-primary, momil-all, momil-as, momil-as-li")
+    focus: str = setting("momil-as-li", "the method tested against the others (falls back to the last method run)")
+    reference: str = setting("multilabel-mil", "the method Table 2's p-values compare the focus with")
+    n_boot: int = setting(1000, "bootstrap draws per test", low=100)
+    probes: int = setting(12, "unseen assays probed for Table 3 (needs momil-as and momil-stl; 0: none)", low=0)
+    shots: str = setting("5,10,all", "actives and inactives per fold for the probes")
+    probe_repeats: int = setting(10, "random draws per shot count", low=1)
+    overwrite: bool = setting(False)
 
     def method_list(self) -> list[str]:
         chosen = [m.strip() for m in str(self.methods).split(",") if m.strip()]
@@ -311,6 +313,20 @@ def run_probes(store, labels, folds, out: Path, settings: BenchmarkSettings, cv,
     return table3
 
 
+def _auc_cell(row: pd.DataFrame, with_sd: bool = False) -> str:
+    """One Table 3 cell: mean (± sd) AUC, "undefined" where the AUC is (one class among the test compounds), "-"
+    where nothing was probed; the same words as Table 2."""
+    if not len(row):
+        return "-"
+    mean = float(row["auc_mean"].iloc[0])
+    if math.isnan(mean):
+        return "undefined"
+    if not with_sd:
+        return f"{mean:.3f}"
+    sd = float(row["auc_sd"].iloc[0])
+    return f"{mean:.3f} ± {sd:.3f}" if not math.isnan(sd) else f"{mean:.3f}"
+
+
 def table3_markdown(table3: pd.DataFrame) -> str:
     """One row per unseen assay: the single-task model, then probe AUCs (mean +- sd) per source and shots."""
     if table3.empty:
@@ -323,10 +339,10 @@ def table3_markdown(table3: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for (assay, primary), group in table3.groupby(["assay", "primary"], sort=False):
         single = group[group["source"] == "single-task model on the assay"]
-        cells = [str(assay), str(primary), f"{single['auc_mean'].iloc[0]:.3f}" if len(single) else "-"]
+        cells = [str(assay), str(primary), _auc_cell(single)]
         for source, shots in columns:
             row = group[(group["source"] == source) & (group["shots"].astype(str) == str(shots))]
-            cells.append(f"{row['auc_mean'].iloc[0]:.3f} ± {row['auc_sd'].iloc[0]:.3f}" if len(row) else "-")
+            cells.append(_auc_cell(row, with_sd=True))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + ("\n\nCompound-level test ROC-AUC pooled over rotations; probes: logistic regression on "
                                "the primary head's well embeddings, mean ± sd over random draws of n actives and n "

@@ -7,8 +7,12 @@ written by a command that fails.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -16,6 +20,7 @@ from pathlib import Path
 from momil import __version__
 from momil.config import add_settings_arguments, build_settings
 from momil.errors import MomilError
+from momil.io.paths import OutputLocked, check_output, output_lock
 
 
 # --------------------------------------------------------------------------------------------------- commands
@@ -23,6 +28,7 @@ def cmd_simulate(args) -> int:
     from momil.simulate import SimulateSettings, simulate
 
     settings = build_settings(SimulateSettings, args, args.config, "simulate")
+    check_output(args.out, "dir", {"--config": args.config}, settings.overwrite)
     summary = simulate(args.out, settings, show_progress=not args.quiet)
     print(f"simulated screen written to {args.out}")
     _print_mapping(summary)
@@ -66,6 +72,9 @@ def cmd_split(args) -> int:
     settings = build_settings(SplitSettings, args, args.config, "split")
     if not (args.wells or args.labels or args.compounds):
         raise MomilError("momil split needs --wells, --labels or --compounds to know which compounds to split")
+    out = check_output(args.out, "file", _inputs(args), args.overwrite, suffixes=(".parquet", ".pq"))
+    check_output(out.with_name(out.stem + "_summary.csv"), "file", _inputs(args), args.overwrite,
+                 flag="--out (its _summary.csv)")
     structures = read_compounds(args.compounds) if args.compounds else None
     labels = read_labels(args.labels, args.row_index, args.column_index) if args.labels else None
     if args.wells:
@@ -84,9 +93,6 @@ def cmd_split(args) -> int:
     record = provenance("split", settings, inputs={"wells": args.wells, "labels": args.labels,
                                                    "compounds": args.compounds},
                         seconds=round(seconds, 2), summary=summary.to_dict(orient="records"))
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise MomilError(f"{out}: already exists -- choose another output or pass --overwrite")
     write_table_atomic(folds, out, metadata=record)
     summary_path = out.with_name(out.stem + "_summary.csv")
     with atomic_path(summary_path) as tmp:
@@ -98,24 +104,45 @@ def cmd_split(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    """Read and check every input given; write nothing."""
-    from momil.io.contract import (InstanceSource, align_labels, read_assays, read_associations, read_compounds,
-                                   read_labels, read_load_data, read_wells)
+    """Read and check every input given with the checks of the stages that read it; write nothing."""
+    from momil.io.contract import (CONTROL, PLATE, InstanceSource, align_labels, missing_image_files, read_assays,
+                                   read_associations, read_compounds, read_labels, read_load_data, read_wells)
+    from momil.io.ingest import count_instances
 
     wells = None
     if args.wells:
         wells = read_wells(args.wells)
-        print(f"wells: {args.wells}: {len(wells)} wells, {wells['Metadata_Plate'].nunique()} plates, "
-              f"{(wells['Metadata_ControlType'] == 'negcon').sum()} negcon wells")
+        print(f"wells: {args.wells}: {len(wells)} wells, {wells[PLATE].nunique()} plates, "
+              f"{(wells[CONTROL] == 'negcon').sum()} negcon wells")
+        without = sorted(set(wells[PLATE]) - set(wells.loc[wells[CONTROL] == "negcon", PLATE]))
+        if without:
+            warnings.warn(f"{args.wells}: {len(without)} plate(s) have no negcon wells ({', '.join(without[:5])}); "
+                          "`momil correct` refuses them unless given --fallback all (statistics from all their "
+                          "wells)", stacklevel=1)
     if args.instances:
         source = InstanceSource(args.instances)
-        rows = 0
-        for chunk in source.iter_chunks(with_meta=False):
-            rows += len(chunk.features)
+        if wells is not None:  # ingest's own first pass: unlisted wells, empty bags, no rows
+            count_instances(source, wells, args.wells, args.drop_empty_wells)
+        rows = sum(len(chunk.features) for chunk in source.iter_chunks(with_meta=False))  # every value finite
+        if rows == 0:
+            raise MomilError(f"{args.instances}: holds no instances -- the instance table is empty")
         print(f"instances: {args.instances}: {rows} instances x {source.dim} features, all finite")
     if args.load_data:
         table, channels = read_load_data(args.load_data)
-        print(f"load data: {args.load_data}: {len(table)} fields, channels {channels}")
+        root = Path(args.root) if args.root else Path(args.load_data).parent
+        missing = missing_image_files(table, channels, root)
+        if missing:
+            row, channel, path = missing[0]
+            raise MomilError(f"{args.load_data}: {len(missing)} image file(s) are missing; the first is data row "
+                             f"{row + 1}, channel {channel}: {path} -- fix the PathName_/FileName_ columns or "
+                             "--root")
+        if wells is not None:
+            keys = set(zip(wells[PLATE], wells["Metadata_Well"]))
+            unknown = [i for i, k in enumerate(zip(table[PLATE], table["Metadata_Well"])) if k not in keys]
+            if unknown:
+                raise MomilError(f"{args.load_data}: {len(unknown)} field(s) belong to wells {args.wells} lacks "
+                                 f"(first: data row {unknown[0] + 1}) -- add those wells or drop the fields")
+        print(f"load data: {args.load_data}: {len(table)} fields, channels {channels}, every image file present")
     if args.compounds:
         compounds = read_compounds(args.compounds)
         print(f"compounds: {args.compounds}: {len(compounds)} compounds, "
@@ -156,12 +183,28 @@ def cmd_demo(args) -> int:
     return 0
 
 
+_INPUT_FLAGS = ("store", "labels", "row_index", "column_index", "folds", "assays", "associations", "string_info",
+                "selection", "wells", "compounds", "instances", "load_data", "model", "config", "classes",
+                "simulated", "benchmark")
+
+
+def _inputs(args) -> dict:
+    """{flag: path} of every input the command was given (what its output must not replace or sit inside)."""
+    found = {}
+    for name in _INPUT_FLAGS:
+        value = getattr(args, name, None)
+        if value and isinstance(value, (str, Path, list)):  # `momil probe --folds` is a count, not a file
+            found["--" + name.replace("_", "-")] = value
+    return found
+
+
 def _model_inputs(args):
     """Store, labels aligned to its wells, folds and primary assays for train / cv."""
     from momil.io.contract import align_labels, default_assays, read_assays, read_labels
     from momil.io.store import InstanceStore
     from momil.splits import read_folds
 
+    check_output(args.out, "dir", _inputs(args), overwrite=None)
     store = InstanceStore(args.store)
     labels = read_labels(args.labels, getattr(args, "row_index", None), getattr(args, "column_index", None))
     labels, _ = align_labels(labels, store.wells, args.labels)
@@ -173,6 +216,14 @@ def _model_inputs(args):
     assays = read_assays(args.assays, list(labels.assays)) if args.assays else default_assays(labels.assays)
     primary = list(assays.loc[assays["role"] == "primary", "assay"])
     return store, labels, folds, assays, primary
+
+
+def _require_validation(pairs, val_wells, rot, folds_path) -> None:
+    """A fit selects its epoch on the validation fold: refuse a rotation whose validation fold has no label."""
+    if len(pairs.labelled_wells(val_wells)) == 0:
+        raise MomilError(f"{folds_path}: validation fold {rot.val_fold} (of test fold {rot.test_fold}) has no "
+                         "labelled well for the model's assays -- make fewer folds (`momil split --n-folds`) or "
+                         "choose another --test-fold")
 
 
 def cmd_train(args) -> int:
@@ -195,6 +246,7 @@ def cmd_train(args) -> int:
         model_assays = primary if args.configuration == "mtl-primary" else labelled
     rot, wells = rotation_wells(store.wells, folds, args.test_fold)
     pairs = WellPairs.build(store.wells, labels, model_assays)
+    _require_validation(pairs, wells["val"], rot, args.folds)
     out = Path(args.out)
     result = fit(store, pairs, wells["train"], wells["val"], np.array([a in set(primary) for a in model_assays]),
                  settings, out / "checkpoint", show_progress=not args.quiet)
@@ -347,6 +399,8 @@ def cmd_benchmark(args) -> int:
 def cmd_cells(args) -> int:
     if bool(args.cellprofiler) == bool(args.load_data):
         raise MomilError("give either --cellprofiler (CellProfiler output folders) or --load-data (images to segment)")
+    check_output(args.out, "file", {**_inputs(args), "--cellprofiler": args.cellprofiler, "--root": args.root},
+                 overwrite=None, suffixes=(".parquet", ".pq"))
     if args.cellprofiler:
         from momil.io.cellprofiler import cellprofiler_to_instances
 
@@ -392,6 +446,7 @@ def cmd_pretrain(args) -> int:
 
     field = build_settings(FieldSettings, args, args.config, "field")
     settings = build_settings(PretrainSettings, args, args.config, "pretrain")
+    check_output(args.out, "dir", _inputs(args), overwrite=None)
     summary = pretrain(args.load_data, args.out, field, settings, args.root, show_progress=not args.quiet,
                        max_seconds=args.max_minutes * 60 if args.max_minutes else None)
     print(f"pretrained {settings.method} backbone written to {Path(args.out) / 'backbone.pt'}: "
@@ -411,6 +466,8 @@ def cmd_probe(args) -> int:
 
     if bool(args.classes) == bool(args.simulated):
         raise MomilError("give the compound classes as --classes TABLE (with --class-column) or --simulated SCREEN")
+    if args.out:
+        check_output(args.out, "file", _inputs(args), overwrite=None, suffixes=(".parquet", ".pq"))
     if args.classes:
         table = read_table(args.classes, dtype_str=["Metadata_Compound"])
         require_columns(table, ["Metadata_Compound", args.class_column], args.classes, "compound classes")
@@ -442,6 +499,8 @@ def cmd_probe(args) -> int:
 def cmd_report(args) -> int:
     from momil.report import render_report
 
+    if args.out:
+        check_output(args.out, "file", {"benchmark": args.benchmark}, overwrite=None, suffixes=(".html", ".htm"))
     path = render_report(args.benchmark, args.out)
     print(f"report written to {path} (one HTML file; open it in a browser, no network needed)")
     return 0
@@ -455,6 +514,11 @@ def cmd_predict(args) -> int:
     from momil.provenance import atomic_path, provenance, write_json_atomic
     from momil.train import load_model, resolve_device
 
+    out = check_output(args.out, "file", _inputs(args), args.overwrite, suffixes=(".parquet", ".pq"))
+    wells_path = out.with_name(out.stem + "_wells.parquet")
+    provenance_path = out.with_name(out.stem + "_provenance.json")
+    for beside in (wells_path, provenance_path):
+        check_output(beside, "file", _inputs(args), args.overwrite, flag=f"--out (beside it, {beside.name})")
     device = resolve_device(args.device)
     model, extra = load_model(args.model, device)
     store = InstanceStore(args.store)
@@ -467,17 +531,18 @@ def cmd_predict(args) -> int:
     wells = np.flatnonzero((store.wells["Metadata_ControlType"] != "negcon").to_numpy()) if not args.all_wells \
         else np.arange(store.n_wells)
     assays = args.assay or None
+    unknown = [a for a in (assays or []) if a not in model.assays]
+    if unknown:
+        raise MomilError(f"--assay {unknown[0]}: the model has no such assay -- it predicts {len(model.assays)} "
+                         f"assays, e.g. {', '.join(model.assays[:5])}")
     frame = predict_wells(model, store, wells, assays, device, show_progress=not args.quiet)
     compounds = compound_predictions(frame)
-    out = Path(args.out)
     with atomic_path(out) as tmp:
         compounds.to_parquet(tmp, index=False)
-    wells_path = out.with_name(out.stem + "_wells.parquet")
     with atomic_path(wells_path) as tmp:
         frame.to_parquet(tmp, index=False)
     write_json_atomic(provenance("predict", {"model": str(args.model), "assays": assays},
-                                 inputs={"model": args.model, "store": args.store}),
-                      out.with_name(out.stem + "_provenance.json"))
+                                 inputs={"model": args.model, "store": args.store}), provenance_path)
     print(f"predictions for {frame['Metadata_Well'].size // max(1, len(model.assays if assays is None else assays))} "
           f"wells and {compounds['Metadata_Compound'].nunique()} compounds written to {out} (compound level) and "
           f"{wells_path} (well level)")
@@ -636,13 +701,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="compound-level predictions (.parquet); wells go beside it")
     p.add_argument("--assay", action="append", help="only these assays (repeatable)")
     p.add_argument("--all-wells", action="store_true", help="score control wells too")
+    p.add_argument("--overwrite", action="store_true", help="replace existing prediction files")
     p.add_argument("--device", default="auto")
 
     p = stage("validate", "check inputs against the input contract without writing anything", cmd_validate)
     for name in ("wells", "instances", "load-data", "compounds", "labels", "row-index", "column-index", "assays",
                  "associations", "string-info"):
         p.add_argument(f"--{name}")
+    p.add_argument("--root", help="folder relative PathName_ columns start from (default: the LoadData folder)")
     p.add_argument("--strict-labels", action="store_true")
+    p.add_argument("--drop-empty-wells", action="store_true", help="as `momil ingest --drop-empty-wells`")
 
     p = stage("probe", "how well stores' features separate compound classes (linear probe on well means)",
               cmd_probe)
@@ -677,6 +745,26 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"momil: warning: {message}", file=sys.stderr)
 
 
+def _output_of(args) -> Path | None:
+    """The path a command writes (its --out), if it has one."""
+    out = getattr(args, "out", None)
+    return Path(out) if out else None
+
+
+def _remove_new_output(out: Path | None, existed: bool) -> None:
+    """After a refused command: remove an output that this run created (a refused command writes nothing)."""
+    if out is None or existed or not (out.exists() or out.is_symlink()):
+        return
+    if out.is_dir() and not out.is_symlink():
+        shutil.rmtree(out, ignore_errors=True)
+    else:
+        out.unlink(missing_ok=True)
+
+
+def _on_sigterm(signum, frame):  # pragma: no cover - exercised through a subprocess in the fault tests
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -684,13 +772,31 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     warnings.showwarning = _show_warning
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)  # preemption: the same clean stop as Ctrl-C
+    out = _output_of(args)
+    existed = out is not None and (out.exists() or out.is_symlink())
     try:
-        return int(args.func(args) or 0)
-    except MomilError as err:
+        with output_lock(out):
+            return int(args.func(args) or 0)
+    except OutputLocked as err:
         print(f"momil: error: {err}", file=sys.stderr)
         return 2
+    except MomilError as err:
+        _remove_new_output(out, existed)
+        print(f"momil: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM):
+            raise
+        _remove_new_output(out, existed)
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"momil: error: {err.strerror}{where} -- nothing was committed; free space or choose a writable "
+              "--out, then run the command again (finished checkpoints are reused)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("momil: interrupted; nothing was committed by the unfinished step", file=sys.stderr)
+        print("momil: interrupted; nothing was committed by the unfinished step (run the same command again to "
+              "resume from the last checkpoint)", file=sys.stderr)
         return 130
 
 

@@ -1,40 +1,132 @@
 """Typed settings: one dataclass per stage, filled from defaults < a TOML file < command-line flags.
 
-A TOML file holds one table per stage (``[simulate]``, ``[ingest]``, ``[correct]``, ``[split]``); keys are the
+A TOML file holds one table per stage (``[simulate]``, ``[ingest]``, ``[correct]``, ``[split]``, ...); keys are the
 settings' field names. Every output records the settings it was made with.
+
+Each field is declared with :func:`setting`: its default, its help text and its allowed range (bounds, choices)
+live in the field's metadata. :class:`Settings` checks every field against that range when the object is made
+(from Python, a TOML file or the command line alike), so an out-of-range value is refused with the flag's name
+and the allowed range before a stage reads or writes anything; ``--help`` shows the same range.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
-import re
+import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from momil.errors import InputError
+from momil.errors import InputError, MomilError
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-_COMMENT = re.compile(r"^\s+(\w+)\s*:\s*[^=#]+?(?:=\s*[^#]*)?#\s*(.+)$")
+
+def setting(default, help: str = "", *, low=None, high=None, low_open: bool = False, high_open: bool = False,
+            choices: Sequence[str] | None = None):
+    """A settings field: ``default``, ``help`` for ``--help``, and its range.
+
+    ``low`` / ``high`` bound a number (closed unless ``low_open`` / ``high_open``); ``choices`` lists the allowed
+    values of a string (``None`` stays allowed where it is the default)."""
+    meta = {"help": help, "low": low, "high": high, "low_open": low_open, "high_open": high_open,
+            "choices": tuple(choices) if choices is not None else None}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def range_text(field: dataclasses.Field) -> str:
+    """The allowed range of a field, as ``--help`` and error messages state it ("" when any value goes)."""
+    meta = field.metadata
+    if meta.get("choices"):
+        return "one of " + ", ".join(str(c) for c in meta["choices"])
+    low, high = meta.get("low"), meta.get("high")
+    if low is not None and high is not None:
+        left = "(" if meta.get("low_open") else "["
+        right = ")" if meta.get("high_open") else "]"
+        return f"in {left}{low:g}, {high:g}{right}"
+    if low is not None:
+        return f"{'>' if meta.get('low_open') else '>='} {low:g}"
+    if high is not None:
+        return f"{'<' if meta.get('high_open') else '<='} {high:g}"
+    return ""
+
+
+def _kind(field: dataclasses.Field):
+    default = field.default
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, int):
+        return int
+    if isinstance(default, float):
+        return float
+    return str
+
+
+def check_field(field: dataclasses.Field, value) -> None:
+    """Refuse ``value`` for ``field`` if its type or range is wrong; the message names the flag and the range."""
+    flag = flag_name(field.name)
+    kind = _kind(field)
+    meta = field.metadata
+    allowed = range_text(field)
+    if value is None and field.default is None:
+        return
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise MomilError(f"{flag} must be true or false, not {value!r}")
+        return
+    if kind in (int, float):
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not is_number or (kind is int and not float(value).is_integer()):
+            raise MomilError(f"{flag} must be {'a whole number' if kind is int else 'a number'}, not {value!r}")
+        if not math.isfinite(float(value)):
+            raise MomilError(f"{flag} must be a finite number, not {value!r}")
+        low, high = meta.get("low"), meta.get("high")
+        bad = (low is not None and (value <= low if meta.get("low_open") else value < low)) or \
+              (high is not None and (value >= high if meta.get("high_open") else value > high))
+        if bad:
+            raise MomilError(f"{flag} must be {allowed}, not {value!r}")
+        return
+    if not isinstance(value, str):
+        raise MomilError(f"{flag} must be text, not {value!r}")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise MomilError(f"{flag} must be {allowed}, not {value!r}")
+
+
+def check_device_name(name: str, flag: str = "--device") -> None:
+    """Refuse a device name torch would not take: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    text = str(name)
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return
+    raise MomilError(f"{flag} must be auto, cpu, cuda or cuda:N, not {name!r}")
+
+
+class Settings:
+    """Base of every stage's settings dataclass: each field is checked against its range when the object is made
+    (and on ``dataclasses.replace``); a subclass may add cross-field rules in ``check()``."""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            check_field(field, getattr(self, field.name))
+        self.check()
+
+    def check(self) -> None:
+        """Rules between fields (a subclass overrides this); the ranges of single fields are already checked."""
 
 
 def field_help(cls) -> dict[str, str]:
-    """The trailing ``# comment`` of each field in the class source, used as its --help text."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):  # pragma: no cover
-        return {}
+    """Each field's help text with its allowed range, as ``--help`` prints it."""
     helps = {}
-    for line in source.splitlines():
-        match = _COMMENT.match(line)
-        if match:
-            helps[match.group(1)] = match.group(2).strip()
+    for field in dataclasses.fields(cls):
+        text = field.metadata.get("help", "")
+        allowed = range_text(field)
+        helps[field.name] = "; ".join(part for part in (text, allowed) if part)
     return helps
 
 
@@ -45,7 +137,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str
     for field in dataclasses.fields(cls):
         if field.name in skip:
             continue
-        flag = "--" + field.name.replace("_", "-")
+        flag = flag_name(field.name)
         default = field.default
         text = helps.get(field.name, "")
         text = f"{text} (default: {default})" if text else f"default: {default}"

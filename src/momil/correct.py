@@ -16,8 +16,10 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from momil.config import Settings, setting
 from momil.errors import MomilError
 from momil.io.contract import CONTROL, PLATE
+from momil.io.paths import check_output
 from momil.io.store import InstanceStore, StoreWriter
 from momil.progress import progress
 from momil.provenance import provenance
@@ -26,13 +28,13 @@ MAD_SCALE = 1.4826
 
 
 @dataclasses.dataclass
-class CorrectSettings:
-    stats: str = "instance"  # "instance": statistics over every negcon instance; "well": over negcon well means
-    control: str = "negcon"  # the Metadata_ControlType whose wells give the statistics
-    fallback: str = "error"  # plate without control wells: "error" or "all" (use all wells of that plate)
-    eps: float = 1e-6  # added to the scaled MAD (pycytominer's default is 1e-18)
-    dtype: str | None = None  # output dtype; None keeps the input store's
-    overwrite: bool = False
+class CorrectSettings(Settings):
+    stats: str = setting("instance", '"instance": statistics over every negcon instance; "well": over negcon well means', choices=['instance', 'well'])
+    control: str = setting("negcon", "the Metadata_ControlType whose wells give the statistics")
+    fallback: str = setting("error", 'plate without control wells: "error" or "all" (use all wells of that plate)', choices=['error', 'all'])
+    eps: float = setting(1e-6, "added to the scaled MAD (pycytominer's default is 1e-18)", low=0, low_open=True)
+    dtype: str | None = setting(None, "output dtype; None keeps the input store's", choices=['float16', 'float32'])
+    overwrite: bool = setting(False)
 
 
 def robust_center_scale(controls: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -84,6 +86,7 @@ def correct(store_path, out, settings: CorrectSettings | None = None, show_progr
     """Write a corrected copy of the store at ``out`` (same wells, same order, corrected features)."""
     settings = settings or CorrectSettings()
     started = time.perf_counter()
+    check_output(out, "dir", {"--store": store_path}, settings.overwrite)
     store = InstanceStore(store_path)
     if settings.fallback not in ("error", "all"):
         raise MomilError(f"fallback must be 'error' or 'all', not {settings.fallback!r}")

@@ -108,6 +108,7 @@ def load_bags(store: InstanceStore, wells: np.ndarray, device: torch.device | st
         bag = store.bag(int(well))
         bags[row, :len(bag)] = bag
         mask[row, :len(bag)] = True
+    store.require_finite(wells, bags)
     return torch.from_numpy(bags).to(device), torch.from_numpy(mask).to(device)
 
 

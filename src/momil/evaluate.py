@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import shutil
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from momil.config import Settings, setting
 from momil.data import WellPairs, load_bags, rotation_wells
 from momil.errors import MomilError
 from momil.io.contract import COMPOUND, LabelMatrix
@@ -48,28 +50,40 @@ CONFIGURATIONS = ("mtl-all", "mtl-primary", "stl")
 
 
 @dataclasses.dataclass
-class CVSettings:
-    configuration: str = "mtl-all"  # "mtl-all", "mtl-primary" or "stl"
-    projector_dims: str = "64,128"  # grid for F_phi's size d
-    head_dims: str = "32,64,128"  # grid for the heads' size
-    lrs: str = "1e-4,5e-5,1e-5"  # grid for the learning rate
-    rotations: str = "all"  # "all" or comma-separated test folds, e.g. "0,1"
-    select: bool = False  # assay selection inside each rotation (MoMIL + AS; mtl-all only)
-    selection: str = ""  # reuse a `momil select --rotations all` folder instead of selecting here
-    impute: bool = False  # conformal label imputation and self-training after the grid's best fit (+ LI)
-    overwrite: bool = False
+class CVSettings(Settings):
+    configuration: str = setting("mtl-all", '"mtl-all", "mtl-primary" or "stl"', choices=['mtl-all', 'mtl-primary', 'stl'])
+    projector_dims: str = setting("64,128", "grid for F_phi's size d")
+    head_dims: str = setting("32,64,128", "grid for the heads' size")
+    lrs: str = setting("1e-4,5e-5,1e-5", "grid for the learning rate")
+    rotations: str = setting("all", '"all" or comma-separated test folds, e.g. "0,1"')
+    select: bool = setting(False, "assay selection inside each rotation (MoMIL + AS; mtl-all only)")
+    selection: str = setting("", "reuse a `momil select --rotations all` folder instead of selecting here")
+    impute: bool = setting(False, "conformal label imputation and self-training after the grid's best fit (+ LI)")
+    overwrite: bool = setting(False)
+
+    def check(self) -> None:
+        grid(self)
+
+
+def _parse_grid(text: str, kind, flag: str) -> list:
+    """A comma-separated grid: positive whole numbers (dims) or numbers in (0, 1] (learning rates)."""
+    what = "positive whole numbers" if kind is int else "numbers in (0, 1]"
+    try:
+        values = [kind(v) for v in str(text).split(",") if v.strip()]
+    except ValueError as err:
+        raise MomilError(f"{flag} must be comma-separated {what}, not {text!r}") from err
+    bad = [v for v in values if not math.isfinite(v) or v <= 0 or (kind is float and v > 1)]
+    if not values or bad:
+        raise MomilError(f"{flag} must be comma-separated {what}, not {text!r}")
+    return values
 
 
 def grid(settings: CVSettings) -> list[dict]:
-    def parse(text, kind):
-        try:
-            return [kind(v) for v in str(text).split(",") if v.strip()]
-        except ValueError as err:
-            raise MomilError(f"bad grid value in {text!r}: {err}") from err
-
+    """The grid points: every (projector_dim, head_dim, lr) of the three comma-separated lists."""
     return [{"projector_dim": p, "head_dim": h, "lr": lr}
-            for p, h, lr in itertools.product(parse(settings.projector_dims, int), parse(settings.head_dims, int),
-                                               parse(settings.lrs, float))]
+            for p, h, lr in itertools.product(_parse_grid(settings.projector_dims, int, "--projector-dims"),
+                                               _parse_grid(settings.head_dims, int, "--head-dims"),
+                                               _parse_grid(settings.lrs, float, "--lrs"))]
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
@@ -128,6 +142,9 @@ def predict_wells(model, store: InstanceStore, wells: np.ndarray, assays: list[s
             batch = np.asarray(wells[start:start + batch_wells], dtype=np.int64)
             bags, mask = load_bags(store, batch, device)
             probs = model.predict(bags, mask, index).float().cpu().numpy()  # (B, T)
+            if not np.isfinite(probs).all():
+                raise MomilError("the model gave NaN or infinite predictions -- its weights are not finite "
+                                 "(training diverged?); train it again with a lower --lr")
             meta = store.wells.iloc[batch]
             frames.append(pd.DataFrame({
                 "Metadata_Plate": np.repeat(meta["Metadata_Plate"].to_numpy(), len(names)),

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from momil.config import Settings, setting
 from momil.data import WellPairs, load_bags
 from momil.errors import MomilError
 from momil.io.contract import COMPOUND, LabelMatrix
@@ -43,20 +44,16 @@ from momil.train import FitResult, TrainSettings, fit, predict_pairs, resolve_de
 
 
 @dataclasses.dataclass
-class ImputeSettings:
-    confidence: float = 0.9  # p: thresholds are the p-th / (1-p)-th percentiles over correct validation wells
-    alpha: float = 0.05  # secondary assays use p + alpha and 1 - p - alpha (stricter)
-    rounds: int = 1  # imputation + retraining rounds (stops early when a round adds no label)
-    min_correct: int = 10  # correctly classified validation wells an assay needs to get thresholds
-    keep_best_round: bool = False  # keep the round with the best validation AUC instead of the last (the paper's)
+class ImputeSettings(Settings):
+    confidence: float = setting(0.9, "p: thresholds are the p-th / (1-p)-th percentiles over correct validation wells", low=0.5, high=1, high_open=True)
+    alpha: float = setting(0.05, "secondary assays use p + alpha and 1 - p - alpha (stricter)", low=0, high=0.5, high_open=True)
+    rounds: int = setting(1, "imputation + retraining rounds (stops early when a round adds no label)", low=0)
+    min_correct: int = setting(10, "correctly classified validation wells an assay needs to get thresholds", low=1)
+    keep_best_round: bool = setting(False, "keep the round with the best validation AUC instead of the last (the paper's)")
 
     def check(self) -> None:
-        if not 0.5 <= self.confidence < 1.0:
-            raise MomilError(f"confidence (p) must be in [0.5, 1), not {self.confidence}")
-        if not 0.0 <= self.alpha < 1.0 - self.confidence:
-            raise MomilError(f"alpha must be in [0, 1 - p) = [0, {1 - self.confidence:g}), not {self.alpha}")
-        if self.rounds < 0:
-            raise MomilError("rounds must be 0 or more")
+        if not self.alpha < 1.0 - self.confidence:
+            raise MomilError(f"--alpha must be in [0, 1 - confidence) = [0, {1 - self.confidence:g}), not {self.alpha}")
 
 
 def conformal_thresholds(assay: np.ndarray, label: np.ndarray, probability: np.ndarray, assays: list[str],

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from momil.config import Settings, setting
 from momil.data import WellPairs, labelled_wells_of, load_bags, rotation_wells
 from momil.errors import MomilError
 from momil.io.contract import COMPOUND, LabelMatrix
@@ -27,10 +28,10 @@ from momil.train import TrainSettings, fit, load_model, resolve_device
 
 
 @dataclasses.dataclass
-class ProbeSettings:
-    shots: str = "5,10,all"  # actives and inactives per fold the logistic regression sees ("all": every one)
-    repeats: int = 10  # random draws per shot count
-    seed: int = 0
+class ProbeSettings(Settings):
+    shots: str = setting("5,10,all", 'actives and inactives per fold the logistic regression sees ("all": every one)')
+    repeats: int = setting(10, "random draws per shot count", low=1)
+    seed: int = setting(0)
 
 
 def shot_counts(text: str) -> list[int]:

@@ -31,6 +31,41 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path, name: str | None = None) -> int:
+    """Remove the hidden ``.name.tmp-<pid>-*`` files or folders a killed run left beside ``path`` (those whose
+    process no longer runs); ``name="*"`` sweeps every such temporary in the folder ``path``. Returns how many
+    were removed. Temporaries of a live run are left alone."""
+    path = Path(path)
+    folder, pattern = (path, ".*.tmp-*") if name == "*" else (path.parent, f".{path.name}.tmp-*")
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    for candidate in folder.glob(pattern):
+        try:
+            pid = int(candidate.name.rsplit(".tmp-", 1)[1].split("-")[0])
+        except (IndexError, ValueError):
+            continue
+        if pid == os.getpid() or _alive(pid):
+            continue
+        if candidate.is_dir() and not candidate.is_symlink():
+            shutil.rmtree(candidate, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                candidate.unlink()
+        removed += 1
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on error removed."""
@@ -58,6 +93,7 @@ def atomic_dir(path, overwrite: bool = False) -> Iterator[Path]:
 
         raise MomilError(f"{path}: already exists -- choose another output or pass --overwrite")
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = _temp_name(path)
     tmp.mkdir()
     try:

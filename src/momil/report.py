@@ -9,13 +9,14 @@ store has them).
 from __future__ import annotations
 
 import html
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from momil.io.readers import read_json, read_parquet_frame
+from momil.io.tables import read_table
 from momil.errors import MomilError
 from momil.provenance import atomic_path
 
@@ -202,14 +203,14 @@ def render_report(folder, out=None) -> Path:
     folder = Path(folder)
     if not (folder / "table2.csv").exists():
         raise MomilError(f"{folder}: no benchmark here (table2.csv missing) -- run `momil benchmark` first")
-    table = pd.read_csv(folder / "table2.csv", dtype={"method": str})
-    record = json.loads((folder / "benchmark.json").read_text()) if (folder / "benchmark.json").exists() else {}
+    table = read_table(folder / "table2.csv", dtype_str=("method", "label"))
+    record = read_json(folder / "benchmark.json", "benchmark record") if (folder / "benchmark.json").exists() else {}
     labels_of = dict(zip(table["method"], table["label"]))
     scored = {}
     for method in table["method"]:
         path = folder / "scored" / f"{method}.parquet"
         if path.exists():
-            scored[method] = pd.read_parquet(path)
+            scored[method] = read_parquet_frame(path, "scored predictions")
     primary = [c for c in table.columns if c not in ("method", "label", "mean", "seconds")]
 
     body = [f"<h1>momil benchmark</h1><p class='note'>{_esc(folder.resolve())} &mdash; momil "
@@ -218,7 +219,7 @@ def render_report(folder, out=None) -> Path:
     body.append("<h2>Table 2: compound-level ROC-AUC of the primary assays</h2>")
     body.append(markdown_table_to_html((folder / "table2.md").read_text()))
     if (folder / "pvalues.csv").exists():
-        pvalues = pd.read_csv(folder / "pvalues.csv", dtype={"assay": str})
+        pvalues = read_table(folder / "pvalues.csv", dtype_str=("assay",))
         if len(pvalues):
             focus = pvalues["focus"].iloc[0]
             wide = pvalues.pivot_table(index="other", columns="assay", values="p_value", aggfunc="first")
@@ -241,7 +242,7 @@ def render_report(folder, out=None) -> Path:
         body.append("<h2>Table 3: unseen assays, few-shot probes on a primary head</h2>")
         body.append(markdown_table_to_html((folder / "table3.md").read_text()))
     if (folder / "attention.parquet").exists():
-        attention = pd.read_parquet(folder / "attention.parquet")
+        attention = read_parquet_frame(folder / "attention.parquet", "attention table")
         body.append("<h2>Attention over the instances of top-scored active test wells</h2>")
         for (plate, well, assay), frame in attention.groupby(["Metadata_Plate", "Metadata_Well", "assay"], sort=False):
             body.append(f"<h4>{_esc(assay)}: plate {_esc(plate)}, well {_esc(well)}, compound "
@@ -252,7 +253,7 @@ def render_report(folder, out=None) -> Path:
                 png = folder / "fields" / f"{_field_file(plate, well, site)}.png"
                 info = folder / "fields" / f"{_field_file(plate, well, site)}.json"
                 if png.exists() and info.exists():
-                    meta = json.loads(info.read_text())
+                    meta = read_json(info, "simulation record")
                     body.append(f"<p class='note'>site {_esc(site)}: tiles outlined by attention</p>")
                     body.append(field_overlay_svg(png.read_bytes(), meta["scale"], meta["tile"], tiles))
         body.append("<p class='note'>Bars: attention weight per instance of the focus method's head (rotation 0 "

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from momil.config import Settings, setting
 from momil.data import WellPairs, labelled_wells_of, load_bags
 from momil.errors import MomilError
 from momil.io.contract import LabelMatrix, assay_genes
@@ -44,15 +45,15 @@ STAGES = ("biology", "performance", "influence")
 
 
 @dataclasses.dataclass
-class SelectSettings:
-    stages: str = "biology,performance,influence"  # stages to run, comma-separated, in this order; one left out keeps all
-    th_bio: float = 0.4  # association (0-1) a secondary's targets need with a primary's (STRING: 0.4 medium, 0.7 high)
-    th_perf: float = 0.7  # single-assay well-level validation ROC-AUC needed (the paper's 70 %)
-    th_inf: float = 0.9  # influence needed, as a fraction of the primary's self-influence (the paper's 0.9)
-    keep_without_genes: bool = False  # secondary assays without target genes pass the biology stage
-    stl_head_dim: int = 64  # head size of the single-assay models
-    stl_lr: float = 1e-4  # learning rate of the single-assay models
-    influence_c: float = 1.0  # inverse L2 strength of the influence logistic regression
+class SelectSettings(Settings):
+    stages: str = setting("biology,performance,influence", "stages to run, comma-separated, in this order; one left out keeps all")
+    th_bio: float = setting(0.4, "association (0-1) a secondary's targets need with a primary's (STRING: 0.4 medium, 0.7 high)", low=0, high=1)
+    th_perf: float = setting(0.7, "single-assay well-level validation ROC-AUC needed (the paper's 70 %)", low=0, high=1)
+    th_inf: float = setting(0.9, "influence needed, as a fraction of the primary's self-influence (the paper's 0.9)", low=0)
+    keep_without_genes: bool = setting(False, "secondary assays without target genes pass the biology stage")
+    stl_head_dim: int = setting(64, "head size of the single-assay models", low=1)
+    stl_lr: float = setting(1e-4, "learning rate of the single-assay models", low=0, high=1, low_open=True)
+    influence_c: float = setting(1.0, "inverse L2 strength of the influence logistic regression", low=0, low_open=True)
 
     def stage_list(self) -> list[str]:
         chosen = [s.strip() for s in str(self.stages).split(",") if s.strip()]

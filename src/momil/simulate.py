@@ -43,6 +43,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from momil.config import Settings, setting
 from momil.errors import MomilError
 from momil.io.contract import BATCH, COMPOUND, CONTROL, INCHIKEY, PLATE, SITE, SMILES, WELL, read_labels_mtx
 from momil.progress import progress
@@ -52,39 +53,39 @@ DMSO = "DMSO"
 
 
 @dataclasses.dataclass
-class SimulateSettings:
-    mode: str = "synthetic"  # "synthetic" or "hti-cnn" (real compounds, assays and label pattern)
-    n_compounds: int = 300  # synthetic: compounds; hti-cnn: keep the n most-labelled (0 = all 10,574)
-    n_assays: int = 24  # synthetic only (hti-cnn has its 209)
-    n_primary: int = 6
-    n_targets: int = 10
-    related_fraction: float = 0.6  # secondary assays on a primary's target; the rest split below
-    unrelated_fraction: float = 0.2  # secondary assays whose labels do not depend on morphology
-    hit_rate: float = 0.2
-    series_size: int = 6  # synthetic: compounds per chemical series
-    series_inheritance: float = 0.8
-    assay_noise: float = 0.35  # sd of assay-specific noise on potency
-    active_rate: float = 0.35  # synthetic: fraction of actives among known labels
-    label_density: float = 0.043  # synthetic: fraction of known (compound, assay) pairs overall
-    primary_density: float = 0.183  # synthetic: fraction of known pairs in primary assays
-    replicates: int = 3
-    negcon_per_plate: int = 0  # 0: all 64 DMSO positions of the real plate map; n: the first n of them
-    n_batches: int = 2
-    instances: int = 36  # per well
-    instances_jitter: int = 0  # counts drawn uniformly in instances +- jitter
-    sites: int = 4  # fields of view per well (instances are split over them as tiles)
-    dim: int = 64
-    n_states: int = 4
-    state_scale: float = 1.5
-    responder_fraction: float = 0.15
-    effect_size: float = 3.0
-    plate_effect: float = 2.0  # sd of plate offsets (noise sd units)
-    batch_effect: float = 2.0
-    gain_effect: float = 0.3  # sd of per-feature multiplicative plate gains
-    render_images: bool = False  # write 5-channel TIFF fields + load_data.parquet instead of instance features
-    image_size: int = 128
-    seed: int = 0
-    overwrite: bool = False
+class SimulateSettings(Settings):
+    mode: str = setting("synthetic", '"synthetic" or "hti-cnn" (real compounds, assays and label pattern)', choices=['synthetic', 'hti-cnn'])
+    n_compounds: int = setting(300, "synthetic: compounds; hti-cnn: keep the n most-labelled (0 = all 10,574)", low=0)
+    n_assays: int = setting(24, "synthetic only (hti-cnn has its 209)", low=1)
+    n_primary: int = setting(6, low=1)
+    n_targets: int = setting(10, low=1)
+    related_fraction: float = setting(0.6, "secondary assays on a primary's target; the rest split below", low=0, high=1)
+    unrelated_fraction: float = setting(0.2, "secondary assays whose labels do not depend on morphology", low=0, high=1)
+    hit_rate: float = setting(0.2, low=0, high=1)
+    series_size: int = setting(6, "synthetic: compounds per chemical series", low=1)
+    series_inheritance: float = setting(0.8, low=0, high=1)
+    assay_noise: float = setting(0.35, "sd of assay-specific noise on potency", low=0)
+    active_rate: float = setting(0.35, "synthetic: fraction of actives among known labels", low=0, high=1, low_open=True, high_open=True)
+    label_density: float = setting(0.043, "synthetic: fraction of known (compound, assay) pairs overall", low=0, high=1, low_open=True)
+    primary_density: float = setting(0.183, "synthetic: fraction of known pairs in primary assays", low=0, high=1, low_open=True)
+    replicates: int = setting(3, low=1)
+    negcon_per_plate: int = setting(0, "0: all 64 DMSO positions of the real plate map; n: the first n of them", low=0)
+    n_batches: int = setting(2, low=1)
+    instances: int = setting(36, "per well", low=1)
+    instances_jitter: int = setting(0, "counts drawn uniformly in instances +- jitter", low=0)
+    sites: int = setting(4, "fields of view per well (instances are split over them as tiles)", low=1)
+    dim: int = setting(64, low=1)
+    n_states: int = setting(4, low=1)
+    state_scale: float = setting(1.5, low=0)
+    responder_fraction: float = setting(0.15, low=0, high=1)
+    effect_size: float = setting(3.0, low=0)
+    plate_effect: float = setting(2.0, "sd of plate offsets (noise sd units)", low=0)
+    batch_effect: float = setting(2.0, low=0)
+    gain_effect: float = setting(0.3, "sd of per-feature multiplicative plate gains", low=0)
+    render_images: bool = setting(False, "write 5-channel TIFF fields + load_data.parquet instead of instance features")
+    image_size: int = setting(128, low=16)
+    seed: int = setting(0)
+    overwrite: bool = setting(False)
 
 
 # --------------------------------------------------------------------------------------------- shipped data

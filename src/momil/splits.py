@@ -26,6 +26,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
+from momil.config import Settings, setting
 from momil.errors import InputError, MomilError
 from momil.io.contract import COMPOUND, INCHIKEY, SMILES, LabelMatrix
 from momil.progress import progress
@@ -34,14 +35,14 @@ FOLD_COLUMNS = [COMPOUND, "fold", "cluster", "has_structure"]
 
 
 @dataclasses.dataclass
-class SplitSettings:
-    method: str = "butina"  # "butina" or "scaffold"
-    cutoff: float = 0.6  # Butina: Tanimoto distance (1 - similarity) within which compounds are neighbours
-    radius: int = 2  # Morgan radius
-    n_bits: int = 2048  # Morgan fingerprint length
-    n_folds: int = 5
-    seed: int = 0  # breaks ties between equally good folds
-    block_rows: int = 512  # Butina: rows of the similarity matrix computed at once (memory ~ block x n x 9 B)
+class SplitSettings(Settings):
+    method: str = setting("butina", '"butina" or "scaffold"', choices=['butina', 'scaffold'])
+    cutoff: float = setting(0.6, "Butina: Tanimoto distance (1 - similarity) within which compounds are neighbours", low=0, high=1, low_open=True)
+    radius: int = setting(2, "Morgan radius", low=1)
+    n_bits: int = setting(2048, "Morgan fingerprint length", low=64)
+    n_folds: int = setting(5, low=3)
+    seed: int = setting(0, "breaks ties between equally good folds")
+    block_rows: int = setting(512, "Butina: rows of the similarity matrix computed at once (memory ~ block x n x 9 B)", low=1)
 
 
 # ------------------------------------------------------------------------------------------------ chemistry
@@ -369,12 +370,31 @@ def read_folds(path) -> pd.DataFrame:
     require_columns(frame, (COMPOUND, "fold"), path, "folds")
     if frame[COMPOUND].duplicated().any():
         raise InputError(path, "a compound appears in more than one row", "one fold per compound")
+    fold = pd.to_numeric(frame["fold"], errors="coerce")
+    bad = fold.isna() | (fold < 0) | (fold % 1 != 0)
+    if bad.any():
+        row = int(np.argmax(bad.to_numpy()))
+        raise InputError(path, f"column fold must hold whole numbers 0, 1, ..., K-1; data row {row + 1} has "
+                         f"{frame['fold'].iat[row]!r}", "make the folds with `momil split`")
+    frame["fold"] = fold.astype(np.int64)
+    n_folds = int(frame["fold"].max()) + 1 if len(frame) else 0
+    empty = sorted(set(range(n_folds)) - set(frame["fold"]))
+    if n_folds < 3 or empty:
+        problem = f"fold {empty[0]} holds no compound" if empty else f"only {n_folds} fold(s)"
+        raise InputError(path, f"{problem}; the 3-1-1 rotation needs folds 0..K-1 (K >= 3), each with compounds",
+                         "make the folds with `momil split` (fewer --n-folds if it left a fold empty)")
     return frame
 
 
 def split(compounds: Sequence[str], structures=None, labels=None, settings: SplitSettings | None = None,
           show_progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, float]:
-    """make_folds + summary + seconds."""
+    """make_folds + summary + seconds; refuses a split that leaves a fold empty (the rotation needs every fold)."""
+    settings = settings or SplitSettings()
     started = time.perf_counter()
     folds = make_folds(compounds, structures, labels, settings, show_progress)
+    empty = sorted(set(range(settings.n_folds)) - set(folds["fold"].tolist()))
+    if empty:
+        clusters = folds["cluster"].nunique()
+        raise MomilError(f"--n-folds {settings.n_folds}: fold {empty[0]} would hold no compound ({len(folds)} "
+                         f"compounds in {clusters} clusters) -- choose at most {min(len(folds), clusters)} folds")
     return folds, fold_summary(folds, labels), time.perf_counter() - started

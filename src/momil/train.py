@@ -22,7 +22,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from momil.faults import fault_point
+from momil.config import Settings, check_device_name, setting
 from momil.data import WellPairs, load_bags
+from momil.io.readers import load_torch
 from momil.errors import MomilError
 from momil.io.store import InstanceStore
 from momil.model.heads import PairPlan
@@ -35,24 +38,27 @@ MODELS = ("momil", "mean-mlp", "multilabel-mil", "instance-count")
 
 
 @dataclasses.dataclass
-class TrainSettings:
-    model: str = "momil"  # "momil" or a baseline: "mean-mlp", "multilabel-mil", "instance-count" (cv only)
-    head: str = "dsmil"  # "dsmil" (the paper's), "abmil" (gated attention) or "mean" (mean pooling, no attention)
-    projector_dim: int = 128  # F_phi output size d (grid: 64, 128)
-    head_dim: int = 64  # F_gamma size inside each head (grid: 32, 64, 128)
-    dropout: float = 0.5
-    lr: float = 1e-4  # (grid: 1e-4, 5e-5, 1e-5)
-    weight_decay: float = 5e-4
-    epochs: int = 100
-    warmup_epochs: int = 20  # linear warm-up, then cosine annealing to 0 at the last epoch
-    patience: int = 10  # epochs without a better validation score before stopping
-    batch_wells: int = 32  # wells per step
-    shared_projector: bool = True  # False: heads read the instance features directly (single-assay models)
-    lazy_heads: bool = True  # AdamW moves a head only in steps where it has labelled pairs (cost ~ labels, not assays)
-    balancing: str = "none"  # "none" (mean BCE over pairs) or "amtl" (achievement-based task balancing; cv computes potentials)
-    amtl_gamma: float = 2.0  # AMTL focusing: weight = (1 - achievement) ** gamma
-    device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
-    seed: int = 0
+class TrainSettings(Settings):
+    model: str = setting("momil", '"momil" or a baseline: "mean-mlp", "multilabel-mil", "instance-count" (cv only)', choices=['momil', 'mean-mlp', 'multilabel-mil', 'instance-count'])
+    head: str = setting("dsmil", '"dsmil" (the paper\'s), "abmil" (gated attention) or "mean" (mean pooling, no attention)', choices=['dsmil', 'abmil', 'mean'])
+    projector_dim: int = setting(128, "F_phi output size d (grid: 64, 128)", low=1)
+    head_dim: int = setting(64, "F_gamma size inside each head (grid: 32, 64, 128)", low=1)
+    dropout: float = setting(0.5, low=0, high=1, high_open=True)
+    lr: float = setting(1e-4, "(grid: 1e-4, 5e-5, 1e-5)", low=0, high=1, low_open=True)
+    weight_decay: float = setting(5e-4, low=0)
+    epochs: int = setting(100, low=1)
+    warmup_epochs: int = setting(20, "linear warm-up, then cosine annealing to 0 at the last epoch", low=0)
+    patience: int = setting(10, "epochs without a better validation score before stopping", low=1)
+    batch_wells: int = setting(32, "wells per step", low=1)
+    shared_projector: bool = setting(True, "False: heads read the instance features directly (single-assay models)")
+    lazy_heads: bool = setting(True, "AdamW moves a head only in steps where it has labelled pairs (cost ~ labels, not assays)")
+    balancing: str = setting("none", '"none" (mean BCE over pairs) or "amtl" (achievement-based task balancing; cv computes potentials)', choices=['none', 'amtl'])
+    amtl_gamma: float = setting(2.0, "AMTL focusing: weight = (1 - achievement) ** gamma", low=0)
+    device: str = setting("auto", '"auto" (CUDA when present), "cpu" or "cuda"')
+    seed: int = setting(0, low=0)
+
+    def check(self) -> None:
+        check_device_name(self.device)
 
 
 def model_from_hparams(hp: dict) -> torch.nn.Module:
@@ -79,6 +85,7 @@ def build_model(in_dim: int, assays: list[str], settings: TrainSettings) -> torc
 
 
 def resolve_device(name: str) -> torch.device:
+    check_device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -428,7 +435,7 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
 
     checkpoint = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
     if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        saved = load_torch(checkpoint, "training checkpoint", map_location=device)
         if saved.get("signature") != signature:
             raise MomilError(f"{checkpoint}: was written by a run with other settings or data -- use another "
                              "checkpoint folder or delete it to start again")
@@ -440,7 +447,7 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
         torch.set_rng_state(saved["torch_rng"])
         if device.type == "cuda" and saved.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(saved["cuda_rng"])
-        state = saved["state"]
+        state = _tensors_as_arrays(saved["state"])
 
     bar = progress(total=settings.epochs, desc="train", unit="epoch", enabled=show_progress,
                    initial=state["epoch"])
@@ -455,8 +462,13 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
                 bags, mask = load_bags(store, batch, device)
                 lr = settings.lr * lr_factor(state["step"], total_steps, warmup_steps)
                 weights = torch.as_tensor(state["task_weights"], dtype=torch.float32) if amtl else None
-                total_loss += training_step(model, bags, mask, rows, assay, label, optimizer, lazy, lr, device,
-                                            weights, state["running_loss"] if amtl else None)
+                step_loss = training_step(model, bags, mask, rows, assay, label, optimizer, lazy, lr, device,
+                                          weights, state["running_loss"] if amtl else None)
+                if not math.isfinite(step_loss):
+                    raise MomilError(f"training diverged: the loss became {step_loss} in epoch {state['epoch']}, "
+                                     f"step {state['step']} (learning rate {lr:g}) -- lower --lr (now "
+                                     f"{settings.lr:g}); no model was written")
+                total_loss += step_loss
                 total_pairs += len(rows)
                 state["step"] += 1
             _, v_assay, v_label, v_prob = predict_pairs(model, store, val_wells, pairs, device)
@@ -483,6 +495,7 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
                             best=f"{state['best_score']:.3f}")
             if checkpoint is not None:
                 _save_checkpoint(checkpoint, model, optimizer, lazy, rng, state, signature, device)
+                fault_point("train.epoch")
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
     if state["best_state"] is not None:
@@ -492,13 +505,26 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
                      time.perf_counter() - started)
 
 
+_ARRAY_KEYS = ("task_weights", "running_loss")  # numpy arrays in the training state (AMTL)
+
+
+def _arrays_as_tensors(state: dict) -> dict:
+    """The training state with its numpy arrays as tensors, so the checkpoint loads with weights_only=True."""
+    return {k: torch.from_numpy(v) if k in _ARRAY_KEYS and isinstance(v, np.ndarray) else v
+            for k, v in state.items()}
+
+
+def _tensors_as_arrays(state: dict) -> dict:
+    return {k: v.numpy() if k in _ARRAY_KEYS and isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
 def _save_checkpoint(path: Path, model, optimizer, lazy, rng, state, signature, device) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                "lazy": lazy.state_dict() if lazy is not None else None, "numpy_rng": rng.bit_generator.state,
                "torch_rng": torch.get_rng_state(),
                "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-               "state": state, "signature": signature}
+               "state": _arrays_as_tensors(state), "signature": signature}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -514,12 +540,7 @@ def save_model(path, model: MoMIL, extra: dict | None = None) -> Path:
 
 def load_model(path, device="cpu") -> tuple[MoMIL, dict]:
     path = Path(path)
-    if not path.exists():
-        raise MomilError(f"{path}: model file not found")
-    try:
-        payload = torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a bad file
-        raise MomilError(f"{path}: not a momil model ({err})") from err
+    payload = load_torch(path, "model file", map_location=device)
     if not isinstance(payload, dict) or payload.get("format") != "momil-model":
         raise MomilError(f"{path}: not a momil model file (train one with `momil train` or `momil cv`)")
     try:

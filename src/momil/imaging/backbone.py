@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from momil.io.readers import load_torch
 from momil.errors import MomilError
 
 NAMES = {"vit-b16": "vit_base_patch16_224", "vit-s16": "vit_small_patch16_224", "vit-tiny": "vit_tiny_patch16_224"}
@@ -52,10 +53,7 @@ def load_weights(model: torch.nn.Module, path) -> None:
     path = Path(path)
     if not path.exists():
         raise MomilError(f"{path}: weights file not found (momil never downloads weights; name a local file)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001
-        raise MomilError(f"{path}: not a torch checkpoint ({err})") from err
+    payload = load_torch(path, "backbone weights file")
     state = {}
     for key, value in _unwrap(payload).items():
         for prefix in ("module.", "backbone.", "encoder."):

@@ -25,23 +25,29 @@ import numpy as np
 import pandas as pd
 import torch
 
+from momil.faults import fault_point
+from momil.config import Settings, check_device_name, setting
 from momil.errors import InputError, MomilError
 from momil.imaging.backbone import make_backbone
 from momil.imaging.fields import FieldSettings, channel_map, read_field, tile_field
 from momil.io.contract import PLATE, SITE, WELL, read_load_data, read_wells
+from momil.io.paths import check_output
 from momil.progress import progress
-from momil.provenance import atomic_path, provenance
+from momil.provenance import atomic_path, provenance, remove_stale_temporaries
 
 
 @dataclasses.dataclass
-class ExtractSettings:
-    backbone: str = "vit-b16"  # vit-b16, vit-s16, vit-tiny or a timm ViT name
-    weights: str = ""  # local checkpoint (momil pretrain output, DINO / DINOv2); empty: random weights (warned)
-    batch_tiles: int = 64  # tiles per forward pass
-    dtype: str = "float16"  # store dtype: float16 or float32
-    device: str = "auto"  # auto (CUDA when present), cpu or cuda
-    readers: int = 0  # background threads reading and tiling fields; 0: 1 on CPU (the forward uses every core), up to 8 with CUDA
-    overwrite: bool = False
+class ExtractSettings(Settings):
+    backbone: str = setting("vit-b16", "vit-b16, vit-s16, vit-tiny or a timm ViT name")
+    weights: str = setting("", "local checkpoint (momil pretrain output, DINO / DINOv2); empty: random weights (warned)")
+    batch_tiles: int = setting(64, "tiles per forward pass", low=1)
+    dtype: str = setting("float16", "store dtype: float16 or float32", choices=['float16', 'float32'])
+    device: str = setting("auto", "auto (CUDA when present), cpu or cuda")
+    readers: int = setting(0, "background threads reading and tiling fields; 0: 1 on CPU (the forward uses every core), up to 8 with CUDA", low=0)
+    overwrite: bool = setting(False)
+
+    def check(self) -> None:
+        check_device_name(self.device)
 
 
 def _field_key(row) -> str:
@@ -70,10 +76,35 @@ def _reader(rows: list[tuple[int, pd.Series]], channels, field: FieldSettings, r
         try:
             image = read_field(row, channels, field, root)
             tiles, where = tile_field(image, field, nuclei)
-            out.put((i, position, tiles, where, None))
-        except InputError as err:
-            out.put((i, position, None, None, err))
-    out.put(None)
+            item = (i, position, tiles, where, None)
+        except InputError as err:  # a missing or unreadable file: stop or skip, as on_missing says
+            item = (i, position, None, None, err)
+        except BaseException as err:  # any other failure ends the run: the main thread re-raises it
+            item = (i, position, None, None, _ReaderFailure(err))
+        if not _put(out, item, stop):
+            return
+        if isinstance(item[4], _ReaderFailure):
+            return
+    _put(out, None, stop)
+
+
+class _ReaderFailure(Exception):
+    """An unexpected error in a reader thread, carried to the main thread (which raises the original)."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put ``item`` unless the run is stopping (so a reader never blocks forever on a full queue)."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 def extract(load_data, wells, out, field: FieldSettings | None = None, settings: ExtractSettings | None = None,
@@ -87,12 +118,11 @@ def extract(load_data, wells, out, field: FieldSettings | None = None, settings:
 
     field = field or FieldSettings()
     settings = settings or ExtractSettings()
-    field.check()
-    if settings.readers < 0:
-        raise MomilError(f"readers must be 0 (automatic) or a positive number of threads, not {settings.readers}")
-    out = Path(out)
-    if out.exists() and not settings.overwrite:
-        raise MomilError(f"{out}: exists -- choose another --out or pass --overwrite")
+    if field.size and field.tile > field.size:
+        raise MomilError(f"--tile {field.tile} is larger than the resized field (--size {field.size}) -- choose a "
+                         "tile of at most the field size")
+    out = check_output(out, "dir", {"--load-data": load_data, "--wells": wells, "--weights": settings.weights or None},
+                       settings.overwrite)
     table, available = read_load_data(load_data)
     well_table = read_wells(wells)
     root = Path(root) if root else Path(load_data).parent
@@ -120,6 +150,7 @@ def extract(load_data, wells, out, field: FieldSettings | None = None, settings:
     if cache.exists() and (not stamp.exists() or stamp.read_text() != signature):
         shutil.rmtree(cache)  # made with other settings: start again
     (cache / "fields").mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(cache / "fields", "*")  # fields a killed run was writing
     stamp.write_text(signature)
 
     order = table.sort_values([PLATE, WELL, SITE], kind="stable")
@@ -216,6 +247,7 @@ def _embed_fields(todo, channels, field: FieldSettings, root, nuclei, model, dev
         for info, _ in pending:
             n = info["n"]
             _save_field(cache, info, embedded[start:start + n])
+            fault_point("extract.field")
             start += n
         done_tiles += buffered
         buffer, buffered, pending = [], 0, []
@@ -229,6 +261,9 @@ def _embed_fields(todo, channels, field: FieldSettings, root, nuclei, model, dev
                     continue
                 _, _, tiles, where, error = item
                 row = todo[item[0]][1]
+                if isinstance(error, _ReaderFailure):
+                    raise MomilError(f"reading field plate {row[PLATE]} well {row[WELL]} site {row[SITE]} failed: "
+                                     f"{type(error.error).__name__}: {error.error}") from error.error
                 if error is not None:
                     if field.on_missing == "stop":
                         raise error
@@ -248,6 +283,8 @@ def _embed_fields(todo, channels, field: FieldSettings, root, nuclei, model, dev
             flush()
     finally:
         stop.set()
+        for thread in threads:
+            thread.join(timeout=5)
     return done_tiles
 
 

@@ -21,32 +21,30 @@ import numpy as np
 import pandas as pd
 import torch
 
+from momil.config import Settings, setting
 from momil.errors import InputError, MomilError
+from momil.io.contract import image_path
 
 DEFAULT_CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
 
 
 @dataclasses.dataclass
-class FieldSettings:
-    channels: str = ""  # model channel=LoadData channel, comma-separated; empty: DNA, ER, RNA, AGP, Mito by suffix
-    size: int = 960  # fields are resized to size x size (0: keep their size)
-    clip_low: float = 0.01  # percentile clipped at the bottom of each channel
-    clip_high: float = 99.9  # percentile clipped at the top of each channel
-    tile: int = 480  # instance (tile) edge in pixels
-    stride: int = 240  # step between tiles
-    drop_background: bool = True  # drop tiles whose nuclei channel is mostly empty
-    nuclei_channel: str = "DNA"  # model channel the background rule reads
-    foreground_level: float = 0.2  # a pixel is foreground above this normalised intensity
-    min_foreground: float = 0.01  # a tile needs at least this fraction of foreground pixels
-    on_missing: str = "stop"  # a missing or unreadable file: "stop", or "skip" the field and report it
+class FieldSettings(Settings):
+    channels: str = setting("", "model channel=LoadData channel, comma-separated; empty: DNA, ER, RNA, AGP, Mito by suffix")
+    size: int = setting(960, "fields are resized to size x size (0: keep their size)", low=0)
+    clip_low: float = setting(0.01, "percentile clipped at the bottom of each channel", low=0, high=100)
+    clip_high: float = setting(99.9, "percentile clipped at the top of each channel", low=0, high=100)
+    tile: int = setting(480, "instance (tile) edge in pixels", low=1)
+    stride: int = setting(240, "step between tiles", low=1)
+    drop_background: bool = setting(True, "drop tiles whose nuclei channel is mostly empty")
+    nuclei_channel: str = setting("DNA", "model channel the background rule reads")
+    foreground_level: float = setting(0.2, "a pixel is foreground above this normalised intensity", low=0, high=1)
+    min_foreground: float = setting(0.01, "a tile needs at least this fraction of foreground pixels", low=0, high=1)
+    on_missing: str = setting("stop", 'a missing or unreadable file: "stop", or "skip" the field and report it', choices=['stop', 'skip'])
 
     def check(self) -> None:
-        if self.tile <= 0 or self.stride <= 0:
-            raise MomilError("tile and stride must be positive")
-        if not 0 <= self.clip_low < self.clip_high <= 100:
-            raise MomilError(f"need 0 <= clip_low < clip_high <= 100, not {self.clip_low}, {self.clip_high}")
-        if self.on_missing not in ("stop", "skip"):
-            raise MomilError(f"on_missing must be 'stop' or 'skip', not {self.on_missing!r}")
+        if not self.clip_low < self.clip_high:
+            raise MomilError(f"--clip-low must be below --clip-high, not {self.clip_low} and {self.clip_high}")
 
 
 def channel_map(settings: FieldSettings, available: list[str]) -> list[tuple[str, str]]:
@@ -72,10 +70,7 @@ def channel_map(settings: FieldSettings, available: list[str]) -> list[tuple[str
 
 
 def _path(row: pd.Series, channel: str, root: Path | None) -> Path:
-    path = Path(str(row.get(f"PathName_{channel}", "") or "")) / str(row[f"FileName_{channel}"])
-    if not path.is_absolute() and root is not None:
-        path = root / path
-    return path
+    return image_path(row, channel, root)
 
 
 def read_field(row: pd.Series, channels: list[tuple[str, str]], settings: FieldSettings,

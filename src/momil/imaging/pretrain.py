@@ -31,6 +31,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from momil.faults import fault_point
+from momil.config import Settings, check_device_name, setting
+from momil.io.readers import load_torch
 from momil.errors import MomilError
 from momil.imaging.backbone import NAMES, save_backbone
 from momil.imaging.fields import FieldSettings, channel_map, read_field
@@ -40,34 +43,37 @@ from momil.provenance import atomic_path, provenance, write_json_atomic
 
 
 @dataclasses.dataclass
-class PretrainSettings:
-    method: str = "dinov2"  # "dino" or "dinov2" (DINO + iBOT masked-token loss + KoLeo)
-    backbone: str = "vit-b16"  # vit-b16, vit-s16, vit-tiny or a timm ViT name
-    global_size: int = 480  # global crop edge (the paper: 480)
-    local_size: int = 128  # local crop edge (the paper: 128)
-    local_crops: int = 6  # local crops per field and step
-    out_dim: int = 4096  # prototypes of the projection head
-    epochs: int = 400  # the paper's schedule; any shorter run works
-    batch_fields: int = 16  # fields per step
-    lr: float = 5e-4  # peak learning rate per 256 fields (scaled by batch_fields / 256)
-    min_lr: float = 1e-6
-    warmup_epochs: int = 10
-    weight_decay: float = 0.04  # cosine to weight_decay_end
-    weight_decay_end: float = 0.4
-    momentum: float = 0.996  # teacher EMA momentum, cosine to 1
-    teacher_temp: float = 0.04  # after warm-up from warmup_teacher_temp
-    warmup_teacher_temp: float = 0.04
-    teacher_temp_epochs: int = 30
-    student_temp: float = 0.1
-    center_momentum: float = 0.9
-    centering: str = "sinkhorn"  # teacher targets: "sinkhorn" (Sinkhorn-Knopp, as DINOv2) or "center" (DINO's EMA centre)
-    sinkhorn_iterations: int = 3
-    ibot_weight: float = 1.0  # dinov2: weight of the masked-token loss
-    mask_ratio: float = 0.3  # dinov2: share of patch tokens masked in the student's global crops
-    koleo_weight: float = 0.1  # dinov2: weight of the KoLeo regulariser
-    cache_fields: int = 256  # normalised fields kept in memory
-    device: str = "auto"
-    seed: int = 0
+class PretrainSettings(Settings):
+    method: str = setting("dinov2", '"dino" or "dinov2" (DINO + iBOT masked-token loss + KoLeo)', choices=['dino', 'dinov2'])
+    backbone: str = setting("vit-b16", "vit-b16, vit-s16, vit-tiny or a timm ViT name")
+    global_size: int = setting(480, "global crop edge (the paper: 480)", low=16)
+    local_size: int = setting(128, "local crop edge (the paper: 128)", low=16)
+    local_crops: int = setting(6, "local crops per field and step", low=0)
+    out_dim: int = setting(4096, "prototypes of the projection head", low=1)
+    epochs: int = setting(400, "the paper's schedule; any shorter run works", low=1)
+    batch_fields: int = setting(16, "fields per step", low=1)
+    lr: float = setting(5e-4, "peak learning rate per 256 fields (scaled by batch_fields / 256)", low=0, high=1, low_open=True)
+    min_lr: float = setting(1e-6, low=0)
+    warmup_epochs: int = setting(10, low=0)
+    weight_decay: float = setting(0.04, "cosine to weight_decay_end", low=0)
+    weight_decay_end: float = setting(0.4, low=0)
+    momentum: float = setting(0.996, "teacher EMA momentum, cosine to 1", low=0, high=1)
+    teacher_temp: float = setting(0.04, "after warm-up from warmup_teacher_temp", low=0, low_open=True)
+    warmup_teacher_temp: float = setting(0.04, low=0, low_open=True)
+    teacher_temp_epochs: int = setting(30, low=0)
+    student_temp: float = setting(0.1, low=0, low_open=True)
+    center_momentum: float = setting(0.9, low=0, high=1)
+    centering: str = setting("sinkhorn", 'teacher targets: "sinkhorn" (Sinkhorn-Knopp, as DINOv2) or "center" (DINO\'s EMA centre)', choices=['sinkhorn', 'center'])
+    sinkhorn_iterations: int = setting(3, low=1)
+    ibot_weight: float = setting(1.0, "dinov2: weight of the masked-token loss", low=0)
+    mask_ratio: float = setting(0.3, "dinov2: share of patch tokens masked in the student's global crops", low=0, high=1, high_open=True)
+    koleo_weight: float = setting(0.1, "dinov2: weight of the KoLeo regulariser", low=0)
+    cache_fields: int = setting(256, "normalised fields kept in memory", low=0)
+    device: str = setting("auto", "auto (CUDA when present), cpu or cuda")
+    seed: int = setting(0, low=0)
+
+    def check(self) -> None:
+        check_device_name(self.device)
 
 
 # ---------------------------------------------------------------------------------------------------- heads
@@ -302,7 +308,7 @@ def pretrain(load_data, out, field: FieldSettings | None = None, settings: Pretr
     state = {"epoch": 0, "step": 0, "history": []}
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():
-        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        saved = load_torch(checkpoint, "pretraining checkpoint", map_location=device)
         if saved.get("settings") != dataclasses.asdict(settings) or saved.get("channels") != channels:
             raise MomilError(f"{checkpoint}: was written with other settings -- use another --out or delete it")
         student.load_state_dict(saved["student"])
@@ -376,6 +382,7 @@ def pretrain(load_data, out, field: FieldSettings | None = None, settings: Pretr
                        "settings": dataclasses.asdict(settings), "channels": channels}
             with atomic_path(checkpoint) as tmp:
                 torch.save(payload, tmp)
+            fault_point("pretrain.epoch")
             bar.update(1)
             epochs_now += 1
             bar.set_postfix(loss=f"{entry['loss']:.4f}",

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from momil.config import Settings, setting
 from momil.errors import InputError, MomilError
 from momil.imaging.fields import FieldSettings, channel_map, read_field
 from momil.io.contract import PLATE, SITE, WELL, read_load_data
@@ -27,12 +28,12 @@ SHAPE_NAMES = ("Area", "Perimeter", "Eccentricity", "Solidity", "Extent", "Major
 
 
 @dataclasses.dataclass
-class SegmentSettings:
-    cell_channel: str = "AGP"  # model channel whose signal outlines the cells
-    smoothing: float = 2.0  # Gaussian sigma (pixels) before thresholding
-    min_nucleus_area: int = 30  # smaller nuclei are noise (pixels, after resizing)
-    split_distance: int = 7  # minimum distance between the centres of touching nuclei (pixels)
-    max_cell_radius: int = 60  # a cell reaches at most this far from its nucleus (pixels)
+class SegmentSettings(Settings):
+    cell_channel: str = setting("AGP", "model channel whose signal outlines the cells")
+    smoothing: float = setting(2.0, "Gaussian sigma (pixels) before thresholding", low=0)
+    min_nucleus_area: int = setting(30, "smaller nuclei are noise (pixels, after resizing)", low=0)
+    split_distance: int = setting(7, "minimum distance between the centres of touching nuclei (pixels)", low=1)
+    max_cell_radius: int = setting(60, "a cell reaches at most this far from its nucleus (pixels)", low=1)
 
 
 def segment_field(field: np.ndarray, nuclei_index: int, cell_index: int, settings: SegmentSettings

@@ -24,8 +24,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from momil.errors import InputError
+from momil.io.readers import guarded_batches
 from momil.io.tables import (
     as_string_column,
+    refuse_padded,
     normalise_wells,
     read_table,
     require_columns,
@@ -58,6 +60,7 @@ def validate_wells(frame: pd.DataFrame, path="wells") -> pd.DataFrame:
     for column in (PLATE, WELL, COMPOUND, BATCH, CONTROL):
         if column in frame.columns:
             frame[column] = as_string_column(frame[column])
+            refuse_padded(frame[column], path, column)
     require_no_missing(frame, (PLATE, WELL, COMPOUND), path)
     frame[WELL] = normalise_wells(frame[WELL], path)
     duplicated = frame.duplicated([PLATE, WELL], keep=False)
@@ -171,16 +174,24 @@ class InstanceSource:
     def _batches(self, file: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
         if file.suffix in (".parquet", ".pq"):
             # pre_buffer=False: pyarrow otherwise reads ahead and holds far more than one row group
-            handle = pq.ParquetFile(file, pre_buffer=False)
-            yield from handle.iter_batches(batch_size=self.chunk_rows, columns=columns, use_threads=False)
+            try:
+                handle = pq.ParquetFile(file, pre_buffer=False)
+            except (pa.ArrowException, OSError) as err:
+                raise InputError(file, f"cannot read the Parquet file ({str(err).splitlines()[0]})",
+                                 "is it a valid Parquet file?") from err
+            yield from guarded_batches(handle.iter_batches(batch_size=self.chunk_rows, columns=columns,
+                                                           use_threads=False), file, "instance table")
         else:
             # bytes per block ~ rows x columns x ~10 characters: keeps memory near the Parquet path's.
             block = max(1 << 20, self.chunk_rows * (len(columns) + 2) * 10)
             convert = pacsv.ConvertOptions(include_columns=columns,
                                            column_types={PLATE: pa.string(), WELL: pa.string()})
-            reader = pacsv.open_csv(file, read_options=pacsv.ReadOptions(block_size=block),
-                                    convert_options=convert)
-            yield from reader
+            try:
+                reader = pacsv.open_csv(file, read_options=pacsv.ReadOptions(block_size=block),
+                                        convert_options=convert)
+            except (pa.ArrowException, OSError) as err:
+                raise InputError(file, f"cannot read the CSV table ({str(err).splitlines()[0]})") from err
+            yield from guarded_batches(reader, file, "instance table")
 
     def iter_keys(self) -> Iterator[tuple[np.ndarray, np.ndarray, int, Path]]:
         """(plates, wells, first_row, file) per chunk, reading only the two key columns (cheap first pass)."""
@@ -200,7 +211,8 @@ class InstanceSource:
                 raise InputError(file, f"column {name} is empty at data row {first_row + int(np.argmax(empty)) + 1}",
                                  "every instance needs its plate and well")
         plates = as_string_column(plates)
-        wells = normalise_wells(wells, file)
+        refuse_padded(plates, file, PLATE, first_row)
+        wells = normalise_wells(wells, file, first_row=first_row)
         return plates.to_numpy(dtype=object), wells.to_numpy(dtype=object)
 
     def iter_chunks(self, with_meta: bool = True) -> Iterator[InstanceChunk]:
@@ -252,6 +264,8 @@ def read_load_data(path) -> tuple[pd.DataFrame, list[str]]:
         raise InputError(path, f"missing column(s) {', '.join(missing)}",
                          "every FileName_<Channel> needs its PathName_<Channel>")
     frame = frame.reset_index(drop=True).copy()
+    if len(frame) == 0:
+        raise InputError(path, "the LoadData table has no rows", "list one row per field of view")
     require_no_missing(frame, [PLATE, WELL, SITE] + [f"FileName_{c}" for c in channels], path)
     frame[WELL] = normalise_wells(frame[WELL], path)
     duplicated = frame.duplicated([PLATE, WELL, SITE], keep=False)
@@ -261,6 +275,27 @@ def read_load_data(path) -> tuple[pd.DataFrame, list[str]]:
     for channel in channels:
         frame[f"PathName_{channel}"] = frame[f"PathName_{channel}"].fillna("").astype(str)
     return frame, channels
+
+
+def missing_image_files(frame: pd.DataFrame, channels: Sequence[str], root) -> list[tuple[int, str, Path]]:
+    """(data row, channel, path) of every LoadData image file that does not exist (relative PathName_ columns
+    start from ``root``)."""
+    missing = []
+    root = Path(root) if root is not None else None
+    for row, record in enumerate(frame.to_dict("records")):
+        for channel in channels:
+            path = image_path(record, channel, root)
+            if not path.is_file():
+                missing.append((row, channel, path))
+    return missing
+
+
+def image_path(row, channel: str, root: Path | None) -> Path:
+    """The file of ``channel`` in a LoadData row: PathName_ / FileName_, relative paths from ``root``."""
+    path = Path(str(row.get(f"PathName_{channel}", "") or "")) / str(row[f"FileName_{channel}"])
+    if not path.is_absolute() and root is not None:
+        path = root / path
+    return path
 
 
 # ------------------------------------------------------------------------------------------------- compounds
@@ -447,6 +482,8 @@ def read_labels_mtx(path, row_index=None, column_index=None) -> LabelMatrix:
     compounds = read_table(row_path, dtype_str=()).iloc[:, -1]
     assays = read_table(col_path, dtype_str=()).iloc[:, -1]
     compounds, assays = as_string_column(compounds), as_string_column(assays)
+    refuse_padded(compounds, row_path, "compound")
+    refuse_padded(assays, col_path, "assay")
     if len(compounds) != matrix.shape[0]:
         raise InputError(row_path, f"has {len(compounds)} rows but the matrix has {matrix.shape[0]}",
                          "the row index must list every matrix row in order")
@@ -472,7 +509,16 @@ def read_labels_mtx(path, row_index=None, column_index=None) -> LabelMatrix:
 
 def align_labels(labels: LabelMatrix, wells: pd.DataFrame, path="labels", strict: bool = False
                  ) -> tuple[LabelMatrix, list[str]]:
-    """Keep labels of compounds that have wells; report the others (an error when ``strict``)."""
+    """Keep labels of compounds that have wells; report the others (an error when ``strict``). A label for a
+    compound whose wells are all controls (DMSO) is an error of the labels file."""
+    if CONTROL in wells.columns:
+        controls = set(wells.loc[wells[CONTROL] != "trt", COMPOUND].astype(str))
+        controls -= set(wells.loc[wells[CONTROL] == "trt", COMPOUND].astype(str))
+        labelled_controls = [c for c in labels.compounds if c in controls]
+        if labelled_controls:
+            raise InputError(path, f"{len(labelled_controls)} labelled compound(s) are only in control wells "
+                             f"(e.g. {', '.join(map(str, labelled_controls[:3]))})",
+                             "remove the labels of control compounds such as DMSO; only treatments are learned")
     present = set(wells[COMPOUND].astype(str))
     unknown = [c for c in labels.compounds if c not in present]
     if unknown:
@@ -588,8 +634,10 @@ def _finish_associations(frame: pd.DataFrame, path, scale: float) -> pd.DataFram
         raise InputError(path, f"score is missing or outside [0, {scale:g}] at {rows_text(np.flatnonzero(bad))}",
                          "scores are confidences between 0 and 1 (STRING: 0-1000)")
     frame["score"] = score.astype(np.float64)
-    frame["gene_a"] = as_string_column(frame["gene_a"]).str.upper()
-    frame["gene_b"] = as_string_column(frame["gene_b"]).str.upper()
+    for column in ("gene_a", "gene_b"):
+        frame[column] = as_string_column(frame[column])
+        refuse_padded(frame[column], path, column)
+        frame[column] = frame[column].str.upper()
     require_no_missing(frame, ("gene_a", "gene_b"), path)
     # symmetric, best score per unordered pair
     a, b = frame["gene_a"].to_numpy(dtype=object), frame["gene_b"].to_numpy(dtype=object)

@@ -19,7 +19,6 @@ end are ignored and overwritten by the next append.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
@@ -33,7 +32,9 @@ import pyarrow.parquet as pq
 
 from momil.errors import InputError, MomilError
 from momil.io.contract import BATCH, COMPOUND, CONTROL, PLATE, WELL
-from momil.provenance import write_json_atomic
+from momil.io.readers import read_json, read_parquet_frame
+from momil.faults import fault_point
+from momil.provenance import remove_stale_temporaries, write_json_atomic
 
 FORMAT = "momil-instance-store"
 FORMAT_VERSION = 1
@@ -51,21 +52,33 @@ class InstanceStore:
             hint = "it was never completed (interrupted write?) or is not a store" if self.path.exists() \
                 else "the folder does not exist"
             raise MomilError(f"{self.path}: not an instance store ({hint}) -- run `momil ingest` to make one")
-        self.manifest = json.loads(manifest_path.read_text())
-        if self.manifest.get("format") != FORMAT or not self.manifest.get("complete"):
-            raise MomilError(f"{self.path}: manifest.json does not describe a complete instance store")
-        self.dim = int(self.manifest["dim"])
-        self.n_instances = int(self.manifest["n_instances"])
-        self.dtype = np.dtype(DTYPES[self.manifest["dtype"]])
-        self.feature_names: list[str] = list(self.manifest["feature_names"])
+        self.manifest = read_json(manifest_path, "store manifest")
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT \
+                or not self.manifest.get("complete"):
+            raise MomilError(f"{self.path}: manifest.json does not describe a complete instance store -- "
+                             "write the store again (momil ingest, correct or extract)")
+        try:
+            self.dim = int(self.manifest["dim"])
+            self.n_instances = int(self.manifest["n_instances"])
+            self.dtype = np.dtype(DTYPES[self.manifest["dtype"]])
+            self.feature_names: list[str] = list(self.manifest["feature_names"])
+            wells_file = str(self.manifest["wells_file"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(manifest_path, f"the store manifest lacks or garbles the entry {err}",
+                             "the store is damaged; write it again") from err
         need = self.n_instances * self.dim * self.dtype.itemsize
         have = (self.path / "features.bin").stat().st_size if (self.path / "features.bin").exists() else -1
         if have < need:
             raise MomilError(f"{self.path}: features.bin holds {have} bytes, the manifest needs {need} -- "
                              "the store is damaged; ingest again")
-        self.wells = pd.read_parquet(self.path / self.manifest["wells_file"])
+        self.wells = read_parquet_frame(self.path / wells_file, "store's well index")
+        missing = [c for c in WELL_COLUMNS + ["offset", "count"] if c not in self.wells.columns]
+        if missing:
+            raise InputError(self.path / wells_file, f"the store's well index lacks column(s) {missing}",
+                             "the store is damaged; write it again")
         self._features: np.memmap | None = None
         self._meta: pd.DataFrame | None = None
+        self._finite_checked = np.zeros(len(self.wells), dtype=bool)  # wells whose bags were seen to be finite
 
     # -- arrays
     @property
@@ -103,6 +116,25 @@ class InstanceStore:
         """Instances of the well at row ``well`` of :attr:`wells`: (count, dim), a view into the memmap."""
         offset, count = int(self.offsets[well]), int(self.counts[well])
         return self.features[offset:offset + count]
+
+    def require_finite(self, wells: np.ndarray, bags: np.ndarray) -> None:
+        """Refuse NaN or infinite features in the bags of ``wells`` (``bags``: (B, N, D), padded with zeros).
+
+        Model inputs pass here: each well is checked the first time it is read in this process, so the cost is
+        one pass over the store, not one per epoch. Stores momil writes are finite; this catches a store made
+        by an older version or changed by hand."""
+        wells = np.asarray(wells, dtype=np.int64)
+        new = ~self._finite_checked[wells]
+        if not new.any():
+            return
+        finite = np.isfinite(bags[new].reshape(int(new.sum()), -1)).all(axis=1)
+        if not finite.all():
+            first = int(wells[new][np.argmin(finite)])
+            row = self.wells.iloc[first]
+            raise InputError(self.path, f"well {row[PLATE]}/{row[WELL]} (compound {row[COMPOUND]}) holds NaN or "
+                             "infinite features", "write the store again with momil ingest / correct, which refuse "
+                             "such values")
+        self._finite_checked[wells[new]] = True
 
     def well_index(self, plate: str, well: str) -> int:
         hits = np.flatnonzero((self.wells[PLATE] == plate).to_numpy() & (self.wells[WELL] == well).to_numpy())
@@ -192,6 +224,7 @@ class StoreWriter:
         if path.exists() and not path.is_dir():
             raise MomilError(f"{path}: exists and is not a folder")
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
         work = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         work.mkdir()
         names = list(feature_names) if feature_names is not None else [f"f{i}" for i in range(dim)]
@@ -243,6 +276,19 @@ class StoreWriter:
         self._file.truncate(self.n_rows * self.dim * self.dtype.itemsize)
         return offsets
 
+    def _check_finite(self, positions: np.ndarray, data: np.ndarray) -> None:
+        """A store never holds NaN or infinity: refuse rows that are not finite once cast to the store's dtype."""
+        finite = np.isfinite(data)
+        if finite.all():
+            return
+        row, column = np.argwhere(~finite)[0]
+        name = self.manifest["feature_names"][column]
+        limit = float(np.finfo(self.dtype).max)
+        raise MomilError(f"{self.final_path}: {int((~finite).sum())} value(s) would be NaN or infinite in the "
+                         f"{self.dtype.name} store (first: instance row {int(positions[row])}, feature {name!r}) -- "
+                         f"{self.dtype.name} holds magnitudes up to {limit:g}: write float32 (--dtype float32) or "
+                         "rescale the features, and remove NaN or infinite inputs")
+
     def write_rows(self, positions: np.ndarray, rows: np.ndarray) -> None:
         """Write ``rows`` (n, dim) at instance row ``positions`` (n,) inside reserved space."""
         self._check_open()
@@ -254,7 +300,9 @@ class StoreWriter:
         if positions.min() < 0 or positions.max() >= self.n_rows:
             raise MomilError("write outside the reserved rows")
         order = np.argsort(positions, kind="stable")
-        positions, data = positions[order], np.ascontiguousarray(rows[order], dtype=self.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            positions, data = positions[order], np.ascontiguousarray(rows[order], dtype=self.dtype)
+        self._check_finite(positions, data)
         # runs of consecutive positions -> one pwrite each (one run when the input is grouped by well)
         breaks = np.flatnonzero(np.diff(positions) != 1) + 1
         starts = np.concatenate([[0], breaks])
@@ -267,6 +315,7 @@ class StoreWriter:
             base = int(positions[start]) * row_bytes
             while written < len(view):
                 written += os.pwrite(fd, view[written:], base + written)
+        fault_point("store.write_rows")
 
     def add_meta(self, meta: pd.DataFrame, positions: np.ndarray) -> None:
         """Per-instance metadata for rows at ``positions``."""

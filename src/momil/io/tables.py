@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 from momil.errors import InputError
 
 TABLE_SUFFIXES = (".parquet", ".pq", ".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz")
-_WELL_RE = re.compile(r"^\s*([A-Za-z]{1,2})[-_ ]?0*(\d{1,2})\s*$")
+_WELL_RE = re.compile(r"^([A-Za-z]{1,2})[-_ ]?0*(\d{1,2})$")
+MAX_ROWS, MAX_COLUMNS = 32, 48  # a 1536-well plate: rows A..AF, columns 1..48
 
 
 def _suffix(path: Path) -> str:
@@ -57,6 +58,7 @@ def read_table(path, columns: Sequence[str] | None = None, dtype_str: Iterable[s
     for column in dtype_str:
         if column in frame.columns:
             frame[column] = as_string_column(frame[column])
+            refuse_padded(frame[column], path, column)
     return frame
 
 
@@ -66,8 +68,20 @@ def as_string_column(values: pd.Series) -> pd.Series:
         finite = values.dropna()
         if len(finite) and np.all(np.mod(finite, 1) == 0):
             values = values.astype("Int64")
-    out = values.astype("string")
-    return out.str.strip()
+    return values.astype("string")
+
+
+def refuse_padded(values: pd.Series, path, column: str, first_row: int = 0) -> None:
+    """Identifiers are matched exactly: a value with leading or trailing whitespace ("CPD-1 ") is refused with
+    its row and column named, never stripped (stripping would merge it silently with "CPD-1" and make output keys
+    differ from the input's). ``first_row`` is the data row of ``values``' first element."""
+    text = values.astype("string")
+    padded = (text != text.str.strip()).fillna(False).to_numpy(dtype=bool)
+    if padded.any():
+        rows = np.flatnonzero(padded) + first_row
+        raise InputError(path, f"column {column} has values with leading or trailing whitespace at {rows_text(rows)} "
+                         f"(first: {text.iloc[int(np.argmax(padded))]!r})",
+                         "remove the spaces: identifiers are matched exactly, never trimmed")
 
 
 def require_columns(frame: pd.DataFrame, required: Sequence[str], path, what: str) -> None:
@@ -109,12 +123,15 @@ def normalise_well(well: str) -> str | None:
         return None
     row, column = match.groups()
     column_number = int(column)
-    if column_number < 1:
+    row = row.upper()
+    row_number = ord(row[-1]) - ord("A") + (26 * (ord(row[0]) - ord("A") + 1) if len(row) == 2 else 0)
+    if not 1 <= column_number <= MAX_COLUMNS or row_number >= MAX_ROWS:
         return None
-    return f"{row.upper()}{column_number:02d}"
+    return f"{row}{column_number:02d}"
 
 
-def normalise_wells(values: pd.Series, path, column: str = "Metadata_Well") -> pd.Series:
+def normalise_wells(values: pd.Series, path, column: str = "Metadata_Well", first_row: int = 0) -> pd.Series:
+    refuse_padded(values, path, column, first_row)
     uniques = pd.unique(values.astype("string"))
     mapping = {u: normalise_well(u) if u is not pd.NA else None for u in uniques}
     bad = [u for u, v in mapping.items() if v is None]
@@ -123,7 +140,7 @@ def normalise_wells(values: pd.Series, path, column: str = "Metadata_Well") -> p
         raise InputError(
             path, f"column {column} has values that are not well positions ({', '.join(map(repr, bad[:5]))}) "
             f"at {rows_text(np.flatnonzero(mask.to_numpy()))}",
-            "use a row letter and a column number such as A01 or A1",
+            "use a row letter and a column number such as A01 or A1 (rows A..AF, columns 1..48)",
         )
     return values.astype("string").map(mapping).astype("string")
 

@@ -1,0 +1,28 @@
+"""Fault injection for the fault tests: a process kills itself at a named point of the code.
+
+``MOMIL_FAULT=name:n`` makes the n-th call of ``fault_point(name)`` send SIGKILL to its own process, so a test
+can stop a real run at a fixed place (after the first rows are written, after an epoch's checkpoint, ...) rather
+than on a timer, then rerun it and compare. Without the variable a fault point costs one environment lookup.
+
+Points: ``store.write_rows`` (ingest, correct, extract's assembly), ``extract.field`` (a field's embeddings
+saved), ``train.epoch`` (a training checkpoint saved: train, cv, select, impute), ``pretrain.epoch``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_calls: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    spec = os.environ.get("MOMIL_FAULT")
+    if not spec:
+        return
+    target, _, count = spec.partition(":")
+    if target != name:
+        return
+    _calls[name] = _calls.get(name, 0) + 1
+    if _calls[name] >= int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
