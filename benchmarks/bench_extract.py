@@ -21,14 +21,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import print_table  # noqa: E402
-
 from momil.imaging.backbone import make_backbone  # noqa: E402
 from momil.imaging.extract import ExtractSettings, extract  # noqa: E402
 from momil.imaging.fields import FieldSettings, channel_map, read_field, tile_field  # noqa: E402
 from momil.io.contract import read_load_data  # noqa: E402
 from momil.simulate import SimulateSettings, simulate  # noqa: E402
 from momil.train import resolve_device  # noqa: E402
+
+from _util import print_table  # noqa: E402
 
 
 def main() -> None:
@@ -47,25 +47,41 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="momil-bench-extract-"))
     sites = 4
     wells_needed = int(np.ceil(args.fields / sites))
-    simulate(work / "screen", SimulateSettings(n_compounds=max(1, wells_needed - 2), replicates=1, negcon_per_plate=2,
-                                               render_images=True, image_size=args.size, sites=sites,
-                                               instances=16, n_assays=4, n_primary=2, n_targets=3),
-             show_progress=False)
+    simulate(
+        work / "screen",
+        SimulateSettings(
+            n_compounds=max(1, wells_needed - 2),
+            replicates=1,
+            negcon_per_plate=2,
+            render_images=True,
+            image_size=args.size,
+            sites=sites,
+            instances=16,
+            n_assays=4,
+            n_primary=2,
+            n_targets=3,
+        ),
+        show_progress=False,
+    )
     load = work / "screen" / "load_data.parquet"
     field = FieldSettings(size=args.size, tile=args.tile, stride=args.stride, drop_background=False)
-    settings = ExtractSettings(backbone=args.backbone, batch_tiles=args.batch_tiles, dtype="float16",
-                               device=str(device), readers=args.readers)
+    settings = ExtractSettings(
+        backbone=args.backbone, batch_tiles=args.batch_tiles, dtype="float16", device=str(device), readers=args.readers
+    )
 
     # 1. the bare forward over the same tiles, in the same batches
     table, available = read_load_data(load)
     channels = channel_map(field, available)
-    tiles = np.concatenate([tile_field(read_field(row, channels, field, load.parent), field)[0]
-                            for _, row in table.iterrows()])
+    tiles = np.concatenate(
+        [tile_field(read_field(row, channels, field, load.parent), field)[0] for _, row in table.iterrows()]
+    )
     torch.manual_seed(0)
     model = make_backbone(args.backbone, len(channels), args.tile).to(device).eval()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else \
-        torch.autocast("cpu", enabled=False)
-    batches = [torch.from_numpy(tiles[i:i + args.batch_tiles]) for i in range(0, len(tiles), args.batch_tiles)]
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
+    batches = [torch.from_numpy(tiles[i : i + args.batch_tiles]) for i in range(0, len(tiles), args.batch_tiles)]
+
     def bare_forward() -> float:
         with torch.inference_mode(), autocast:
             if device.type == "cuda":
@@ -89,24 +105,38 @@ def main() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             started = time.perf_counter()
-            store = extract(load, work / "screen" / "wells.parquet", work / f"store{repeat}", field, settings,
-                            show_progress=False)
+            store = extract(
+                load, work / "screen" / "wells.parquet", work / f"store{repeat}", field, settings, show_progress=False
+            )
             wholes.append(time.perf_counter() - started)
         inners.append(store.extract_report["seconds"])  # reading, tiling, forward, field cache, store assembly
     bare, inner, pipeline = (float(np.median(v)) for v in (bares, inners, wholes))
     n = len(tiles)
     assert store.n_instances == n
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}; {len(table)} fields of "
-          f"{args.size} px, {args.tile} px tiles, {n} tiles, backbone {args.backbone}\n")
-    print_table([{"what": "bare backbone forward (tiles in memory)", "seconds": f"{bare:.2f}",
-                  "tiles/s": f"{n / bare:.1f}"},
-                 {"what": "momil extract: fields -> store (after the model is built)", "seconds": f"{inner:.2f}",
-                  "tiles/s": f"{n / inner:.1f}"},
-                 {"what": "momil extract: whole call (incl. building the model)", "seconds": f"{pipeline:.2f}",
-                  "tiles/s": f"{n / pipeline:.1f}"}])
-    print(f"\n   pipeline at {100 * bare / inner:.0f} % of the bare forward (target >= 90 %); "
-          f"{100 * bare / pipeline:.0f} % counting the model build (medians of {args.repeats} alternating runs; "
-          f"per run: {', '.join(f'{100 * b / i:.0f} %' for b, i in zip(bares, inners))})")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {device}; {len(table)} fields of "
+        f"{args.size} px, {args.tile} px tiles, {n} tiles, backbone {args.backbone}\n"
+    )
+    print_table(
+        [
+            {"what": "bare backbone forward (tiles in memory)", "seconds": f"{bare:.2f}", "tiles/s": f"{n / bare:.1f}"},
+            {
+                "what": "momil extract: fields -> store (after the model is built)",
+                "seconds": f"{inner:.2f}",
+                "tiles/s": f"{n / inner:.1f}",
+            },
+            {
+                "what": "momil extract: whole call (incl. building the model)",
+                "seconds": f"{pipeline:.2f}",
+                "tiles/s": f"{n / pipeline:.1f}",
+            },
+        ]
+    )
+    print(
+        f"\n   pipeline at {100 * bare / inner:.0f} % of the bare forward (target >= 90 %); "
+        f"{100 * bare / pipeline:.0f} % counting the model build (medians of {args.repeats} alternating runs; "
+        f"per run: {', '.join(f'{100 * b / i:.0f} %' for b, i in zip(bares, inners))})"
+    )
 
 
 if __name__ == "__main__":

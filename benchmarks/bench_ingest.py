@@ -29,8 +29,10 @@ def make_instance_file(folder: Path, gigabytes: float) -> tuple[Path, Path, int]
     rows = n_wells * PER_WELL
     rng = np.random.default_rng(0)
     names = [f"f{i:03d}" for i in range(DIM)]
-    schema = pa.schema([("Metadata_Plate", pa.string()), ("Metadata_Well", pa.string()),
-                        ("Metadata_Site", pa.int32())] + [(n, pa.float32()) for n in names])
+    schema = pa.schema(
+        [("Metadata_Plate", pa.string()), ("Metadata_Well", pa.string()), ("Metadata_Site", pa.int32())]
+        + [(n, pa.float32()) for n in names]
+    )
     plates, wells = [], []
     path = folder / "instances.parquet"
     with pq.ParquetWriter(path, schema) as writer:
@@ -42,15 +44,19 @@ def make_instance_file(folder: Path, gigabytes: float) -> tuple[Path, Path, int]
             wells += well_names
             n = (stop - start) * PER_WELL
             block = rng.standard_normal((n, DIM), dtype=np.float32)
-            columns = [pa.array(np.repeat([plate], n)), pa.array(np.repeat(well_names, PER_WELL)),
-                       pa.array(np.tile(np.arange(PER_WELL, dtype=np.int32) // 9 + 1, stop - start))]
+            columns = [
+                pa.array(np.repeat([plate], n)),
+                pa.array(np.repeat(well_names, PER_WELL)),
+                pa.array(np.tile(np.arange(PER_WELL, dtype=np.int32) // 9 + 1, stop - start)),
+            ]
             columns += [pa.array(block[:, j]) for j in range(DIM)]
             writer.write_table(pa.Table.from_arrays(columns, schema=schema))
     import pandas as pd
 
     control = ["negcon" if w.endswith(("01", "02")) else "trt" for w in wells]
-    pd.DataFrame({"Metadata_Plate": plates, "Metadata_Well": wells, "Metadata_Compound": "c",
-                  "Metadata_ControlType": control}).to_parquet(folder / "wells.parquet")
+    pd.DataFrame(
+        {"Metadata_Plate": plates, "Metadata_Well": wells, "Metadata_Compound": "c", "Metadata_ControlType": control}
+    ).to_parquet(folder / "wells.parquet")
     return path, folder / "wells.parquet", rows
 
 
@@ -66,28 +72,56 @@ def main() -> None:
     size_mb = instances.stat().st_size / 1e6
     print(f"instance file: {instances} ({size_mb:.0f} MB, {rows} rows x {DIM} features)\n")
     results = []
-    read_only = ("import pyarrow.parquet as pq\n"
-                 f"f = pq.ParquetFile({str(instances)!r})\n"
-                 "for b in f.iter_batches(batch_size=40000): b.column(5).to_numpy()\n")
-    read_lean = ("import pyarrow.parquet as pq\n"
-                 f"f = pq.ParquetFile({str(instances)!r}, pre_buffer=False)\n"
-                 "for b in f.iter_batches(batch_size=16384, use_threads=False): b.column(5).to_numpy()\n")
+    read_only = (
+        "import pyarrow.parquet as pq\n"
+        f"f = pq.ParquetFile({str(instances)!r})\n"
+        "for b in f.iter_batches(batch_size=40000): b.column(5).to_numpy()\n"
+    )
+    read_lean = (
+        "import pyarrow.parquet as pq\n"
+        f"f = pq.ParquetFile({str(instances)!r}, pre_buffer=False)\n"
+        "for b in f.iter_batches(batch_size=16384, use_threads=False): b.column(5).to_numpy()\n"
+    )
     seconds, peak, code = run_measured(python_code(read_only))
-    results.append({"what": "pyarrow read only (defaults)", "seconds": f"{seconds:.1f}", "rows/s": f"{rows / seconds:,.0f}",
-                    "MB/s": f"{size_mb / seconds:.0f}", "peak RSS MB": f"{peak:.0f}", "ok": code == 0})
+    results.append(
+        {
+            "what": "pyarrow read only (defaults)",
+            "seconds": f"{seconds:.1f}",
+            "rows/s": f"{rows / seconds:,.0f}",
+            "MB/s": f"{size_mb / seconds:.0f}",
+            "peak RSS MB": f"{peak:.0f}",
+            "ok": code == 0,
+        }
+    )
     seconds, peak, code = run_measured(python_code(read_lean))
-    results.append({"what": "pyarrow read only (pre_buffer off)", "seconds": f"{seconds:.1f}",
-                    "rows/s": f"{rows / seconds:,.0f}", "MB/s": f"{size_mb / seconds:.0f}",
-                    "peak RSS MB": f"{peak:.0f}", "ok": code == 0})
+    results.append(
+        {
+            "what": "pyarrow read only (pre_buffer off)",
+            "seconds": f"{seconds:.1f}",
+            "rows/s": f"{rows / seconds:,.0f}",
+            "MB/s": f"{size_mb / seconds:.0f}",
+            "peak RSS MB": f"{peak:.0f}",
+            "ok": code == 0,
+        }
+    )
     for dtype, memory in (("float32", 256), ("float16", 256), ("float32", 64), ("float32", 1024)):
         out = folder / f"store-{dtype}-{memory}"
-        code_text = ("from momil.io.ingest import ingest, IngestSettings\n"
-                     f"ingest({str(instances)!r}, {str(wells)!r}, {str(out)!r}, "
-                     f"IngestSettings(dtype={dtype!r}, memory_mb={memory}), show_progress=False)\n")
+        code_text = (
+            "from momil.io.ingest import ingest, IngestSettings\n"
+            f"ingest({str(instances)!r}, {str(wells)!r}, {str(out)!r}, "
+            f"IngestSettings(dtype={dtype!r}, memory_mb={memory}), show_progress=False)\n"
+        )
         seconds, peak, code = run_measured(python_code(code_text))
-        results.append({"what": f"momil ingest {dtype}, --memory-mb {memory}", "seconds": f"{seconds:.1f}",
-                        "rows/s": f"{rows / seconds:,.0f}", "MB/s": f"{size_mb / seconds:.0f}",
-                        "peak RSS MB": f"{peak:.0f}", "ok": code == 0})
+        results.append(
+            {
+                "what": f"momil ingest {dtype}, --memory-mb {memory}",
+                "seconds": f"{seconds:.1f}",
+                "rows/s": f"{rows / seconds:,.0f}",
+                "MB/s": f"{size_mb / seconds:.0f}",
+                "peak RSS MB": f"{peak:.0f}",
+                "ok": code == 0,
+            }
+        )
         shutil.rmtree(out, ignore_errors=True)
     print_table(results)
     shutil.rmtree(folder, ignore_errors=True)

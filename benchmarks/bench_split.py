@@ -22,30 +22,42 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=50_000)
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="momil-bench-split-"))
-    make = ("import numpy as np, pandas as pd\n"
-            "from momil.simulate import analogue_smiles, hti_cnn_smiles\n"
-            "parents = hti_cnn_smiles()['smiles'].tolist()\n"
-            f"need = -(-{args.n} // 16)\n"
-            "parents = (parents * (need // len(parents) + 1))[:need]\n"
-            "series = analogue_smiles(parents, 16, np.random.default_rng(0))\n"
-            f"smiles = [s for g in series for s in g][:{args.n}]\n"
-            "pd.DataFrame({'Metadata_Compound': [f'c{i}' for i in range(len(smiles))], 'Metadata_SMILES': smiles})"
-            f".to_parquet({str(folder / 'compounds.parquet')!r})\n")
+    make = (
+        "import numpy as np, pandas as pd\n"
+        "from momil.simulate import analogue_smiles, hti_cnn_smiles\n"
+        "parents = hti_cnn_smiles()['smiles'].tolist()\n"
+        f"need = -(-{args.n} // 16)\n"
+        "parents = (parents * (need // len(parents) + 1))[:need]\n"
+        "series = analogue_smiles(parents, 16, np.random.default_rng(0))\n"
+        f"smiles = [s for g in series for s in g][:{args.n}]\n"
+        "pd.DataFrame({'Metadata_Compound': [f'c{i}' for i in range(len(smiles))], 'Metadata_SMILES': smiles})"
+        f".to_parquet({str(folder / 'compounds.parquet')!r})\n"
+    )
     seconds, _, code = run_measured(python_code(make))
     if code:
         raise SystemExit("could not make the compounds")
     rows = []
     for method in ("butina", "scaffold"):
-        run = ("import warnings, pandas as pd\n"
-               "from momil.splits import make_folds, SplitSettings\n"
-               f"c = pd.read_parquet({str(folder / 'compounds.parquet')!r})\n"
-               f"f = make_folds(c['Metadata_Compound'], c, settings=SplitSettings(method={method!r}), "
-               "show_progress=False)\n"
-               f"open({str(folder / method)!r}, 'w').write(str(f['cluster'].nunique()))\n")
+        run = (
+            "import warnings, pandas as pd\n"
+            "from momil.splits import make_folds, SplitSettings\n"
+            f"c = pd.read_parquet({str(folder / 'compounds.parquet')!r})\n"
+            f"f = make_folds(c['Metadata_Compound'], c, settings=SplitSettings(method={method!r}), "
+            "show_progress=False)\n"
+            f"open({str(folder / method)!r}, 'w').write(str(f['cluster'].nunique()))\n"
+        )
         seconds, peak, code = run_measured(python_code(run))
         clusters = (folder / method).read_text() if code == 0 else "-"
-        rows.append({"method": method, "compounds": args.n, "clusters": clusters, "seconds": f"{seconds:.0f}",
-                     "peak RSS MB": f"{peak:.0f}", "ok": code == 0})
+        rows.append(
+            {
+                "method": method,
+                "compounds": args.n,
+                "clusters": clusters,
+                "seconds": f"{seconds:.0f}",
+                "peak RSS MB": f"{peak:.0f}",
+                "ok": code == 0,
+            }
+        )
     print_table(rows)
 
 

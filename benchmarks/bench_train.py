@@ -28,10 +28,10 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import print_table  # noqa: E402
-
 from momil.model.momil import MoMIL  # noqa: E402
 from momil.train import keep_freed_memory, make_optimizers, training_step  # noqa: E402
+
+from _util import print_table  # noqa: E402
 
 D, N, DENSITY = 768, 36, 0.043
 
@@ -97,8 +97,10 @@ class LoopModel(nn.Module):
         for t, head in enumerate(self.heads):
             bag, top = head(x)
             weight = known[:, t]
-            total = total + 0.5 * ((bce(bag, target[:, t], reduction="none") * weight).sum()
-                                   + (bce(top, target[:, t], reduction="none") * weight).sum())
+            total = total + 0.5 * (
+                (bce(bag, target[:, t], reduction="none") * weight).sum()
+                + (bce(top, target[:, t], reduction="none") * weight).sum()
+            )
         return total / known.sum()
 
 
@@ -143,6 +145,7 @@ def batched_step(model, batch, lazy_heads: bool = True):
 
     def step():
         training_step(model, bags, mask, rows, cols, labels, optimizer, lazy, 1e-4, DEVICE)
+
     return step
 
 
@@ -158,6 +161,7 @@ def loop_step(model, optimizer, batch, plain: bool = False):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
     return step
 
 
@@ -182,8 +186,10 @@ def main() -> None:
     torch.manual_seed(0)
     where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "CPU"
     kept = keep_freed_memory() if DEVICE.type == "cpu" else False  # as momil.train.fit does, for every model here
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}"
-          f"{', malloc keeps freed memory' if kept else ''}\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}"
+        f"{', malloc keeps freed memory' if kept else ''}\n"
+    )
 
     rows, speedups = [], {}
     for wells in [int(w) for w in args.wells.split(",")]:
@@ -193,25 +199,45 @@ def main() -> None:
         plain = MoMIL(D, [f"t{i}" for i in range(200)], "dsmil", 128, 64)
         loop, loop_plain = LoopModel(200).to(DEVICE), LoopModel(200).to(DEVICE)
         slow = max(3, args.steps // 4)
-        names = {"lazy": "MoMIL batched heads, lazy AdamW", "dense": "MoMIL batched heads, plain AdamW",
-                 "pairs": "pairs-only loop over 200 head modules", "plain": "plain loop over 200 head modules"}
-        t = time_alternating({
-            "lazy": (batched_step(momil, batch), args.steps),
-            "dense": (batched_step(plain, batch, lazy_heads=False), args.steps),
-            "pairs": (loop_step(loop, torch.optim.AdamW(loop.parameters(), 1e-4), batch), slow),
-            "plain": (loop_step(loop_plain, torch.optim.AdamW(loop_plain.parameters(), 1e-4), batch, plain=True),
-                      slow)}, args.rounds)
+        names = {
+            "lazy": "MoMIL batched heads, lazy AdamW",
+            "dense": "MoMIL batched heads, plain AdamW",
+            "pairs": "pairs-only loop over 200 head modules",
+            "plain": "plain loop over 200 head modules",
+        }
+        t = time_alternating(
+            {
+                "lazy": (batched_step(momil, batch), args.steps),
+                "dense": (batched_step(plain, batch, lazy_heads=False), args.steps),
+                "pairs": (loop_step(loop, torch.optim.AdamW(loop.parameters(), 1e-4), batch), slow),
+                "plain": (
+                    loop_step(loop_plain, torch.optim.AdamW(loop_plain.parameters(), 1e-4), batch, plain=True),
+                    slow,
+                ),
+            },
+            args.rounds,
+        )
         speedups[wells] = (t["pairs"] / t["lazy"], t["plain"] / t["lazy"])
         for key, what in names.items():
-            rows.append({"wells": wells, "what": what, "ms/step": f"{1000 * t[key]:.1f}", "pairs": pairs,
-                         "pairs/s": f"{pairs / t[key]:,.0f}", "wells/s": f"{wells / t[key]:,.0f}",
-                         "plain loop / this": f"{t['plain'] / t[key]:.1f}x",
-                         "pairs-only loop / this": f"{t['pairs'] / t[key]:.1f}x"})
+            rows.append(
+                {
+                    "wells": wells,
+                    "what": what,
+                    "ms/step": f"{1000 * t[key]:.1f}",
+                    "pairs": pairs,
+                    "pairs/s": f"{pairs / t[key]:,.0f}",
+                    "wells/s": f"{wells / t[key]:,.0f}",
+                    "plain loop / this": f"{t['plain'] / t[key]:.1f}x",
+                    "pairs-only loop / this": f"{t['pairs'] / t[key]:.1f}x",
+                }
+            )
     print("1. training steps on a paper-shaped batch (D=768, 36 instances, 200 assays, 4.3 % labelled)")
     print_table(rows)
     for wells, (strong, naive) in speedups.items():
-        print(f"   {wells} wells per step: batched MoMIL is {naive:.1f}x the plain loop, {strong:.1f}x the pairs-only "
-              f"loop (target >= 10x)")
+        print(
+            f"   {wells} wells per step: batched MoMIL is {naive:.1f}x the plain loop, {strong:.1f}x the pairs-only "
+            f"loop (target >= 10x)"
+        )
     print()
 
     wells = max(speedups)
@@ -220,14 +246,28 @@ def main() -> None:
     momil = MoMIL(D, [f"t{i}" for i in range(200)], "dsmil", 128, 64)
     big = MoMIL(D, [f"t{i}" for i in range(2000)], "dsmil", 128, 64)
     batch_big = make_batch(wells, 2000, pairs)
-    t = time_alternating({"200": (batched_step(momil, batch), args.steps),
-                          "2000": (batched_step(big, batch_big), args.steps)}, args.rounds)
+    t = time_alternating(
+        {"200": (batched_step(momil, batch), args.steps), "2000": (batched_step(big, batch_big), args.steps)},
+        args.rounds,
+    )
     t_batched, t_big = t["200"], t["2000"]
     print(f"2. 10x the assays at the same number of labelled pairs ({wells} wells per step)")
-    print_table([{"assays": 200, "pairs": pairs, "heads with pairs": len(np.unique(batch[3])),
-                  "ms/step": f"{1000 * t_batched:.1f}"},
-                 {"assays": 2000, "pairs": len(batch_big[2]), "heads with pairs": len(np.unique(batch_big[3])),
-                  "ms/step": f"{1000 * t_big:.1f}"}])
+    print_table(
+        [
+            {
+                "assays": 200,
+                "pairs": pairs,
+                "heads with pairs": len(np.unique(batch[3])),
+                "ms/step": f"{1000 * t_batched:.1f}",
+            },
+            {
+                "assays": 2000,
+                "pairs": len(batch_big[2]),
+                "heads with pairs": len(np.unique(batch_big[3])),
+                "ms/step": f"{1000 * t_big:.1f}",
+            },
+        ]
+    )
     print(f"   time ratio 2000 / 200 assays: {t_big / t_batched:.2f} (target <= 1.5)\n")
 
     enc = torch.randn(pairs, N, 128, device=DEVICE)
@@ -245,18 +285,23 @@ def main() -> None:
     b = torch.randn(2048, 2048, device=DEVICE)
     t_mm = time_steps(lambda: a @ b, 10)
     gflops_head = head_flops(pairs) / t_head / 1e9
-    gflops_mm = 2 * 2048 ** 3 / t_mm / 1e9
+    gflops_mm = 2 * 2048**3 / t_mm / 1e9
     print("3. achieved throughput")
-    print_table([{"what": "head path (forward + backward)", "GFLOP/s": f"{gflops_head:.1f}"},
-                 {"what": "plain 2048x2048 matmul", "GFLOP/s": f"{gflops_mm:.1f}"}])
+    print_table(
+        [
+            {"what": "head path (forward + backward)", "GFLOP/s": f"{gflops_head:.1f}"},
+            {"what": "plain 2048x2048 matmul", "GFLOP/s": f"{gflops_mm:.1f}"},
+        ]
+    )
     print(f"   head path at {100 * gflops_head / gflops_mm:.0f} % of the matmul rate\n")
 
     if args.store:
+        import pandas as pd
+
         from momil.data import WellPairs
         from momil.io.contract import LabelMatrix
         from momil.io.store import InstanceStore
         from momil.train import TrainSettings, fit
-        import pandas as pd
 
         store = InstanceStore(args.store)
         trt = store.wells[store.wells["Metadata_ControlType"] == "trt"]
@@ -264,19 +309,35 @@ def main() -> None:
         rng = np.random.default_rng(0)
         known = rng.random((len(compounds), 200)) < DENSITY
         r, c = np.nonzero(known)
-        labels = LabelMatrix.from_long(pd.DataFrame({"Metadata_Compound": compounds[r],
-                                                     "assay": [f"t{i:03d}" for i in c],
-                                                     "label": rng.integers(0, 2, len(r))}))
+        labels = LabelMatrix.from_long(
+            pd.DataFrame(
+                {
+                    "Metadata_Compound": compounds[r],
+                    "assay": [f"t{i:03d}" for i in c],
+                    "label": rng.integers(0, 2, len(r)),
+                }
+            )
+        )
         pairs_all = WellPairs.build(store.wells, labels, [f"t{i:03d}" for i in range(200)])
         wells = np.flatnonzero((store.wells["Metadata_ControlType"] == "trt").to_numpy())
-        settings = TrainSettings(epochs=1, warmup_epochs=0, batch_wells=64, projector_dim=128, head_dim=64,
-                                 device=str(DEVICE))
+        settings = TrainSettings(
+            epochs=1, warmup_epochs=0, batch_wells=64, projector_dim=128, head_dim=64, device=str(DEVICE)
+        )
         started = time.perf_counter()
         fit(store, pairs_all, wells, wells[:0], np.ones(200, bool), settings, show_progress=True)
         seconds = time.perf_counter() - started
         print("4. one full training epoch over the memory-mapped store")
-        print_table([{"wells": len(wells), "instances": int(store.counts[wells].sum()), "seconds": f"{seconds:.0f}",
-                      "wells/s": f"{len(wells) / seconds:,.0f}", "target": "<= 120 s"}])
+        print_table(
+            [
+                {
+                    "wells": len(wells),
+                    "instances": int(store.counts[wells].sum()),
+                    "seconds": f"{seconds:.0f}",
+                    "wells/s": f"{len(wells) / seconds:,.0f}",
+                    "target": "<= 120 s",
+                }
+            ]
+        )
 
 
 if __name__ == "__main__":

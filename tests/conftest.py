@@ -30,8 +30,15 @@ def tiny_wells(plates=("P1", "P2"), wells_per_plate=6, negcon=2, batch=True) -> 
             well = f"{chr(ord('A') + w // 12)}{w % 12 + 1:02d}"
             control = "negcon" if w < negcon else "trt"
             compound = "DMSO" if control == "negcon" else f"C{(w - negcon) % 3 + 1}"
-            rows.append({"Metadata_Plate": plate, "Metadata_Well": well, "Metadata_Compound": compound,
-                         "Metadata_ControlType": control, "Metadata_Batch": f"B{p % 2}" if batch else None})
+            rows.append(
+                {
+                    "Metadata_Plate": plate,
+                    "Metadata_Well": well,
+                    "Metadata_Compound": compound,
+                    "Metadata_ControlType": control,
+                    "Metadata_Batch": f"B{p % 2}" if batch else None,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -40,8 +47,14 @@ def tiny_instances(wells: pd.DataFrame, per_well=3, dim=4, seed=0, shuffle=False
     rows = []
     for _, w in wells.iterrows():
         for i in range(per_well):
-            rows.append({"Metadata_Plate": w["Metadata_Plate"], "Metadata_Well": w["Metadata_Well"],
-                         "Metadata_Site": i + 1, **{f"feat{j}": rng.normal() for j in range(dim)}})
+            rows.append(
+                {
+                    "Metadata_Plate": w["Metadata_Plate"],
+                    "Metadata_Well": w["Metadata_Well"],
+                    "Metadata_Site": i + 1,
+                    **{f"feat{j}": rng.normal() for j in range(dim)},
+                }
+            )
     frame = pd.DataFrame(rows)
     if shuffle:
         frame = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
@@ -52,8 +65,18 @@ def render_screen(path, **overrides):
     """A tiny simulated screen with rendered 5-channel fields and a LoadData index; returns its folder."""
     from momil.simulate import SimulateSettings, simulate
 
-    settings = dict(n_compounds=4, replicates=1, negcon_per_plate=2, render_images=True, image_size=64, sites=1,
-                    instances=8, n_assays=4, n_primary=2, n_targets=3)
+    settings = dict(
+        n_compounds=4,
+        replicates=1,
+        negcon_per_plate=2,
+        render_images=True,
+        image_size=64,
+        sites=1,
+        instances=8,
+        n_assays=4,
+        n_primary=2,
+        n_targets=3,
+    )
     simulate(path, SimulateSettings(**{**settings, **overrides}), show_progress=False)
     return path
 

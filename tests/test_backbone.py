@@ -28,8 +28,12 @@ def test_weights_round_trip_and_dino_style_checkpoints(tmp_path):
         again = make_backbone("vit-tiny", 5, 32, tmp_path / "ours.pt").eval()
         assert torch.allclose(again(x), expected, atol=1e-6)
     # a DINO checkpoint: teacher weights under "backbone." plus a projection head that is ignored
-    dino = {"teacher": {**{f"backbone.{k}": v for k, v in source.state_dict().items()},
-                        "head.mlp.0.weight": torch.zeros(4, 4)}}
+    dino = {
+        "teacher": {
+            **{f"backbone.{k}": v for k, v in source.state_dict().items()},
+            "head.mlp.0.weight": torch.zeros(4, 4),
+        }
+    }
     torch.save(dino, tmp_path / "dino.pth")
     with torch.no_grad():
         assert torch.allclose(make_backbone("vit-tiny", 5, 32, tmp_path / "dino.pth").eval()(x), expected, atol=1e-6)

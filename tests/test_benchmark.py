@@ -9,13 +9,14 @@ import pandas as pd
 import pytest
 
 import momil.evaluate as evaluate
-from conftest import render_screen
 from momil.benchmark import BenchmarkSettings, run_benchmark
 from momil.errors import MomilError
 from momil.evaluate import CVSettings
 from momil.selection import SelectSettings
 from momil.train import TrainSettings
 from test_selection import ASSOCIATIONS, planted_screen
+
+from conftest import render_screen
 
 
 def _folds(labels, k=5):
@@ -26,13 +27,21 @@ def _folds(labels, k=5):
 def test_benchmark_table_pvalues_and_reuse(tmp_path, monkeypatch):
     store, labels, assays, _ = planted_screen(tmp_path / "store", n_compounds=60, density=0.8)
     folds = _folds(labels)
-    settings = BenchmarkSettings(methods="instance-count,mean-mlp,momil-stl,momil-all,momil-as", focus="momil-as",
-                                 reference="mean-mlp", n_boot=200, probes=3, shots="5,all", probe_repeats=2)
+    settings = BenchmarkSettings(
+        methods="instance-count,mean-mlp,momil-stl,momil-all,momil-as",
+        focus="momil-as",
+        reference="mean-mlp",
+        n_boot=200,
+        probes=3,
+        shots="5,all",
+        probe_repeats=2,
+    )
     cv = CVSettings(projector_dims="8", head_dims="8", lrs="3e-3", rotations="0,1")
     train = TrainSettings(epochs=6, warmup_epochs=1, batch_wells=16, dropout=0.0)
     select = SelectSettings(stl_head_dim=8, stl_lr=1e-2)
-    result = run_benchmark(store, labels, folds, assays, ASSOCIATIONS, tmp_path / "bench", settings, cv, train,
-                           select, show_progress=False)
+    result = run_benchmark(
+        store, labels, folds, assays, ASSOCIATIONS, tmp_path / "bench", settings, cv, train, select, show_progress=False
+    )
     table = result.table.set_index("method")
     assert list(table.index) == ["instance-count", "mean-mlp", "momil-stl", "momil-all", "momil-as"]
     assert table["P"].between(0, 1).all() and (table["mean"] == table["P"]).all()  # one primary assay
@@ -46,14 +55,20 @@ def test_benchmark_table_pvalues_and_reuse(tmp_path, monkeypatch):
     # Table 3: unseen assays (associated with P, selected in no rotation) probed on the MTL and STL heads
     table3 = result.table3
     assert table3 is not None and len(table3) and set(table3["primary"]) == {"P"}
-    assert {"MoMIL + AS head (MTL)", "STL head of the primary", "single-task model on the assay"} <= set(table3["source"])
-    assert not set(table3["assay"]) & set(pd.read_csv(tmp_path / "bench" / "selection" / "rot0" / "selection.csv")
-                                          .query("selected")["assay"])
+    assert {"MoMIL + AS head (MTL)", "STL head of the primary", "single-task model on the assay"} <= set(
+        table3["source"]
+    )
+    assert not set(table3["assay"]) & set(
+        pd.read_csv(tmp_path / "bench" / "selection" / "rot0" / "selection.csv").query("selected")["assay"]
+    )
     assert "single-task model" in (tmp_path / "bench" / "table3.md").read_text()
     # the report: one offline HTML page with the tables and figures
     page = (tmp_path / "bench" / "report.html").read_text()
-    assert page.startswith("<!DOCTYPE html>") and "<script" not in page and "http://" not in page.replace(
-        "http://www.w3.org/2000/svg", "")
+    assert (
+        page.startswith("<!DOCTYPE html>")
+        and "<script" not in page
+        and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+    )
     assert "Table 2" in page and "Table 3" in page and page.count("<svg") >= 3 and "Attention" in page
     attention = pd.read_parquet(tmp_path / "bench" / "attention.parquet")
     sums = attention.groupby(["Metadata_Plate", "Metadata_Well", "assay"])["attention"].sum()
@@ -64,9 +79,11 @@ def test_benchmark_table_pvalues_and_reuse(tmp_path, monkeypatch):
     # a second run reuses every finished method: nothing is trained again, same table
     def refuse(*args, **kwargs):
         raise AssertionError("cross_validate called again")
+
     monkeypatch.setattr(evaluate, "cross_validate", refuse)
-    again = run_benchmark(store, labels, folds, assays, ASSOCIATIONS, tmp_path / "bench", settings, cv, train, select,
-                          show_progress=False)
+    again = run_benchmark(
+        store, labels, folds, assays, ASSOCIATIONS, tmp_path / "bench", settings, cv, train, select, show_progress=False
+    )
     pd.testing.assert_frame_equal(again.table, result.table)
 
 
@@ -75,8 +92,16 @@ def test_benchmark_checks_its_settings(tmp_path):
         BenchmarkSettings(methods="momil-all,magic").method_list()
     store, labels, assays, _ = planted_screen(tmp_path / "store", n_compounds=20)
     with pytest.raises(MomilError, match="need protein associations"):
-        run_benchmark(store, labels, _folds(labels), assays, None, tmp_path / "b",
-                      BenchmarkSettings(methods="momil-as"), show_progress=False)
+        run_benchmark(
+            store,
+            labels,
+            _folds(labels),
+            assays,
+            None,
+            tmp_path / "b",
+            BenchmarkSettings(methods="momil-as"),
+            show_progress=False,
+        )
     assert not (tmp_path / "b").exists()
 
 
@@ -90,7 +115,9 @@ def test_report_from_the_shell_refuses_a_folder_without_a_benchmark(tmp_path, ca
 
 def test_attention_drawn_on_the_fields_of_an_image_store(tmp_path):
     """An extracted store remembers its fields: the report shows them with the tiles outlined by attention."""
+    import struct
     import warnings
+    import zlib
 
     from momil.benchmark import attention_examples
     from momil.imaging.extract import ExtractSettings, extract
@@ -98,21 +125,27 @@ def test_attention_drawn_on_the_fields_of_an_image_store(tmp_path):
     from momil.model.momil import MoMIL
     from momil.report import png_bytes, render_report
     from momil.train import save_model
-    import struct
-    import zlib
 
     render_screen(tmp_path / "s", n_compounds=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        store = extract(tmp_path / "s" / "load_data.parquet", tmp_path / "s" / "wells.parquet", tmp_path / "store",
-                        FieldSettings(size=64, tile=32, stride=16, drop_background=False),
-                        ExtractSettings(backbone="vit-tiny", device="cpu", dtype="float32"), show_progress=False)
+        store = extract(
+            tmp_path / "s" / "load_data.parquet",
+            tmp_path / "s" / "wells.parquet",
+            tmp_path / "store",
+            FieldSettings(size=64, tile=32, stride=16, drop_background=False),
+            ExtractSettings(backbone="vit-tiny", device="cpu", dtype="float32"),
+            show_progress=False,
+        )
     (tmp_path / "bench" / "models").mkdir(parents=True)
     save_model(tmp_path / "bench" / "models" / "rot0_model0.pt", MoMIL(store.dim, ["a"], projector_dim=8, head_dim=4))
     trt = store.wells[store.wells["Metadata_ControlType"] == "trt"]
-    scored = pd.DataFrame({"Metadata_Compound": trt["Metadata_Compound"], "assay": "a", "probability": 0.9,
-                           "fold": 0, "label": 1})
-    table = attention_examples(store, tmp_path / "bench" / "models", scored, ["a"], tmp_path / "bench" / "attention.parquet")
+    scored = pd.DataFrame(
+        {"Metadata_Compound": trt["Metadata_Compound"], "assay": "a", "probability": 0.9, "fold": 0, "label": 1}
+    )
+    table = attention_examples(
+        store, tmp_path / "bench" / "models", scored, ["a"], tmp_path / "bench" / "attention.parquet"
+    )
     assert table is not None and {"Metadata_TileY", "Metadata_TileX", "Metadata_Site"} <= set(table.columns)
     pngs = sorted((tmp_path / "bench" / "fields").glob("*.png"))
     assert len(pngs) == table.groupby(["Metadata_Plate", "Metadata_Well"]).ngroups
@@ -120,9 +153,10 @@ def test_attention_drawn_on_the_fields_of_an_image_store(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", data[16:24]) == (64, 64)
     # the PNG encoder by hand: a 1 x 2 image
     tiny = png_bytes(np.array([[[255, 0, 0], [0, 0, 255]]], np.uint8))
-    assert zlib.decompress(tiny[41:41 + struct.unpack(">I", tiny[33:37])[0]]) == b"\x00\xff\x00\x00\x00\x00\xff"
-    pd.DataFrame({"method": ["m"], "label": ["M"], "a": [0.5], "mean": [0.5]}).to_csv(tmp_path / "bench" / "table2.csv",
-                                                                                     index=False)
+    assert zlib.decompress(tiny[41 : 41 + struct.unpack(">I", tiny[33:37])[0]]) == b"\x00\xff\x00\x00\x00\x00\xff"
+    pd.DataFrame({"method": ["m"], "label": ["M"], "a": [0.5], "mean": [0.5]}).to_csv(
+        tmp_path / "bench" / "table2.csv", index=False
+    )
     (tmp_path / "bench" / "table2.md").write_text("| method | a | mean |\n|---|---|---|\n| M | 0.5 | 0.5 |\n")
     page = render_report(tmp_path / "bench").read_text()
     assert "data:image/png;base64," in page and page.count("<rect") >= 9  # 3 x 3 tiles outlined

@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import shared
 from momil.cli import main
 from momil.errors import InputError
 from momil.io.cellprofiler import read_cellprofiler
 from momil.io.store import InstanceStore
+
+from conftest import shared
 
 FOLDER = ("single-cell", "cellprofiler-BR00121431-A01-1")
 
@@ -27,9 +28,15 @@ def test_real_cellprofiler_site_merges_compartments():
     cells = pd.read_csv(folder / "Cells.csv").set_index(["ImageNumber", "ObjectNumber"])
     nuclei = pd.read_csv(folder / "Nuclei.csv").set_index(["ImageNumber", "ObjectNumber"])
     row = table.iloc[5]
-    source = cyto[(cyto["ImageNumber"] == row["Metadata_ImageNumber"]) & (cyto["ObjectNumber"] == row["Metadata_ObjectNumber"])].iloc[0]
-    assert row["Cells_AreaShape_Area"] == pytest.approx(cells.loc[(source["ImageNumber"], source["Parent_Cells"]), "AreaShape_Area"])
-    assert row["Nuclei_AreaShape_Area"] == pytest.approx(nuclei.loc[(source["ImageNumber"], source["Parent_Nuclei"]), "AreaShape_Area"])
+    source = cyto[
+        (cyto["ImageNumber"] == row["Metadata_ImageNumber"]) & (cyto["ObjectNumber"] == row["Metadata_ObjectNumber"])
+    ].iloc[0]
+    assert row["Cells_AreaShape_Area"] == pytest.approx(
+        cells.loc[(source["ImageNumber"], source["Parent_Cells"]), "AreaShape_Area"]
+    )
+    assert row["Nuclei_AreaShape_Area"] == pytest.approx(
+        nuclei.loc[(source["ImageNumber"], source["Parent_Nuclei"]), "AreaShape_Area"]
+    )
     assert row["Cytoplasm_AreaShape_Area"] == pytest.approx(source["AreaShape_Area"])
     # identifiers and positions are not features
     features = [c for c in table.columns if not c.startswith("Metadata_")]
@@ -41,10 +48,30 @@ def test_cells_to_store_from_the_shell(tmp_path, capsys):
     folder = shared(*FOLDER)
     assert main(["cells", "--cellprofiler", str(folder), "--out", str(tmp_path / "cells.parquet")]) == 0
     assert "89 cells" in capsys.readouterr().out
-    pd.DataFrame({"Metadata_Plate": ["BR00121431"], "Metadata_Well": ["A1"], "Metadata_Compound": ["DMSO"],
-                  "Metadata_ControlType": ["negcon"], "Metadata_Batch": ["b"]}).to_parquet(tmp_path / "wells.parquet")
-    assert main(["ingest", "--instances", str(tmp_path / "cells.parquet"), "--wells", str(tmp_path / "wells.parquet"),
-                 "--out", str(tmp_path / "store"), "--quiet"]) == 0
+    pd.DataFrame(
+        {
+            "Metadata_Plate": ["BR00121431"],
+            "Metadata_Well": ["A1"],
+            "Metadata_Compound": ["DMSO"],
+            "Metadata_ControlType": ["negcon"],
+            "Metadata_Batch": ["b"],
+        }
+    ).to_parquet(tmp_path / "wells.parquet")
+    assert (
+        main(
+            [
+                "ingest",
+                "--instances",
+                str(tmp_path / "cells.parquet"),
+                "--wells",
+                str(tmp_path / "wells.parquet"),
+                "--out",
+                str(tmp_path / "store"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     store = InstanceStore(tmp_path / "store")
     assert store.n_instances == 89 and store.counts[0] == 89 and store.dim > 4000
 

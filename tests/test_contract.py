@@ -10,7 +10,6 @@ import pytest
 import scipy.io
 import scipy.sparse
 
-from conftest import shared, tiny_instances, tiny_wells
 from momil.errors import InputError
 from momil.io.contract import (
     InstanceSource,
@@ -25,10 +24,13 @@ from momil.io.contract import (
 )
 from momil.io.tables import normalise_well, well_row_col
 
+from conftest import shared, tiny_instances, tiny_wells
+
 
 # ------------------------------------------------------------------------------------------------- wells
-@pytest.mark.parametrize("raw, expected", [("A1", "A01"), ("a01", "A01"), ("P24", "P24"), ("B 3", "B03"),
-                                           ("AF48", "AF48"), ("A001", "A01")])
+@pytest.mark.parametrize(
+    "raw, expected", [("A1", "A01"), ("a01", "A01"), ("P24", "P24"), ("B 3", "B03"), ("AF48", "AF48"), ("A001", "A01")]
+)
 def test_normalise_well(raw, expected):
     assert normalise_well(raw) == expected
 
@@ -137,8 +139,11 @@ def test_nonfinite_features_named(tmp_path, bad):
     frame = tiny_instances(tiny_wells())
     frame.loc[7, "feat2"] = bad
     frame.to_parquet(tmp_path / "inst.parquet")
-    with pytest.raises(InputError, match=r"inst.parquet: 1 instance\(s\).*NaN or infinite.*data row 8, column "
-                                         r"'feat2'.*drop or impute"):
+    with pytest.raises(
+        InputError,
+        match=r"inst.parquet: 1 instance\(s\).*NaN or infinite.*data row 8, column "
+        r"'feat2'.*drop or impute",
+    ):
         list(InstanceSource(tmp_path / "inst.parquet").iter_chunks())
 
 
@@ -146,7 +151,9 @@ def test_string_feature_column_rejected(tmp_path):
     frame = tiny_instances(tiny_wells())
     frame["Compound"] = "x"
     frame.to_parquet(tmp_path / "inst.parquet")
-    with pytest.raises(InputError, match=r"feature column 'Compound' has type (large_)?string.*prefix metadata columns"):
+    with pytest.raises(
+        InputError, match=r"feature column 'Compound' has type (large_)?string.*prefix metadata columns"
+    ):
         InstanceSource(tmp_path / "inst.parquet")
 
 
@@ -189,12 +196,18 @@ def test_mtx_long_and_wide_agree(tmp_path):
     dense = np.array([[1, 0, -1], [0, -1, 0], [1, 1, 0]])
     _write_mtx(tmp_path, dense, ["a", "b", "c"], ["t1", "t2", "t3"])
     from_mtx = read_labels(tmp_path / "m.mtx")
-    long = pd.DataFrame({"Metadata_Compound": ["a", "a", "b", "c", "c"], "assay": ["t1", "t3", "t2", "t1", "t2"],
-                         "label": [1, 0, 0, 1, 1]})
+    long = pd.DataFrame(
+        {
+            "Metadata_Compound": ["a", "a", "b", "c", "c"],
+            "assay": ["t1", "t3", "t2", "t1", "t2"],
+            "label": [1, 0, 0, 1, 1],
+        }
+    )
     long.to_parquet(tmp_path / "long.parquet")
     from_long = read_labels(tmp_path / "long.parquet")
-    wide = pd.DataFrame({"Metadata_Compound": ["a", "b", "c"], "t1": [1, None, 1], "t2": [None, 0, 1],
-                         "t3": [0, None, None]})
+    wide = pd.DataFrame(
+        {"Metadata_Compound": ["a", "b", "c"], "t1": [1, None, 1], "t2": [None, 0, 1], "t3": [0, None, None]}
+    )
     wide.to_csv(tmp_path / "wide.csv", index=False)
     from_wide = read_labels(tmp_path / "wide.csv")
     expected = np.array([[1, np.nan, 0], [np.nan, 0, np.nan], [1, 1, np.nan]])
@@ -211,21 +224,24 @@ def test_mtx_index_length_mismatch(tmp_path):
 
 
 def test_conflicting_duplicate_labels(tmp_path):
-    pd.DataFrame({"Metadata_Compound": ["a", "a", "b"], "assay": ["t1", "t1", "t1"], "label": [1, 0, 1]}
-                 ).to_parquet(tmp_path / "labels.parquet")
+    pd.DataFrame({"Metadata_Compound": ["a", "a", "b"], "assay": ["t1", "t1", "t1"], "label": [1, 0, 1]}).to_parquet(
+        tmp_path / "labels.parquet"
+    )
     with pytest.raises(InputError, match=r"labels.parquet: 1 conflicting duplicate.*'a' in assay 't1'"):
         read_labels(tmp_path / "labels.parquet")
 
 
 def test_identical_duplicate_labels_are_merged(tmp_path):
-    pd.DataFrame({"Metadata_Compound": ["a", "a", "b"], "assay": ["t1", "t1", "t1"], "label": [1, 1, 0]}
-                 ).to_parquet(tmp_path / "labels.parquet")
+    pd.DataFrame({"Metadata_Compound": ["a", "a", "b"], "assay": ["t1", "t1", "t1"], "label": [1, 1, 0]}).to_parquet(
+        tmp_path / "labels.parquet"
+    )
     assert read_labels(tmp_path / "labels.parquet").n_labels == 2
 
 
 def test_bad_label_values(tmp_path):
-    pd.DataFrame({"Metadata_Compound": ["a", "b"], "assay": ["t1", "t1"], "label": [1, 2]}
-                 ).to_parquet(tmp_path / "labels.parquet")
+    pd.DataFrame({"Metadata_Compound": ["a", "b"], "assay": ["t1", "t1"], "label": [1, 2]}).to_parquet(
+        tmp_path / "labels.parquet"
+    )
     with pytest.raises(InputError, match=r"values \['2'\] that are not labels at row 3.*1 for active"):
         read_labels(tmp_path / "labels.parquet")
 
@@ -237,8 +253,9 @@ def test_labels_missing_column(tmp_path):
 
 
 def test_labels_of_unknown_compounds_reported_or_refused():
-    labels = LabelMatrix.from_long(pd.DataFrame({"Metadata_Compound": ["C1", "C2", "ZZZ"], "assay": ["t"] * 3,
-                                                 "label": [1, 0, 1]}))
+    labels = LabelMatrix.from_long(
+        pd.DataFrame({"Metadata_Compound": ["C1", "C2", "ZZZ"], "assay": ["t"] * 3, "label": [1, 0, 1]})
+    )
     wells = tiny_wells()
     with pytest.warns(UserWarning, match=r"1 labelled compound\(s\) have no wells \(e.g. ZZZ\)"):
         kept, unknown = align_labels(labels, wells, "labels.parquet")
@@ -253,12 +270,15 @@ def test_labels_of_unknown_compounds_reported_or_refused():
 
 # ------------------------------------------------------------------------------------- compounds, assays
 def test_compounds(tmp_path):
-    pd.DataFrame({"Metadata_Compound": ["a", "b", "b"], "Metadata_SMILES": ["CCO", "c1ccccc1", "c1ccccc1"]}
-                 ).to_parquet(tmp_path / "c.parquet")
+    pd.DataFrame({"Metadata_Compound": ["a", "b", "b"], "Metadata_SMILES": ["CCO", "c1ccccc1", "c1ccccc1"]}).to_parquet(
+        tmp_path / "c.parquet"
+    )
     frame = read_compounds(tmp_path / "c.parquet")
     assert list(frame["Metadata_Compound"]) == ["a", "b"]
     assert frame["Metadata_InChIKey"].isna().all()
-    pd.DataFrame({"Metadata_Compound": ["a", "a"], "Metadata_SMILES": ["CCO", "CCN"]}).to_parquet(tmp_path / "d.parquet")
+    pd.DataFrame({"Metadata_Compound": ["a", "a"], "Metadata_SMILES": ["CCO", "CCN"]}).to_parquet(
+        tmp_path / "d.parquet"
+    )
     with pytest.raises(InputError, match="different structures"):
         read_compounds(tmp_path / "d.parquet")
     pd.DataFrame({"Metadata_Compound": ["a"]}).to_parquet(tmp_path / "e.parquet")
@@ -267,8 +287,9 @@ def test_compounds(tmp_path):
 
 
 def test_assays(tmp_path):
-    pd.DataFrame({"assay": ["t1", "t2"], "role": ["primary", "Secondary"], "target_genes": ["EGFR|ERBB2", None]}
-                 ).to_parquet(tmp_path / "a.parquet")
+    pd.DataFrame(
+        {"assay": ["t1", "t2"], "role": ["primary", "Secondary"], "target_genes": ["EGFR|ERBB2", None]}
+    ).to_parquet(tmp_path / "a.parquet")
     with pytest.warns(UserWarning, match="not listed"):
         frame = read_assays(tmp_path / "a.parquet", label_assays=["t1", "t2", "t3"])
     assert list(frame["role"]) == ["primary", "secondary", "primary"]
@@ -288,11 +309,14 @@ def test_real_network_loads_as_gene_table():
 
 def test_string_files(tmp_path):
     with gzip.open(tmp_path / "9606.protein.links.v12.0.txt.gz", "wt") as handle:
-        handle.write("protein1 protein2 combined_score\n9606.P1 9606.P2 900\n9606.P2 9606.P1 900\n"
-                     "9606.P1 9606.P3 150\n")
+        handle.write(
+            "protein1 protein2 combined_score\n9606.P1 9606.P2 900\n9606.P2 9606.P1 900\n9606.P1 9606.P3 150\n"
+        )
     with gzip.open(tmp_path / "9606.protein.info.v12.0.txt.gz", "wt") as handle:
-        handle.write("#string_protein_id\tpreferred_name\tprotein_size\tannotation\n9606.P1\tEGFR\t1\tx\n"
-                     "9606.P2\tERBB2\t1\tx\n9606.P3\tTP53\t1\tx\n")
+        handle.write(
+            "#string_protein_id\tpreferred_name\tprotein_size\tannotation\n9606.P1\tEGFR\t1\tx\n"
+            "9606.P2\tERBB2\t1\tx\n9606.P3\tTP53\t1\tx\n"
+        )
     table = read_associations(tmp_path / "9606.protein.links.v12.0.txt.gz")
     assert len(table) == 2
     row = table[(table["gene_a"] == "EGFR") & (table["gene_b"] == "ERBB2")]
@@ -313,7 +337,8 @@ def test_real_load_data():
 
 
 def test_load_data_missing_pathname(tmp_path):
-    pd.DataFrame({"Metadata_Plate": ["p"], "Metadata_Well": ["A1"], "Metadata_Site": [1],
-                  "FileName_OrigDNA": ["a.tif"]}).to_csv(tmp_path / "ld.csv", index=False)
+    pd.DataFrame(
+        {"Metadata_Plate": ["p"], "Metadata_Well": ["A1"], "Metadata_Site": [1], "FileName_OrigDNA": ["a.tif"]}
+    ).to_csv(tmp_path / "ld.csv", index=False)
     with pytest.raises(InputError, match="PathName_OrigDNA"):
         read_load_data(tmp_path / "ld.csv")

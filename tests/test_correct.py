@@ -6,21 +6,27 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import shared
-from momil.correct import (CorrectSettings, correct, load_correction_stats, mad_robustize,
-                           plate_variance_fraction)
+from momil.correct import CorrectSettings, correct, load_correction_stats, mad_robustize, plate_variance_fraction
 from momil.errors import MomilError
 from momil.io.store import InstanceStore, StoreWriter
+
+from conftest import shared
 
 
 def store_from_profiles(frame: pd.DataFrame, features: list[str], path, control_of) -> InstanceStore:
     """One instance per well (a profile table is one vector per well)."""
     with StoreWriter.create(path, dim=len(features), dtype="float32", feature_names=features) as writer:
         for _, row in frame.iterrows():
-            writer.add_bag({"Metadata_Plate": row["Metadata_Plate"], "Metadata_Well": row["Metadata_Well"],
-                            "Metadata_Batch": "b", "Metadata_Compound": row["Metadata_broad_sample"],
-                            "Metadata_ControlType": control_of(row)},
-                           row[features].to_numpy(np.float64)[None, :])
+            writer.add_bag(
+                {
+                    "Metadata_Plate": row["Metadata_Plate"],
+                    "Metadata_Well": row["Metadata_Well"],
+                    "Metadata_Batch": "b",
+                    "Metadata_Compound": row["Metadata_broad_sample"],
+                    "Metadata_ControlType": control_of(row),
+                },
+                row[features].to_numpy(np.float64)[None, :],
+            )
     return InstanceStore(path)
 
 
@@ -32,12 +38,19 @@ def test_equals_pycytominer_on_real_lincs_plate(tmp_path, eps):
     features = [c for c in profiles.columns if not c.startswith("Metadata_")]
     # float32 store: compare against pycytominer on the same float32-rounded values
     profiles[features] = profiles[features].astype(np.float32).astype(np.float64)
-    reference = normalize(profiles=profiles, features=features, samples="Metadata_broad_sample == 'DMSO'",
-                          method="mad_robustize", mad_robustize_epsilon=eps)
-    store_from_profiles(profiles, features, tmp_path / "raw",
-                        lambda row: "negcon" if row["Metadata_broad_sample"] == "DMSO" else "trt")
-    ours = correct(tmp_path / "raw", tmp_path / "corrected", CorrectSettings(eps=eps, dtype="float32"),
-                   show_progress=False)
+    reference = normalize(
+        profiles=profiles,
+        features=features,
+        samples="Metadata_broad_sample == 'DMSO'",
+        method="mad_robustize",
+        mad_robustize_epsilon=eps,
+    )
+    store_from_profiles(
+        profiles, features, tmp_path / "raw", lambda row: "negcon" if row["Metadata_broad_sample"] == "DMSO" else "trt"
+    )
+    ours = correct(
+        tmp_path / "raw", tmp_path / "corrected", CorrectSettings(eps=eps, dtype="float32"), show_progress=False
+    )
     got = pd.DataFrame(np.asarray(ours.features), columns=features)
     got[["Metadata_Plate", "Metadata_Well"]] = ours.wells[["Metadata_Plate", "Metadata_Well"]].to_numpy()
     expected = reference.set_index("Metadata_Well").loc[got["Metadata_Well"], features].to_numpy(np.float64)
@@ -57,9 +70,16 @@ def _two_plate_store(path, stats_rng=0):
             for w in range(6):
                 control = "negcon" if w < 3 else "trt"
                 bag = rng.normal(size=(4, 3)) * gain + offset
-                writer.add_bag({"Metadata_Plate": f"P{p}", "Metadata_Well": f"A{w + 1:02d}", "Metadata_Batch": "b",
-                                "Metadata_Compound": "DMSO" if control == "negcon" else f"C{w}",
-                                "Metadata_ControlType": control}, bag)
+                writer.add_bag(
+                    {
+                        "Metadata_Plate": f"P{p}",
+                        "Metadata_Well": f"A{w + 1:02d}",
+                        "Metadata_Batch": "b",
+                        "Metadata_Compound": "DMSO" if control == "negcon" else f"C{w}",
+                        "Metadata_ControlType": control,
+                    },
+                    bag,
+                )
     return InstanceStore(path)
 
 
@@ -67,16 +87,18 @@ def test_instance_and_well_level_statistics(tmp_path):
     raw = _two_plate_store(tmp_path / "raw")
     inst = correct(tmp_path / "raw", tmp_path / "inst", show_progress=False)
     well = correct(tmp_path / "raw", tmp_path / "well", CorrectSettings(stats="well"), show_progress=False)
-    for p, plate in enumerate(["P0", "P1"]):
+    for plate in ["P0", "P1"]:
         rows = raw.wells.index[raw.wells["Metadata_Plate"] == plate]
         negcon = [i for i in rows if raw.wells.loc[i, "Metadata_ControlType"] == "negcon"]
         all_rows = np.concatenate([raw.bag(i) for i in rows])
         controls = np.concatenate([raw.bag(i) for i in negcon])
-        np.testing.assert_allclose(np.concatenate([inst.bag(i) for i in rows]),
-                                   mad_robustize(all_rows, controls), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            np.concatenate([inst.bag(i) for i in rows]), mad_robustize(all_rows, controls), rtol=1e-5, atol=1e-5
+        )
         means = np.stack([raw.bag(i).astype(np.float64).mean(axis=0) for i in negcon])
-        np.testing.assert_allclose(np.concatenate([well.bag(i) for i in rows]),
-                                   mad_robustize(all_rows, means), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            np.concatenate([well.bag(i) for i in rows]), mad_robustize(all_rows, means), rtol=1e-5, atol=1e-5
+        )
     stats = load_correction_stats(tmp_path / "inst")
     assert set(stats) == {"P0", "P1"}
     assert inst.manifest["history"][-1]["stage"] == "correct"
@@ -93,9 +115,16 @@ def test_plate_without_negcon(tmp_path):
         for p in range(2):
             for w in range(3):
                 control = "negcon" if (p == 0 and w == 0) else "trt"
-                writer.add_bag({"Metadata_Plate": f"P{p}", "Metadata_Well": f"A{w + 1:02d}", "Metadata_Batch": "b",
-                                "Metadata_Compound": "x", "Metadata_ControlType": control},
-                               np.random.default_rng(w).normal(size=(3, 2)))
+                writer.add_bag(
+                    {
+                        "Metadata_Plate": f"P{p}",
+                        "Metadata_Well": f"A{w + 1:02d}",
+                        "Metadata_Batch": "b",
+                        "Metadata_Compound": "x",
+                        "Metadata_ControlType": control,
+                    },
+                    np.random.default_rng(w).normal(size=(3, 2)),
+                )
     with pytest.raises(MomilError, match=r"1 plate\(s\) have no negcon wells \(P1\).*--fallback all"):
         correct(tmp_path / "raw", tmp_path / "out", show_progress=False)
     assert not (tmp_path / "out").exists()
@@ -105,13 +134,22 @@ def test_plate_without_negcon(tmp_path):
 
 
 def test_correction_removes_simulated_plate_effects(tmp_path):
-    from momil.simulate import SimulateSettings, simulate
     from momil.io.ingest import ingest
+    from momil.simulate import SimulateSettings, simulate
 
-    simulate(tmp_path / "screen", SimulateSettings(n_compounds=40, replicates=2, negcon_per_plate=16, dim=8,
-                                                   instances=12, n_assays=8, n_targets=6), show_progress=False)
-    raw = ingest(tmp_path / "screen" / "instances.parquet", tmp_path / "screen" / "wells.parquet",
-                 tmp_path / "raw", show_progress=False)
+    simulate(
+        tmp_path / "screen",
+        SimulateSettings(
+            n_compounds=40, replicates=2, negcon_per_plate=16, dim=8, instances=12, n_assays=8, n_targets=6
+        ),
+        show_progress=False,
+    )
+    raw = ingest(
+        tmp_path / "screen" / "instances.parquet",
+        tmp_path / "screen" / "wells.parquet",
+        tmp_path / "raw",
+        show_progress=False,
+    )
     corrected = correct(tmp_path / "raw", tmp_path / "corrected", show_progress=False)
     assert plate_variance_fraction(raw) > 0.5
     assert plate_variance_fraction(corrected) < 0.1

@@ -16,9 +16,13 @@ from test_train import needle_screen
 
 
 def test_assay_metrics_mark_one_class_assays_undefined():
-    frame = pd.DataFrame({"assay": ["a"] * 4 + ["b"] * 3,
-                          "label": [0, 1, 0, 1, 1, 1, 1],
-                          "probability": [0.1, 0.9, 0.2, 0.8, 0.3, 0.4, 0.5]})
+    frame = pd.DataFrame(
+        {
+            "assay": ["a"] * 4 + ["b"] * 3,
+            "label": [0, 1, 0, 1, 1, 1, 1],
+            "probability": [0.1, 0.9, 0.2, 0.8, 0.3, 0.4, 0.5],
+        }
+    )
     metrics = assay_metrics(frame).set_index("assay")
     assert metrics.loc["a", "roc_auc"] == 1.0 and metrics.loc["a", "pr_auc"] == 1.0
     assert not metrics.loc["b", "defined"] and math.isnan(metrics.loc["b", "roc_auc"])
@@ -28,8 +32,7 @@ def test_assay_metrics_mark_one_class_assays_undefined():
 
 
 def test_compound_prediction_is_mean_of_wells():
-    wells = pd.DataFrame({"Metadata_Compound": ["c1", "c1", "c2"], "assay": ["a"] * 3,
-                          "probability": [0.2, 0.6, 0.9]})
+    wells = pd.DataFrame({"Metadata_Compound": ["c1", "c1", "c2"], "assay": ["a"] * 3, "probability": [0.2, 0.6, 0.9]})
     out = compound_predictions(wells).set_index("Metadata_Compound")
     assert out.loc["c1", "probability"] == pytest.approx(0.4) and out.loc["c1", "n_wells"] == 2
 
@@ -53,14 +56,25 @@ def test_cross_validation_never_trains_on_test_compounds(tmp_path, monkeypatch):
     real_fit = evaluate.fit
 
     def spying_fit(store_, pairs, train_wells, val_wells, *args, **kwargs):
-        seen.append((set(store_.wells["Metadata_Compound"].iloc[train_wells]),
-                     set(store_.wells["Metadata_Compound"].iloc[val_wells])))
+        seen.append(
+            (
+                set(store_.wells["Metadata_Compound"].iloc[train_wells]),
+                set(store_.wells["Metadata_Compound"].iloc[val_wells]),
+            )
+        )
         return real_fit(store_, pairs, train_wells, val_wells, *args, **kwargs)
 
     monkeypatch.setattr(evaluate, "fit", spying_fit)
-    result = cross_validate(store, labels, folds, ["needle"], tmp_path / "cv",
-                            CVSettings(projector_dims="8", head_dims="8", lrs="1e-2,1e-3"),
-                            TrainSettings(epochs=3, warmup_epochs=1, batch_wells=8), show_progress=False)
+    result = cross_validate(
+        store,
+        labels,
+        folds,
+        ["needle"],
+        tmp_path / "cv",
+        CVSettings(projector_dims="8", head_dims="8", lrs="1e-2,1e-3"),
+        TrainSettings(epochs=3, warmup_epochs=1, batch_wells=8),
+        show_progress=False,
+    )
     assert len(seen) == 5 * 2
     for i, (train_c, val_c) in enumerate(seen):
         test_fold = i // 2
@@ -71,8 +85,13 @@ def test_cross_validation_never_trains_on_test_compounds(tmp_path, monkeypatch):
     assert predictions.groupby("Metadata_Compound")["fold"].nunique().max() == 1
     assert (predictions["n_wells"] == 2).all()
     assert result.selections["selected"].sum() == 5
-    for name in ("metrics.csv", "summary.json", "well_predictions.parquet", "compound_predictions.parquet",
-                 "selections.csv"):
+    for name in (
+        "metrics.csv",
+        "summary.json",
+        "well_predictions.parquet",
+        "compound_predictions.parquet",
+        "selections.csv",
+    ):
         assert (tmp_path / "cv" / name).exists()
     assert len(list((tmp_path / "cv" / "models").glob("*.pt"))) == 5
     # a finished cross-validation is not overwritten by accident
@@ -87,10 +106,16 @@ def test_stl_trains_one_model_per_primary_assay(tmp_path):
     from momil.io.contract import LabelMatrix
 
     both = LabelMatrix.from_long(pd.concat([long, second], ignore_index=True))
-    result = cross_validate(store, both, _folds(both), ["needle", "needle-2"], tmp_path / "cv",
-                            CVSettings(configuration="stl", projector_dims="4", head_dims="4", lrs="1e-2",
-                                       rotations="0,1"),
-                            TrainSettings(epochs=2, warmup_epochs=1), show_progress=False)
+    result = cross_validate(
+        store,
+        both,
+        _folds(both),
+        ["needle", "needle-2"],
+        tmp_path / "cv",
+        CVSettings(configuration="stl", projector_dims="4", head_dims="4", lrs="1e-2", rotations="0,1"),
+        TrainSettings(epochs=2, warmup_epochs=1),
+        show_progress=False,
+    )
     assert len(list((tmp_path / "cv" / "models").glob("*.pt"))) == 2 * 2
     assert set(result.metrics["assay"]) == {"needle", "needle-2"}
     assert result.summary["rotations"] == [0, 1]
@@ -100,14 +125,15 @@ def test_resumed_cross_validation_reuses_finished_fits(tmp_path):
     store, labels = needle_screen(tmp_path / "store", n_compounds=20, per_well=4)
     settings = CVSettings(projector_dims="4", head_dims="4", lrs="1e-2", rotations="0")
     train = TrainSettings(epochs=3, warmup_epochs=1)
-    first = cross_validate(store, labels, _folds(labels), ["needle"], tmp_path / "cv", settings, train,
-                           show_progress=False)
+    first = cross_validate(
+        store, labels, _folds(labels), ["needle"], tmp_path / "cv", settings, train, show_progress=False
+    )
     (tmp_path / "cv" / "summary.json").unlink()  # as if killed before the end
-    second = cross_validate(store, labels, _folds(labels), ["needle"], tmp_path / "cv", settings, train,
-                            show_progress=False)
+    second = cross_validate(
+        store, labels, _folds(labels), ["needle"], tmp_path / "cv", settings, train, show_progress=False
+    )
     pd.testing.assert_frame_equal(first.compound_predictions, second.compound_predictions)
-    assert np.isclose(first.summary["mean_roc_auc_primary"], second.summary["mean_roc_auc_primary"],
-                      equal_nan=True)
+    assert np.isclose(first.summary["mean_roc_auc_primary"], second.summary["mean_roc_auc_primary"], equal_nan=True)
 
 
 def test_no_primary_with_labels_refused(tmp_path):
@@ -136,19 +162,32 @@ def test_select_and_impute_inside_cv_never_see_test_compounds(tmp_path, monkeypa
             compounds = store_.wells["Metadata_Compound"].iloc[np.asarray(wells)]
             leaks.extend(c for c in compounds if fold_of[c] == phase["test_fold"])
             return _real(store_, wells, *args, **kwargs)
+
         monkeypatch.setattr(module, "load_bags", spy)
     original = selection.select_assays
 
     def tracking_select(store_, labels_, assays_, associations_, train_wells, val_wells, out, *args, **kwargs):
         phase["test_fold"] = int(str(out).split("rot")[-1].split("/")[0])
         return original(store_, labels_, assays_, associations_, train_wells, val_wells, out, *args, **kwargs)
+
     monkeypatch.setattr(selection, "select_assays", tracking_select)
 
     cv = CVSettings(projector_dims="8", head_dims="8", lrs="3e-3", rotations="0,1", select=True, impute=True)
     train = TrainSettings(epochs=12, warmup_epochs=1, batch_wells=16, dropout=0.0)
-    result = cross_validate(store, labels, folds, ["P"], tmp_path / "cv", cv, train, show_progress=False,
-                            assays_frame=assays, associations=ASSOCIATIONS,
-                            select=SelectSettings(stl_head_dim=8, stl_lr=1e-2), impute=ImputeSettings(min_correct=2))
+    result = cross_validate(
+        store,
+        labels,
+        folds,
+        ["P"],
+        tmp_path / "cv",
+        cv,
+        train,
+        show_progress=False,
+        assays_frame=assays,
+        associations=ASSOCIATIONS,
+        select=SelectSettings(stl_head_dim=8, stl_lr=1e-2),
+        impute=ImputeSettings(min_correct=2),
+    )
     assert leaks == []
     # imputed labels sit on training compounds of their rotation only
     imputed = result.imputed
@@ -174,8 +213,12 @@ def test_paired_bootstrap_by_hand():
     y = rng.integers(0, 2, 80)
     good = y + rng.normal(scale=0.3, size=80)  # nearly separates
     noise = rng.normal(size=80)
-    frame = lambda p: pd.DataFrame({"Metadata_Compound": [f"c{i}" for i in range(80)], "assay": "a", "label": y,
-                                    "probability": p})
+
+    def frame(p):
+        return pd.DataFrame(
+            {"Metadata_Compound": [f"c{i}" for i in range(80)], "assay": "a", "label": y, "probability": p}
+        )
+
     better = paired_bootstrap(frame(good), frame(noise), n_boot=300).set_index("assay")
     assert better.loc["a", "difference"] > 0.3 and better.loc["a", "p_value"] < 0.01
     assert better.loc["a", "p_value"] >= 1 / 301  # (1 + 0) / (1 + draws): never exactly 0
@@ -199,13 +242,23 @@ def test_instance_count_baseline_reads_only_counts(tmp_path):
     with StoreWriter.create(tmp_path / "s", dim=2) as writer:
         for c in range(60):
             n = int(rng.integers(5, 8)) if active[c] else int(rng.integers(10, 14))  # actives kill cells
-            writer.add_bag({"Metadata_Plate": "P", "Metadata_Well": f"W{c:03d}", "Metadata_Batch": "b",
-                            "Metadata_Compound": f"c{c}", "Metadata_ControlType": "trt"}, rng.normal(size=(n, 2)))
+            writer.add_bag(
+                {
+                    "Metadata_Plate": "P",
+                    "Metadata_Well": f"W{c:03d}",
+                    "Metadata_Batch": "b",
+                    "Metadata_Compound": f"c{c}",
+                    "Metadata_ControlType": "trt",
+                },
+                rng.normal(size=(n, 2)),
+            )
     store = InstanceStore(tmp_path / "s")
-    labels = LabelMatrix.from_long(pd.DataFrame({"Metadata_Compound": [f"c{c}" for c in range(60)], "assay": "tox",
-                                                 "label": active.astype(int)}))
+    labels = LabelMatrix.from_long(
+        pd.DataFrame({"Metadata_Compound": [f"c{c}" for c in range(60)], "assay": "tox", "label": active.astype(int)})
+    )
     frame = instance_count_predictions(store, labels, ["tox"], np.arange(40), np.arange(40, 60))
     from sklearn.metrics import roc_auc_score
+
     assert len(frame) == 20 and roc_auc_score(active[40:], frame["probability"]) == 1.0
 
 
@@ -215,12 +268,36 @@ def test_baselines_run_through_cv(tmp_path):
     train = TrainSettings(epochs=2, warmup_epochs=1, batch_wells=16)
     cv = CVSettings(projector_dims="8", head_dims="4", lrs="1e-3", rotations="0")
     for model in ("mean-mlp", "multilabel-mil", "instance-count"):
-        result = cross_validate(store, labels, folds, ["needle"], tmp_path / model, cv,
-                                TrainSettings(**{**train.__dict__, "model": model}), show_progress=False)
+        result = cross_validate(
+            store,
+            labels,
+            folds,
+            ["needle"],
+            tmp_path / model,
+            cv,
+            TrainSettings(**{**train.__dict__, "model": model}),
+            show_progress=False,
+        )
         assert len(result.compound_predictions) == 6 and result.compound_predictions["probability"].between(0, 1).all()
-    amtl = cross_validate(store, labels, folds, ["needle"], tmp_path / "amtl", cv,
-                          TrainSettings(**{**train.__dict__, "balancing": "amtl"}), show_progress=False)
+    amtl = cross_validate(
+        store,
+        labels,
+        folds,
+        ["needle"],
+        tmp_path / "amtl",
+        cv,
+        TrainSettings(**{**train.__dict__, "balancing": "amtl"}),
+        show_progress=False,
+    )
     assert len(amtl.compound_predictions) == 6 and (tmp_path / "amtl" / "potentials" / "rot0").exists()
     with pytest.raises(MomilError, match="neither --select nor --impute"):
-        cross_validate(store, labels, folds, ["needle"], tmp_path / "x", CVSettings(impute=True),
-                       TrainSettings(model="instance-count"), show_progress=False)
+        cross_validate(
+            store,
+            labels,
+            folds,
+            ["needle"],
+            tmp_path / "x",
+            CVSettings(impute=True),
+            TrainSettings(model="instance-count"),
+            show_progress=False,
+        )

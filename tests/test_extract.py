@@ -7,12 +7,13 @@ import pandas as pd
 import pytest
 
 import momil.imaging.extract as extract_module
-from conftest import render_screen
 from momil.cli import main
 from momil.errors import InputError
 from momil.imaging.extract import ExtractSettings, extract
 from momil.imaging.fields import FieldSettings
 from momil.io.store import InstanceStore
+
+from conftest import render_screen
 from test_fields import PHENIX, bray_load_data, phenix_load_data
 
 pytestmark = pytest.mark.filterwarnings("ignore:no --weights")
@@ -28,8 +29,14 @@ def rendered(tmp_path_factory):
 
 def test_rendered_fields_become_a_store(rendered, tmp_path):
     with pytest.warns(UserWarning, match="random weights"):
-        store = extract(rendered / "load_data.parquet", rendered / "wells.parquet", tmp_path / "store", FIELD, TINY,
-                        show_progress=False)
+        store = extract(
+            rendered / "load_data.parquet",
+            rendered / "wells.parquet",
+            tmp_path / "store",
+            FIELD,
+            TINY,
+            show_progress=False,
+        )
     fields = len(pd.read_parquet(rendered / "load_data.parquet"))
     wells = pd.read_parquet(rendered / "wells.parquet")
     assert store.n_wells == len(wells) and store.n_instances == fields * 4  # 64 px fields, 32 px tiles
@@ -43,8 +50,9 @@ def test_rendered_fields_become_a_store(rendered, tmp_path):
 
 
 def test_interrupted_extraction_resumes_to_the_same_store(rendered, tmp_path, monkeypatch):
-    whole = extract(rendered / "load_data.parquet", rendered / "wells.parquet", tmp_path / "whole", FIELD, TINY,
-                    show_progress=False)
+    whole = extract(
+        rendered / "load_data.parquet", rendered / "wells.parquet", tmp_path / "whole", FIELD, TINY, show_progress=False
+    )
     real_save = extract_module._save_field
     saved = []
 
@@ -53,14 +61,22 @@ def test_interrupted_extraction_resumes_to_the_same_store(rendered, tmp_path, mo
             raise KeyboardInterrupt
         saved.append(info["key"])
         real_save(cache, info, features)
+
     monkeypatch.setattr(extract_module, "_save_field", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        extract(rendered / "load_data.parquet", rendered / "wells.parquet", tmp_path / "again", FIELD, TINY,
-                show_progress=False)
+        extract(
+            rendered / "load_data.parquet",
+            rendered / "wells.parquet",
+            tmp_path / "again",
+            FIELD,
+            TINY,
+            show_progress=False,
+        )
     assert not (tmp_path / "again").exists() and len(list((tmp_path / "again.extract" / "fields").iterdir())) == 5
     monkeypatch.setattr(extract_module, "_save_field", real_save)
-    resumed = extract(rendered / "load_data.parquet", rendered / "wells.parquet", tmp_path / "again", FIELD, TINY,
-                      show_progress=False)
+    resumed = extract(
+        rendered / "load_data.parquet", rendered / "wells.parquet", tmp_path / "again", FIELD, TINY, show_progress=False
+    )
     fields = len(pd.read_parquet(rendered / "load_data.parquet"))
     assert resumed.extract_report["embedded_now"] == fields - 5  # finished fields were not embedded again
     assert np.allclose(resumed.features, whole.features, atol=1e-5)
@@ -73,28 +89,67 @@ def test_missing_fields_stop_or_are_skipped(rendered, tmp_path):
     for name in ("images",):
         (tmp_path / name).symlink_to(rendered / name)
     with pytest.raises(InputError, match="missing.tiff"):
-        extract(tmp_path / "load_data.parquet", rendered / "wells.parquet", tmp_path / "stopped", FIELD, TINY,
-                show_progress=False)
+        extract(
+            tmp_path / "load_data.parquet",
+            rendered / "wells.parquet",
+            tmp_path / "stopped",
+            FIELD,
+            TINY,
+            show_progress=False,
+        )
     assert not (tmp_path / "stopped").exists()
     skip = FieldSettings(**{**FIELD.__dict__, "on_missing": "skip"})
-    store = extract(tmp_path / "load_data.parquet", rendered / "wells.parquet", tmp_path / "skipped", skip, TINY,
-                    show_progress=False)
+    store = extract(
+        tmp_path / "load_data.parquet",
+        rendered / "wells.parquet",
+        tmp_path / "skipped",
+        skip,
+        TINY,
+        show_progress=False,
+    )
     assert len(store.extract_report["skipped"]) == 1 and store.n_instances == (len(load) - 1) * 4
 
 
 def test_real_fields_of_both_layouts(tmp_path, capsys):
-    phenix = phenix_load_data().rename(columns={f"{k}_{c}": f"{k}_{c.replace('Orig', '')}"
-                                                for c in PHENIX for k in ("FileName", "PathName")})
+    phenix = phenix_load_data().rename(
+        columns={f"{k}_{c}": f"{k}_{c.replace('Orig', '')}" for c in PHENIX for k in ("FileName", "PathName")}
+    )
     bray = bray_load_data()
     load = pd.concat([phenix, bray], ignore_index=True).drop(columns=["FileName_Brightfield", "PathName_Brightfield"])
     load.to_parquet(tmp_path / "load_data.parquet")
-    wells = pd.DataFrame({"Metadata_Plate": ["BR00143976", "24279"], "Metadata_Well": ["C03", "A01"],
-                          "Metadata_Compound": ["DMSO", "DMSO"], "Metadata_ControlType": ["negcon", "negcon"],
-                          "Metadata_Batch": ["b", "b"]})
+    wells = pd.DataFrame(
+        {
+            "Metadata_Plate": ["BR00143976", "24279"],
+            "Metadata_Well": ["C03", "A01"],
+            "Metadata_Compound": ["DMSO", "DMSO"],
+            "Metadata_ControlType": ["negcon", "negcon"],
+            "Metadata_Batch": ["b", "b"],
+        }
+    )
     wells.to_parquet(tmp_path / "wells.parquet")
-    code = main(["extract", "--load-data", str(tmp_path / "load_data.parquet"), "--wells", str(tmp_path / "wells.parquet"),
-                 "--out", str(tmp_path / "store"), "--backbone", "vit-tiny", "--size", "128", "--tile", "64",
-                 "--stride", "32", "--no-drop-background", "--device", "cpu", "--quiet"])
+    code = main(
+        [
+            "extract",
+            "--load-data",
+            str(tmp_path / "load_data.parquet"),
+            "--wells",
+            str(tmp_path / "wells.parquet"),
+            "--out",
+            str(tmp_path / "store"),
+            "--backbone",
+            "vit-tiny",
+            "--size",
+            "128",
+            "--tile",
+            "64",
+            "--stride",
+            "32",
+            "--no-drop-background",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     store = InstanceStore(tmp_path / "store")
@@ -105,8 +160,16 @@ def test_real_fields_of_both_layouts(tmp_path, capsys):
 def test_images_to_cross_validation_from_the_shell(tmp_path, capsys):
     """LoadData of rendered fields -> pretrain -> extract -> correct -> split -> cv: the extracted store is one
     that `momil cv` reads."""
-    screen = render_screen(tmp_path / "screen", n_compounds=16, replicates=2, negcon_per_plate=2, n_assays=3,
-                           n_primary=1, label_density=0.9, primary_density=0.9)
+    screen = render_screen(
+        tmp_path / "screen",
+        n_compounds=16,
+        replicates=2,
+        negcon_per_plate=2,
+        n_assays=3,
+        n_primary=1,
+        label_density=0.9,
+        primary_density=0.9,
+    )
     load_data = screen / "load_data.parquet"
 
     def run(*argv):
@@ -115,19 +178,96 @@ def test_images_to_cross_validation_from_the_shell(tmp_path, capsys):
         assert code == 0, captured.err
         return captured.out
 
-    run("pretrain", "--load-data", load_data, "--out", tmp_path / "fm", "--method", "dinov2", "--backbone", "vit-tiny",
-        "--size", 64, "--global-size", 32, "--local-size", 16, "--local-crops", 1, "--out-dim", 32, "--epochs", 1,
-        "--batch-fields", 8, "--device", "cpu")
-    run("extract", "--load-data", load_data, "--wells", screen / "wells.parquet", "--out", tmp_path / "raw",
-        "--backbone", "vit-tiny", "--weights", tmp_path / "fm" / "backbone.pt", "--size", 64, "--tile", 32,
-        "--stride", 32, "--no-drop-background", "--device", "cpu")
+    run(
+        "pretrain",
+        "--load-data",
+        load_data,
+        "--out",
+        tmp_path / "fm",
+        "--method",
+        "dinov2",
+        "--backbone",
+        "vit-tiny",
+        "--size",
+        64,
+        "--global-size",
+        32,
+        "--local-size",
+        16,
+        "--local-crops",
+        1,
+        "--out-dim",
+        32,
+        "--epochs",
+        1,
+        "--batch-fields",
+        8,
+        "--device",
+        "cpu",
+    )
+    run(
+        "extract",
+        "--load-data",
+        load_data,
+        "--wells",
+        screen / "wells.parquet",
+        "--out",
+        tmp_path / "raw",
+        "--backbone",
+        "vit-tiny",
+        "--weights",
+        tmp_path / "fm" / "backbone.pt",
+        "--size",
+        64,
+        "--tile",
+        32,
+        "--stride",
+        32,
+        "--no-drop-background",
+        "--device",
+        "cpu",
+    )
     run("correct", "--store", tmp_path / "raw", "--out", tmp_path / "store")
-    run("split", "--wells", screen / "wells.parquet", "--labels", screen / "labels.parquet", "--compounds",
-        screen / "compounds.parquet", "--out", tmp_path / "folds.parquet", "--n-folds", 3)
-    out = run("cv", "--store", tmp_path / "store", "--labels", screen / "labels.parquet", "--folds",
-              tmp_path / "folds.parquet", "--assays", screen / "assays.parquet", "--out", tmp_path / "cv",
-              "--rotations", "0", "--projector-dims", 8, "--head-dims", 4, "--lrs", "1e-3", "--epochs", 2,
-              "--warmup-epochs", 1, "--device", "cpu")
+    run(
+        "split",
+        "--wells",
+        screen / "wells.parquet",
+        "--labels",
+        screen / "labels.parquet",
+        "--compounds",
+        screen / "compounds.parquet",
+        "--out",
+        tmp_path / "folds.parquet",
+        "--n-folds",
+        3,
+    )
+    out = run(
+        "cv",
+        "--store",
+        tmp_path / "store",
+        "--labels",
+        screen / "labels.parquet",
+        "--folds",
+        tmp_path / "folds.parquet",
+        "--assays",
+        screen / "assays.parquet",
+        "--out",
+        tmp_path / "cv",
+        "--rotations",
+        "0",
+        "--projector-dims",
+        8,
+        "--head-dims",
+        4,
+        "--lrs",
+        "1e-3",
+        "--epochs",
+        2,
+        "--warmup-epochs",
+        1,
+        "--device",
+        "cpu",
+    )
     assert "ROC-AUC" in out
     metrics = pd.read_csv(tmp_path / "cv" / "metrics.csv")
     assert len(metrics) == 3 and metrics["primary"].sum() == 1

@@ -22,13 +22,22 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import render_screen
 from momil.cli import main
 from momil.errors import MomilError
 from momil.io.paths import output_lock
 
-MODEL = ["--store", "corr", "--labels", "screen/labels.parquet", "--folds", "folds.parquet", "--assays",
-         "screen/assays.parquet"]
+from conftest import render_screen
+
+MODEL = [
+    "--store",
+    "corr",
+    "--labels",
+    "screen/labels.parquet",
+    "--folds",
+    "folds.parquet",
+    "--assays",
+    "screen/assays.parquet",
+]
 SMALL = ["--projector-dim", 8, "--head-dim", 4, "--lr", "1e-3", "--warmup-epochs", 1]
 GRID = ["--projector-dims", 8, "--head-dims", 4, "--lrs", "1e-3", "--warmup-epochs", 1]
 
@@ -39,13 +48,40 @@ def base(tmp_path_factory) -> Path:
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        for argv in (["simulate", "--out", "screen", "--n-compounds", 40, "--replicates", 2, "--negcon-per-plate", 8,
-                      "--dim", 6, "--instances", 5, "--n-assays", 8],
-                     ["ingest", "--instances", "screen/instances.parquet", "--wells", "screen/wells.parquet", "--out",
-                      "store"],
-                     ["correct", "--store", "store", "--out", "corr"],
-                     ["split", "--wells", "screen/wells.parquet", "--labels", "screen/labels.parquet", "--compounds",
-                      "screen/compounds.parquet", "--out", "folds.parquet", "--n-folds", 3]):
+        for argv in (
+            [
+                "simulate",
+                "--out",
+                "screen",
+                "--n-compounds",
+                40,
+                "--replicates",
+                2,
+                "--negcon-per-plate",
+                8,
+                "--dim",
+                6,
+                "--instances",
+                5,
+                "--n-assays",
+                8,
+            ],
+            ["ingest", "--instances", "screen/instances.parquet", "--wells", "screen/wells.parquet", "--out", "store"],
+            ["correct", "--store", "store", "--out", "corr"],
+            [
+                "split",
+                "--wells",
+                "screen/wells.parquet",
+                "--labels",
+                "screen/labels.parquet",
+                "--compounds",
+                "screen/compounds.parquet",
+                "--out",
+                "folds.parquet",
+                "--n-folds",
+                3,
+            ],
+        ):
             assert main([str(a) for a in argv] + ["--quiet"]) == 0, argv
         render_screen(root / "render")
     finally:
@@ -67,8 +103,13 @@ def run(*argv) -> int:
 
 def killed(fault: str, *argv) -> subprocess.CompletedProcess:
     env = {**os.environ, "MOMIL_FAULT": fault, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    return subprocess.run([sys.executable, "-m", "momil", *map(str, argv), "--quiet"], env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "momil", *map(str, argv), "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def temporaries(folder: Path) -> list[str]:
@@ -99,31 +140,111 @@ def same_csv(a: Path, b: Path, drop=("seconds",)) -> None:
 
 # -------------------------------------------------------------------------------------- SIGKILL, then rerun
 STAGES = {
-    "ingest": ("store.write_rows:1",
-               ["ingest", "--instances", "screen/instances.parquet", "--wells", "screen/wells.parquet", "--out", "{out}"],
-               lambda a, b: same_store(a, b)),
+    "ingest": (
+        "store.write_rows:1",
+        ["ingest", "--instances", "screen/instances.parquet", "--wells", "screen/wells.parquet", "--out", "{out}"],
+        lambda a, b: same_store(a, b),
+    ),
     "correct": ("store.write_rows:1", ["correct", "--store", "store", "--out", "{out}"], lambda a, b: same_store(a, b)),
-    "extract": ("extract.field:2",
-                ["extract", "--load-data", "render/load_data.parquet", "--wells", "render/wells.parquet", "--out",
-                 "{out}", "--backbone", "vit-tiny", "--size", 64, "--tile", 32, "--stride", 32, "--device", "cpu"],
-                lambda a, b: same_store(a, b)),
-    "train": ("train.epoch:2", ["train", *MODEL, "--out", "{out}", "--epochs", 3, *SMALL],
-              lambda a, b: (same_tensors(a / "model.pt", b / "model.pt", "state_dict"),
-                            same_csv(a / "history.csv", b / "history.csv"))),
-    "cv": ("train.epoch:1", ["cv", *MODEL, "--out", "{out}", "--rotations", "0", "--epochs", 2, *GRID],
-           lambda a, b: same_csv(a / "metrics.csv", b / "metrics.csv")),
-    "select": ("train.epoch:2", ["select", *MODEL, "--out", "{out}", "--rotations", "0", "--stages",
-                                 "performance,influence", "--epochs", 2, "--projector-dim", 8, "--stl-head-dim", 4,
-                                 "--stl-lr", "1e-3", "--warmup-epochs", 1],
-               lambda a, b: same_csv(a / "rot0" / "selection.csv", b / "rot0" / "selection.csv")),
-    "impute": ("train.epoch:1", ["impute", *MODEL, "--out", "{out}", "--epochs", 2, "--rounds", 1, *SMALL],
-               lambda a, b: same_tensors(a / "model.pt", b / "model.pt", "state_dict")),
-    "pretrain": ("pretrain.epoch:1",
-                 ["pretrain", "--load-data", "render/load_data.parquet", "--out", "{out}", "--method", "dinov2",
-                  "--backbone", "vit-tiny", "--size", 64, "--global-size", 32, "--local-size", 16, "--local-crops", 1,
-                  "--out-dim", 32, "--epochs", 2, "--batch-fields", 4, "--device", "cpu"],
-                 lambda a, b: (same_tensors(a / "backbone.pt", b / "backbone.pt", "state_dict"),
-                               same_csv(a / "history.csv", b / "history.csv"))),
+    "extract": (
+        "extract.field:2",
+        [
+            "extract",
+            "--load-data",
+            "render/load_data.parquet",
+            "--wells",
+            "render/wells.parquet",
+            "--out",
+            "{out}",
+            "--backbone",
+            "vit-tiny",
+            "--size",
+            64,
+            "--tile",
+            32,
+            "--stride",
+            32,
+            "--device",
+            "cpu",
+        ],
+        lambda a, b: same_store(a, b),
+    ),
+    "train": (
+        "train.epoch:2",
+        ["train", *MODEL, "--out", "{out}", "--epochs", 3, *SMALL],
+        lambda a, b: (
+            same_tensors(a / "model.pt", b / "model.pt", "state_dict"),
+            same_csv(a / "history.csv", b / "history.csv"),
+        ),
+    ),
+    "cv": (
+        "train.epoch:1",
+        ["cv", *MODEL, "--out", "{out}", "--rotations", "0", "--epochs", 2, *GRID],
+        lambda a, b: same_csv(a / "metrics.csv", b / "metrics.csv"),
+    ),
+    "select": (
+        "train.epoch:2",
+        [
+            "select",
+            *MODEL,
+            "--out",
+            "{out}",
+            "--rotations",
+            "0",
+            "--stages",
+            "performance,influence",
+            "--epochs",
+            2,
+            "--projector-dim",
+            8,
+            "--stl-head-dim",
+            4,
+            "--stl-lr",
+            "1e-3",
+            "--warmup-epochs",
+            1,
+        ],
+        lambda a, b: same_csv(a / "rot0" / "selection.csv", b / "rot0" / "selection.csv"),
+    ),
+    "impute": (
+        "train.epoch:1",
+        ["impute", *MODEL, "--out", "{out}", "--epochs", 2, "--rounds", 1, *SMALL],
+        lambda a, b: same_tensors(a / "model.pt", b / "model.pt", "state_dict"),
+    ),
+    "pretrain": (
+        "pretrain.epoch:1",
+        [
+            "pretrain",
+            "--load-data",
+            "render/load_data.parquet",
+            "--out",
+            "{out}",
+            "--method",
+            "dinov2",
+            "--backbone",
+            "vit-tiny",
+            "--size",
+            64,
+            "--global-size",
+            32,
+            "--local-size",
+            16,
+            "--local-crops",
+            1,
+            "--out-dim",
+            32,
+            "--epochs",
+            2,
+            "--batch-fields",
+            4,
+            "--device",
+            "cpu",
+        ],
+        lambda a, b: (
+            same_tensors(a / "backbone.pt", b / "backbone.pt", "state_dict"),
+            same_csv(a / "history.csv", b / "history.csv"),
+        ),
+    ),
 }
 FAST = ("ingest", "train")
 
@@ -161,9 +282,25 @@ def test_a_reader_thread_error_ends_extract_instead_of_hanging(work, monkeypatch
 
     def target():
         try:
-            outcome["code"] = run("extract", "--load-data", "render/load_data.parquet", "--wells",
-                                  "render/wells.parquet", "--out", "x", "--backbone", "vit-tiny", "--size", 64,
-                                  "--tile", 32, "--stride", 32, "--device", "cpu")
+            outcome["code"] = run(
+                "extract",
+                "--load-data",
+                "render/load_data.parquet",
+                "--wells",
+                "render/wells.parquet",
+                "--out",
+                "x",
+                "--backbone",
+                "vit-tiny",
+                "--size",
+                64,
+                "--tile",
+                32,
+                "--stride",
+                32,
+                "--device",
+                "cpu",
+            )
         except BaseException as err:  # noqa: BLE001
             outcome["error"] = err
 
@@ -179,8 +316,28 @@ def test_reader_error_message_names_the_field(work, monkeypatch, capsys):
     import momil.imaging.extract as extract_module
 
     monkeypatch.setattr(extract_module, "tile_field", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad tile")))
-    assert run("extract", "--load-data", "render/load_data.parquet", "--wells", "render/wells.parquet", "--out", "x",
-               "--backbone", "vit-tiny", "--size", 64, "--tile", 32, "--stride", 32, "--device", "cpu") == 2
+    assert (
+        run(
+            "extract",
+            "--load-data",
+            "render/load_data.parquet",
+            "--wells",
+            "render/wells.parquet",
+            "--out",
+            "x",
+            "--backbone",
+            "vit-tiny",
+            "--size",
+            64,
+            "--tile",
+            32,
+            "--stride",
+            32,
+            "--device",
+            "cpu",
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "reading field plate" in err and "ValueError: bad tile" in err
 
@@ -218,12 +375,12 @@ def test_a_full_disk_is_reported_and_leaves_nothing(work, monkeypatch, capsys):
 
 def test_a_second_run_on_the_same_output_is_refused(work, capsys):
     with output_lock("s"):
-        code = run("ingest", "--instances", "screen/instances.parquet", "--wells", "screen/wells.parquet", "--out",
-                   "s")
+        code = run("ingest", "--instances", "screen/instances.parquet", "--wells", "screen/wells.parquet", "--out", "s")
         assert code == 2 and "another momil run" in capsys.readouterr().err
     assert not Path("s").exists()
-    assert run("ingest", "--instances", "screen/instances.parquet", "--wells", "screen/wells.parquet", "--out",
-               "s") == 0  # the lock is gone with the first run
+    assert (
+        run("ingest", "--instances", "screen/instances.parquet", "--wells", "screen/wells.parquet", "--out", "s") == 0
+    )  # the lock is gone with the first run
     with pytest.raises(MomilError, match="another momil run"), output_lock("t"), output_lock("t"):
         pass
 
@@ -234,16 +391,24 @@ def test_stale_temporaries_of_killed_runs_are_cleaned(work):
     (stale / "features.bin").write_bytes(b"partial")
     live = Path(f".s.tmp-{os.getpid()}-cafe0000")
     live.mkdir()
-    assert run("ingest", "--instances", "screen/instances.parquet", "--wells", "screen/wells.parquet", "--out",
-               "s") == 0
+    assert (
+        run("ingest", "--instances", "screen/instances.parquet", "--wells", "screen/wells.parquet", "--out", "s") == 0
+    )
     assert not stale.exists() and live.exists()  # a live run's temporary is left alone
 
 
 def test_an_undefined_probe_auc_reads_undefined():
     from momil.benchmark import table3_markdown
 
-    table3 = pd.DataFrame({"assay": ["a", "a"], "primary": ["p", "p"],
-                           "source": ["single-task model on the assay", "MoMIL"], "shots": ["all", "5"],
-                           "auc_mean": [np.nan, np.nan], "auc_sd": [np.nan, np.nan]})
+    table3 = pd.DataFrame(
+        {
+            "assay": ["a", "a"],
+            "primary": ["p", "p"],
+            "source": ["single-task model on the assay", "MoMIL"],
+            "shots": ["all", "5"],
+            "auc_mean": [np.nan, np.nan],
+            "auc_sd": [np.nan, np.nan],
+        }
+    )
     text = table3_markdown(table3)
     assert "nan" not in text and text.count("undefined") == 2

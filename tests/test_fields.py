@@ -6,12 +6,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import shared
 from momil.errors import InputError, MomilError
 from momil.imaging.fields import FieldSettings, channel_map, normalise, read_field, tile_field, tile_positions
 
-PHENIX = {"OrigDNA": "ch5", "OrigER": "ch2", "OrigRNA": "ch6", "OrigAGP": "ch3", "OrigMito": "ch4",
-          "OrigBrightfield": "ch1"}
+from conftest import shared
+
+PHENIX = {
+    "OrigDNA": "ch5",
+    "OrigER": "ch2",
+    "OrigRNA": "ch6",
+    "OrigAGP": "ch3",
+    "OrigMito": "ch4",
+    "OrigBrightfield": "ch1",
+}
 BRAY = {"DNA": "Hoechst", "ER": "ERSyto", "RNA": "ERSytoBleed", "AGP": "Ph_golgi", "Mito": "Mito"}
 
 
@@ -25,13 +32,23 @@ def load_data(folder, plate: str, well: str, site: str, files: dict[str, str]) -
 
 
 def phenix_load_data() -> pd.DataFrame:
-    return load_data(shared("images", "BR00143976-C03-f03"), "BR00143976", "C03", "3",
-                     {channel: f"r03c03f03p01-{ch}sk1fk1fl1.tiff" for channel, ch in PHENIX.items()})
+    return load_data(
+        shared("images", "BR00143976-C03-f03"),
+        "BR00143976",
+        "C03",
+        "3",
+        {channel: f"r03c03f03p01-{ch}sk1fk1fl1.tiff" for channel, ch in PHENIX.items()},
+    )
 
 
 def bray_load_data() -> pd.DataFrame:
-    return load_data(shared("images", "bray-24279-A01-s1"), "24279", "A01", "1",
-                     {channel: f"{name}.tif" for channel, name in BRAY.items()})
+    return load_data(
+        shared("images", "bray-24279-A01-s1"),
+        "24279",
+        "A01",
+        "1",
+        {channel: f"{name}.tif" for channel, name in BRAY.items()},
+    )
 
 
 def test_channel_mapping_by_suffix_and_by_name():

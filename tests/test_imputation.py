@@ -26,8 +26,14 @@ def test_thresholds_by_hand():
     assay = np.array([0] * 10 + [1] * 10 + [2] * 5 + [3] * 2)
     label = np.array(truth + truth + [0, 0, 0, 0, 1] + [1, 0], dtype=float)
     prob = np.array(probs + probs + [0.1, 0.2, 0.3, 0.4, 0.45] + [0.9, 0.1])
-    table = conformal_thresholds(assay, label, prob, ["p", "s", "neg-only", "few"],
-                                 np.array([False, True, False, False]), ImputeSettings(min_correct=4))
+    table = conformal_thresholds(
+        assay,
+        label,
+        prob,
+        ["p", "s", "neg-only", "few"],
+        np.array([False, True, False, False]),
+        ImputeSettings(min_correct=4),
+    )
     table = table.set_index("assay")
     # 8 sorted correct values, linear interpolation: q = 0.9 -> position 6.3 -> 0.9 + 0.3 * 0.1
     assert table.loc["p", "n_correct"] == 8 and table.loc["p", "n_val"] == 10
@@ -46,7 +52,9 @@ def test_thresholds_never_cross_one_half():
     # correct wells are mostly inactive, so the raw 90th percentile (0.4) lies below 0.5: clipped to 0.5
     prob = np.array([0.1, 0.2, 0.3, 0.35, 0.4, 0.4, 0.4, 0.4, 0.4, 0.95])
     label = np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, 1], dtype=float)
-    table = conformal_thresholds(np.zeros(10, int), label, prob, ["a"], np.array([False]), ImputeSettings(min_correct=1))
+    table = conformal_thresholds(
+        np.zeros(10, int), label, prob, ["a"], np.array([False]), ImputeSettings(min_correct=1)
+    )
     assert table["th_pos"].iloc[0] == 0.5 and table["th_neg"].iloc[0] < 0.5
 
 
@@ -61,15 +69,22 @@ class MeanFeatureModel:
 
     def predict(self, bags, mask, assays=None):
         means = (bags * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
-        return torch.sigmoid(means[:, :len(self.assays)])
+        return torch.sigmoid(means[:, : len(self.assays)])
 
 
 def _store(path, values):
     with StoreWriter.create(path, dim=2) as writer:
         for i, (a, b) in enumerate(values):
-            writer.add_bag({"Metadata_Plate": "P", "Metadata_Well": f"W{i:02d}", "Metadata_Batch": "b",
-                            "Metadata_Compound": f"c{i}", "Metadata_ControlType": "trt"},
-                           np.array([[a, b], [a, b]], dtype=np.float32))
+            writer.add_bag(
+                {
+                    "Metadata_Plate": "P",
+                    "Metadata_Well": f"W{i:02d}",
+                    "Metadata_Batch": "b",
+                    "Metadata_Compound": f"c{i}",
+                    "Metadata_ControlType": "trt",
+                },
+                np.array([[a, b], [a, b]], dtype=np.float32),
+            )
     return InstanceStore(path)
 
 
@@ -81,7 +96,7 @@ def test_impute_round_labels_only_unlabelled_training_pairs(tmp_path):
     thresholds = pd.DataFrame({"assay": ["x", "y"], "th_pos": [0.9, 0.9], "th_neg": [0.1, np.nan]})
     train = np.array([0, 1, 2, 3])  # well 4 is not a training well
     new = impute_round(MeanFeatureModel(["x", "y"]), store, pairs, train, thresholds, "cpu")
-    got = {(int(w), a): int(l) for w, a, l in zip(new["well"], new["assay"], new["label"])}
+    got = {(int(w), a): int(y) for w, a, y in zip(new["well"], new["assay"], new["label"])}
     # (0, x) is measured; y has no negative threshold; well 4 is never touched
     assert got == {(0, "y"): 1, (1, "x"): 0, (3, "x"): 1}
     assert set(new.columns) >= {"well", "assay", "label", "probability", "th_pos", "th_neg"}
@@ -98,17 +113,36 @@ def test_self_training_adds_correct_labels_to_training_wells_only(tmp_path):
     store, labels, _, truth = planted_screen(tmp_path / "store", n_compounds=90, density=0.5, seed=3)
     train, val, test = split(labels, store)
     assays = ["P", "S_related", "S_other"]
-    settings = TrainSettings(epochs=20, warmup_epochs=2, patience=20, batch_wells=16, dropout=0.0, lr=3e-3,
-                             projector_dim=16, head_dim=16, seed=0)
-    result = self_train(store, labels, assays, ["P"], train, val, settings,
-                        ImputeSettings(rounds=2, keep_best_round=True), tmp_path / "imp", show_progress=False)
+    settings = TrainSettings(
+        epochs=20,
+        warmup_epochs=2,
+        patience=20,
+        batch_wells=16,
+        dropout=0.0,
+        lr=3e-3,
+        projector_dim=16,
+        head_dim=16,
+        seed=0,
+    )
+    result = self_train(
+        store,
+        labels,
+        assays,
+        ["P"],
+        train,
+        val,
+        settings,
+        ImputeSettings(rounds=2, keep_best_round=True),
+        tmp_path / "imp",
+        show_progress=False,
+    )
     imputed = result.imputed
     assert len(imputed) > 20  # dozens of labels (35 at this seed), nearly all correct (below)
     assert np.isin(imputed["well"], train).all()  # never a validation or test well
     known = set(zip(*labels.to_long()[["Metadata_Compound", "assay"]].to_numpy().T))
     assert not any((c, a) in known for c, a in zip(imputed["Metadata_Compound"], imputed["assay"]))
     true = truth.set_index(["Metadata_Compound", "assay"])["label"]
-    hits = [true[(c, a)] == l for c, a, l in zip(imputed["Metadata_Compound"], imputed["assay"], imputed["label"])]
+    hits = [true[(c, a)] == y for c, a, y in zip(imputed["Metadata_Compound"], imputed["assay"], imputed["label"])]
     assert np.mean(hits) > 0.9, np.mean(hits)
     assert set(imputed["round"]) <= {1, 2} and list(result.rounds["round"])[0] == 0
     rounds = result.rounds
@@ -125,18 +159,38 @@ def test_self_training_adds_correct_labels_to_training_wells_only(tmp_path):
     record = json.loads((tmp_path / "imp" / "imputation.json").read_text())
     assert record["summary"]["imputed_labels"] == len(imputed)
     # running again reuses every round's checkpoint and gives the same labels
-    again = self_train(store, labels, assays, ["P"], train, val, settings,
-                       ImputeSettings(rounds=2, keep_best_round=True), tmp_path / "imp", show_progress=False)
+    again = self_train(
+        store,
+        labels,
+        assays,
+        ["P"],
+        train,
+        val,
+        settings,
+        ImputeSettings(rounds=2, keep_best_round=True),
+        tmp_path / "imp",
+        show_progress=False,
+    )
     pd.testing.assert_frame_equal(again.imputed, imputed)
 
 
 def test_last_round_is_kept_by_default(tmp_path):
     store, labels, _, _ = planted_screen(tmp_path / "store", n_compounds=50, density=0.5, seed=1)
     train, val, _ = split(labels, store)
-    settings = TrainSettings(epochs=6, warmup_epochs=1, batch_wells=16, dropout=0.0, lr=3e-3, projector_dim=8,
-                             head_dim=8)
-    result = self_train(store, labels, ["P", "S_related"], ["P"], train, val, settings,
-                        ImputeSettings(rounds=2, min_correct=2), tmp_path / "imp",
-                        show_progress=False)
+    settings = TrainSettings(
+        epochs=6, warmup_epochs=1, batch_wells=16, dropout=0.0, lr=3e-3, projector_dim=8, head_dim=8
+    )
+    result = self_train(
+        store,
+        labels,
+        ["P", "S_related"],
+        ["P"],
+        train,
+        val,
+        settings,
+        ImputeSettings(rounds=2, min_correct=2),
+        tmp_path / "imp",
+        show_progress=False,
+    )
     assert bool(result.rounds["kept"].iloc[-1]) and result.rounds["kept"].sum() == 1
     assert result.summary()["kept_round"] == int(result.rounds["round"].iloc[-1])

@@ -9,7 +9,6 @@ from torch import nn
 from momil.model.heads import HEADS, DSMILHeads, GatedAttentionHeads, masked_softmax
 from momil.model.momil import MoMIL
 
-
 KINDS = sorted(HEADS) + ["dsmil-autograd"]  # DSMIL's hand-written CPU backward, and autograd on the same model
 
 
@@ -142,7 +141,7 @@ class ReferenceDSMIL(nn.Module):
         inst = (hidden @ h.inst_w[t] + h.inst_b[t]).squeeze(-1)
         m = int(inst.argmax())
         q = torch.tanh(hidden @ h.q_w[t] + h.q_b[t])
-        a = torch.softmax(q @ q[m] / h.query_dim ** 0.5, dim=0)
+        a = torch.softmax(q @ q[m] / h.query_dim**0.5, dim=0)
         bag = (a @ hidden) @ h.c_w[t] + h.c_b[t]
         return 0.5 * (torch.sigmoid(bag) + torch.sigmoid(inst[m]))
 
@@ -243,9 +242,11 @@ def test_checkpoints_with_one_parameter_per_weight_still_load(kind):
     now keep one (T, K) table and read such checkpoints into it."""
     torch.manual_seed(6)
     heads = HEADS[kind](n_assays=3, in_dim=5, hidden=4, dropout=0.0).double().eval()
-    names = {"abmil": ["gamma_w", "gamma_b", "v_w", "v_b", "u_w", "u_b", "w_w", "w_b", "c_w", "c_b"],
-             "dsmil": ["gamma_w", "gamma_b", "inst_w", "inst_b", "q_w", "q_b", "c_w", "c_b"],
-             "mean": ["gamma_w", "gamma_b", "c_w", "c_b"]}[kind]
+    names = {
+        "abmil": ["gamma_w", "gamma_b", "v_w", "v_b", "u_w", "u_b", "w_w", "w_b", "c_w", "c_b"],
+        "dsmil": ["gamma_w", "gamma_b", "inst_w", "inst_b", "q_w", "q_b", "c_w", "c_b"],
+        "mean": ["gamma_w", "gamma_b", "c_w", "c_b"],
+    }[kind]
     old = {name: getattr(heads, name).detach().clone().contiguous() for name in names}
     assert old["gamma_w"].shape == (3, 5, 4) and old["c_w"].shape == (3, 4, 1)
     fresh = HEADS[kind](n_assays=3, in_dim=5, hidden=4, dropout=0.0).double().eval()
@@ -268,7 +269,9 @@ def test_fast_dropout_keeps_the_expected_fraction_and_scale():
 def test_masked_softmax():
     scores = torch.tensor([[1.0, 2.0, 3.0]])
     mask = torch.tensor([[True, True, False]])
-    torch.testing.assert_close(masked_softmax(scores, mask), torch.tensor([[1 / (1 + torch.e), torch.e / (1 + torch.e), 0.0]]))
+    torch.testing.assert_close(
+        masked_softmax(scores, mask), torch.tensor([[1 / (1 + torch.e), torch.e / (1 + torch.e), 0.0]])
+    )
 
 
 def test_unknown_head_refused():
@@ -298,8 +301,11 @@ def test_baselines_share_the_pair_interface(kind, tmp_path):
     padded = bags.clone()
     padded[1, 3:] = 1e3
     assert torch.allclose(model.predict(padded, mask), probs, atol=1e-6)
-    assert torch.allclose(model.predict(bags[:, torch.randperm(5)], torch.ones(4, 5, dtype=torch.bool))[[0, 2, 3]],
-                          probs[[0, 2, 3]], atol=1e-5)
+    assert torch.allclose(
+        model.predict(bags[:, torch.randperm(5)], torch.ones(4, 5, dtype=torch.bool))[[0, 2, 3]],
+        probs[[0, 2, 3]],
+        atol=1e-5,
+    )
     # unlabelled wells and assays are not pairs: a batch with extra unlabelled wells gives the same gradient
     target = torch.tensor([1.0])
     model.zero_grad()

@@ -10,8 +10,18 @@ import pytest
 import torch
 
 from momil.imaging.fields import FieldSettings
-from momil.imaging.pretrain import (PretrainSettings, augment, crop_views, dino_loss, ibot_loss, koleo_loss,
-                                    nuclei_centres, pretrain, teacher_targets)
+from momil.imaging.pretrain import (
+    PretrainSettings,
+    augment,
+    crop_views,
+    dino_loss,
+    ibot_loss,
+    koleo_loss,
+    nuclei_centres,
+    pretrain,
+    teacher_targets,
+)
+
 from conftest import render_screen
 
 
@@ -76,7 +86,9 @@ def test_crops_centre_on_nuclei_and_augmentations_keep_channels():
     field[0] = nuclei
     settings = PretrainSettings(global_size=32, local_size=16, local_crops=3)
     globals_, locals_ = crop_views(field, settings, rng)
-    assert [tuple(v.shape) for v in globals_] == [(6, 32, 32)] * 2 and [tuple(v.shape) for v in locals_] == [(6, 16, 16)] * 3
+    assert [tuple(v.shape) for v in globals_] == [(6, 32, 32)] * 2 and [tuple(v.shape) for v in locals_] == [
+        (6, 16, 16)
+    ] * 3
     out = augment(torch.from_numpy(field[:, :32, :32]), rng, blur=True)
     assert out.shape == (6, 32, 32) and float(out.min()) >= 0 and float(out.max()) <= 1
 
@@ -86,8 +98,18 @@ def fields(tmp_path_factory):
     return render_screen(tmp_path_factory.mktemp("fields") / "screen") / "load_data.parquet"
 
 
-SMALL = dict(backbone="vit-tiny", global_size=32, local_size=16, local_crops=1, out_dim=32, epochs=2,
-             batch_fields=4, warmup_epochs=1, teacher_temp_epochs=1, device="cpu")
+SMALL = dict(
+    backbone="vit-tiny",
+    global_size=32,
+    local_size=16,
+    local_crops=1,
+    out_dim=32,
+    epochs=2,
+    batch_fields=4,
+    warmup_epochs=1,
+    teacher_temp_epochs=1,
+    device="cpu",
+)
 FIELD = FieldSettings(size=64, tile=32, stride=32)
 
 
@@ -114,11 +136,23 @@ def test_a_short_dinov2_run_lowers_its_loss(tmp_path):
     """Six epochs of DINOv2 (Sinkhorn-Knopp targets, iBOT, KoLeo) on rendered fields dense with cells: the
     epoch loss falls (about 11.9 -> 11.2 here; README "Pretraining" gives what 5 CPU minutes reach)."""
     screen = render_screen(tmp_path / "screen", n_compounds=12, image_size=128, instances=64, sites=2)
-    settings = PretrainSettings(method="dinov2", backbone="vit-tiny", global_size=64, local_size=32, local_crops=2,
-                                out_dim=256, epochs=6, batch_fields=8, lr=0.016, warmup_epochs=1,
-                                teacher_temp_epochs=0, device="cpu")
-    summary = pretrain(screen / "load_data.parquet", tmp_path / "fm", FieldSettings(size=128), settings,
-                       show_progress=False)
+    settings = PretrainSettings(
+        method="dinov2",
+        backbone="vit-tiny",
+        global_size=64,
+        local_size=32,
+        local_crops=2,
+        out_dim=256,
+        epochs=6,
+        batch_fields=8,
+        lr=0.016,
+        warmup_epochs=1,
+        teacher_temp_epochs=0,
+        device="cpu",
+    )
+    summary = pretrain(
+        screen / "load_data.parquet", tmp_path / "fm", FieldSettings(size=128), settings, show_progress=False
+    )
     history = pd.read_csv(tmp_path / "fm" / "history.csv")
     assert len(history) == 6 and summary["last_loss"] < summary["first_loss"] - 0.3, history
     assert history["loss"].iloc[3:].max() < history["loss"].iloc[0]
@@ -139,18 +173,32 @@ def test_pretraining_on_the_real_fields_lowers_its_loss(tmp_path):
 
     index = pd.concat([common(phenix_load_data(), PHENIX), common(bray_load_data(), BRAY)], ignore_index=True)
     index.to_parquet(tmp_path / "load_data.parquet")
-    settings = PretrainSettings(method="dinov2", backbone="vit-tiny", global_size=128, local_size=48,
-                                local_crops=2, out_dim=256, epochs=8, batch_fields=1, lr=0.016, warmup_epochs=1,
-                                teacher_temp_epochs=0, device="cpu")
-    summary = pretrain(tmp_path / "load_data.parquet", tmp_path / "fm", FieldSettings(size=256), settings,
-                       show_progress=False)
+    settings = PretrainSettings(
+        method="dinov2",
+        backbone="vit-tiny",
+        global_size=128,
+        local_size=48,
+        local_crops=2,
+        out_dim=256,
+        epochs=8,
+        batch_fields=1,
+        lr=0.016,
+        warmup_epochs=1,
+        teacher_temp_epochs=0,
+        device="cpu",
+    )
+    summary = pretrain(
+        tmp_path / "load_data.parquet", tmp_path / "fm", FieldSettings(size=256), settings, show_progress=False
+    )
     history = pd.read_csv(tmp_path / "fm" / "history.csv")
     assert summary["fields"] == 2 and summary["last_loss"] < summary["first_loss"] - 0.2, history
     assert (history["loss"].iloc[4:] < history["loss"].iloc[0]).all()
 
 
-@pytest.mark.parametrize("bad, message", [({"centering": "median"}, "centering must be"),
-                                          ({"sinkhorn_iterations": 0}, "--sinkhorn-iterations must be")])
+@pytest.mark.parametrize(
+    "bad, message",
+    [({"centering": "median"}, "centering must be"), ({"sinkhorn_iterations": 0}, "--sinkhorn-iterations must be")],
+)
 def test_bad_pretraining_settings_are_refused(fields, tmp_path, bad, message):
     from momil.errors import MomilError
 
@@ -163,15 +211,62 @@ def test_pretrain_then_extract_from_the_shell(fields, tmp_path, capsys):
     from momil.cli import main
     from momil.io.store import InstanceStore
 
-    code = main(["pretrain", "--load-data", str(fields), "--out", str(tmp_path / "fm"), "--method", "dino",
-                 "--backbone", "vit-tiny", "--size", "64", "--global-size", "32", "--local-size", "16",
-                 "--local-crops", "1", "--out-dim", "32", "--epochs", "1", "--batch-fields", "4", "--device", "cpu",
-                 "--quiet"])
+    code = main(
+        [
+            "pretrain",
+            "--load-data",
+            str(fields),
+            "--out",
+            str(tmp_path / "fm"),
+            "--method",
+            "dino",
+            "--backbone",
+            "vit-tiny",
+            "--size",
+            "64",
+            "--global-size",
+            "32",
+            "--local-size",
+            "16",
+            "--local-crops",
+            "1",
+            "--out-dim",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-fields",
+            "4",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert code == 0 and "backbone.pt" in capsys.readouterr().out
-    code = main(["extract", "--load-data", str(fields), "--wells", str(fields.parent / "wells.parquet"), "--out",
-                 str(tmp_path / "store"), "--backbone", "vit-tiny", "--weights", str(tmp_path / "fm" / "backbone.pt"),
-                 "--size", "64", "--tile", "32", "--stride", "32", "--no-drop-background", "--device", "cpu",
-                 "--quiet"])
+    code = main(
+        [
+            "extract",
+            "--load-data",
+            str(fields),
+            "--wells",
+            str(fields.parent / "wells.parquet"),
+            "--out",
+            str(tmp_path / "store"),
+            "--backbone",
+            "vit-tiny",
+            "--weights",
+            str(tmp_path / "fm" / "backbone.pt"),
+            "--size",
+            "64",
+            "--tile",
+            "32",
+            "--stride",
+            "32",
+            "--no-drop-background",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     assert code == 0
     store = InstanceStore(tmp_path / "store")
     assert store.n_instances == 4 * store.n_wells and np.isfinite(store.features).all()

@@ -22,8 +22,16 @@ def _store(path, informative: bool):
             bag = rng.normal(size=(5, 4))
             if informative:
                 bag[:, 0] += 3.0 * label
-            writer.add_bag({"Metadata_Plate": "P", "Metadata_Well": f"W{c:03d}", "Metadata_Batch": "b",
-                            "Metadata_Compound": f"c{c}", "Metadata_ControlType": "trt"}, bag)
+            writer.add_bag(
+                {
+                    "Metadata_Plate": "P",
+                    "Metadata_Well": f"W{c:03d}",
+                    "Metadata_Batch": "b",
+                    "Metadata_Compound": f"c{c}",
+                    "Metadata_ControlType": "trt",
+                },
+                bag,
+            )
     return InstanceStore(path), pd.Series(classes)
 
 
@@ -41,8 +49,11 @@ def test_probe_tells_informative_features_from_noise(tmp_path):
 
 
 def test_simulated_compound_classes(tmp_path):
-    simulate(tmp_path / "s", SimulateSettings(n_compounds=30, n_assays=4, n_primary=2, n_targets=3, instances=4,
-                                              replicates=1), show_progress=False)
+    simulate(
+        tmp_path / "s",
+        SimulateSettings(n_compounds=30, n_assays=4, n_primary=2, n_targets=3, instances=4, replicates=1),
+        show_progress=False,
+    )
     classes = compound_classes(tmp_path / "s")
     potency = pd.read_parquet(tmp_path / "s" / "truth" / "compound_potency.parquet").set_index("Metadata_Compound")
     assert len(classes) == 30 and set(classes) <= {"inactive", "target_0", "target_1", "target_2"}
@@ -55,21 +66,28 @@ def test_simulated_compound_classes(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:no --weights")
 def test_compare_backbones_extracts_once_per_backbone_and_probes_every_target(tmp_path):
-    from conftest import render_screen
     from momil.imaging.extract import ExtractSettings
     from momil.imaging.fields import FieldSettings
     from momil.imaging.probe import compare_backbones
     from momil.provenance import safe_name
 
+    from conftest import render_screen
+
     screen = render_screen(tmp_path / "screen", n_compounds=20, hit_rate=0.5)
     classes = compound_classes(screen)
     active = (classes != "inactive").astype(int)
     assert active.value_counts().min() >= 3
-    table = compare_backbones(screen / "load_data.parquet", screen / "wells.parquet",
-                              {"random": "", "random again": ""}, {"active": active}, tmp_path,
-                              FieldSettings(size=64, tile=32, stride=32, drop_background=False),
-                              ExtractSettings(backbone="vit-tiny", batch_tiles=8, dtype="float32", device="cpu"),
-                              cs=(0.1, 1.0), folds=3)
+    table = compare_backbones(
+        screen / "load_data.parquet",
+        screen / "wells.parquet",
+        {"random": "", "random again": ""},
+        {"active": active},
+        tmp_path,
+        FieldSettings(size=64, tile=32, stride=32, drop_background=False),
+        ExtractSettings(backbone="vit-tiny", batch_tiles=8, dtype="float32", device="cpu"),
+        cs=(0.1, 1.0),
+        folds=3,
+    )
     assert list(table.columns) == ["features", "target", "C", "wells", "classes", "accuracy", "majority", "roc_auc"]
     assert table["features"].tolist() == ["random"] * 2 + ["random again"] * 2
     assert (table["wells"] == 20).all() and (table["classes"] == 2).all()
@@ -87,8 +105,23 @@ def test_probe_from_the_shell(tmp_path, capsys):
     table = tmp_path / "classes.csv"
     classes.rename("moa").rename_axis("Metadata_Compound").reset_index().to_csv(table, index=False)
     out = tmp_path / "probe.parquet"
-    code = main(["probe", "--store", str(tmp_path / "good"), "--store", str(tmp_path / "noise"), "--classes",
-                 str(table), "--class-column", "moa", "--c", "0.1,1", "--out", str(out)])
+    code = main(
+        [
+            "probe",
+            "--store",
+            str(tmp_path / "good"),
+            "--store",
+            str(tmp_path / "noise"),
+            "--classes",
+            str(table),
+            "--class-column",
+            "moa",
+            "--c",
+            "0.1,1",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     frame = pd.read_parquet(out)
     assert frame["store"].tolist() == [str(tmp_path / "good")] * 2 + [str(tmp_path / "noise")] * 2
@@ -99,8 +132,21 @@ def test_probe_from_the_shell(tmp_path, capsys):
     bad = tmp_path / "bad.parquet"
     code = main(["probe", "--store", str(tmp_path / "good"), "--classes", str(table), "--out", str(bad)])
     assert code == 2 and "missing required column(s) class" in capsys.readouterr().err and not bad.exists()
-    code = main(["probe", "--store", str(tmp_path / "good"), "--store", str(tmp_path / "nowhere"), "--classes",
-                 str(table), "--class-column", "moa", "--out", str(bad)])
+    code = main(
+        [
+            "probe",
+            "--store",
+            str(tmp_path / "good"),
+            "--store",
+            str(tmp_path / "nowhere"),
+            "--classes",
+            str(table),
+            "--class-column",
+            "moa",
+            "--out",
+            str(bad),
+        ]
+    )
     assert code == 2 and "nowhere" in capsys.readouterr().err and not bad.exists()
     code = main(["probe", "--store", str(tmp_path / "good"), "--class-column", "moa"])
     assert code == 2 and "--simulated" in capsys.readouterr().err

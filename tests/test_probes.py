@@ -13,8 +13,9 @@ from momil.splits import rotation, rotation_compounds
 from momil.train import TrainSettings, fit, save_model
 from test_selection import planted_screen
 
-TRAIN = TrainSettings(epochs=15, warmup_epochs=1, patience=15, batch_wells=16, dropout=0.0, lr=3e-3, projector_dim=16,
-                      head_dim=16)
+TRAIN = TrainSettings(
+    epochs=15, warmup_epochs=1, patience=15, batch_wells=16, dropout=0.0, lr=3e-3, projector_dim=16, head_dim=16
+)
 
 
 def _folds(labels, k=5):
@@ -35,11 +36,26 @@ def test_probes_transfer_to_a_related_unseen_assay(tmp_path):
     for k in (0, 1):  # models on P and S_other only: S_shared_gene and S_noise are unseen
         parts = rotation_compounds(folds, rotation(k, 5))
         pairs = WellPairs.build(store.wells, labels, ["P", "S_other"])
-        result = fit(store, pairs, wells_of(store.wells, parts["train"]), wells_of(store.wells, parts["val"]),
-                     np.array([True, False]), TRAIN, show_progress=False)
+        result = fit(
+            store,
+            pairs,
+            wells_of(store.wells, parts["train"]),
+            wells_of(store.wells, parts["val"]),
+            np.array([True, False]),
+            TRAIN,
+            show_progress=False,
+        )
         paths[k] = save_model(tmp_path / f"rot{k}.pt", result.model)
-    table = probe_unseen(store, labels, folds, paths, {"S_shared_gene": "P", "S_noise": "P"},
-                         ProbeSettings(shots="5,all", repeats=4), TRAIN, tmp_path / "work")
+    table = probe_unseen(
+        store,
+        labels,
+        folds,
+        paths,
+        {"S_shared_gene": "P", "S_noise": "P"},
+        ProbeSettings(shots="5,all", repeats=4),
+        TRAIN,
+        tmp_path / "work",
+    )
     t = table.set_index(["assay", "source", "shots"])["auc_mean"]
     # the primary head knows target A, which S_shared_gene reads: a few shots suffice; S_noise stays near chance
     assert t[("S_shared_gene", "probe", 5)] > 0.85 and t[("S_shared_gene", "probe", "all")] > 0.9
@@ -53,8 +69,13 @@ def test_probes_transfer_to_a_related_unseen_assay(tmp_path):
 
 def test_choose_unseen_takes_associated_unselected_assays(tmp_path):
     store, labels, _, _ = planted_screen(tmp_path / "store", n_compounds=30)
-    table = pd.DataFrame({"assay": ["S_related", "S_shared_gene", "S_noise", "S_unrelated"],
-                          "bio_kept": [True, True, True, False], "bio_primary": ["P", "P", "P", ""],
-                          "selected": [True, False, False, False]})
+    table = pd.DataFrame(
+        {
+            "assay": ["S_related", "S_shared_gene", "S_noise", "S_unrelated"],
+            "bio_kept": [True, True, True, False],
+            "bio_primary": ["P", "P", "P", ""],
+            "selected": [True, False, False, False],
+        }
+    )
     chosen = choose_unseen([table], labels, limit=5)
     assert chosen == {"S_shared_gene": "P", "S_noise": "P"}

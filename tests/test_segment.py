@@ -6,19 +6,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import render_screen
 from momil.cli import main
 from momil.imaging.fields import FieldSettings, channel_map, read_field
 from momil.imaging.segment import SegmentSettings, measure_cells, segment_field
 from momil.io.store import InstanceStore
+
+from conftest import render_screen
 from test_fields import PHENIX, phenix_load_data
 
 CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
 
 
 def disc(shape, centre, radius):
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
-    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
 
 
 def test_two_cells_by_hand():
@@ -53,8 +54,21 @@ def test_real_field_gives_plausible_cells():
 
 def test_cells_from_rendered_images_to_a_store(tmp_path, capsys):
     render_screen(tmp_path / "s", n_compounds=3, image_size=128, instances=12)
-    assert main(["cells", "--load-data", str(tmp_path / "s" / "load_data.parquet"), "--out",
-                 str(tmp_path / "cells.parquet"), "--size", "0", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "cells",
+                "--load-data",
+                str(tmp_path / "s" / "load_data.parquet"),
+                "--out",
+                str(tmp_path / "cells.parquet"),
+                "--size",
+                "0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "cells x" in capsys.readouterr().out
     cells = pd.read_parquet(tmp_path / "cells.parquet")
     assert len(cells) > 0 and {"Metadata_Plate", "Metadata_Well", "Metadata_Site"} <= set(cells.columns)
@@ -62,7 +76,20 @@ def test_cells_from_rendered_images_to_a_store(tmp_path, capsys):
     have = set(zip(cells["Metadata_Plate"], cells["Metadata_Well"]))
     wells = wells[[k in have for k in zip(wells["Metadata_Plate"], wells["Metadata_Well"])]]
     wells.to_parquet(tmp_path / "wells.parquet")
-    assert main(["ingest", "--instances", str(tmp_path / "cells.parquet"), "--wells", str(tmp_path / "wells.parquet"),
-                 "--out", str(tmp_path / "store"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "ingest",
+                "--instances",
+                str(tmp_path / "cells.parquet"),
+                "--wells",
+                str(tmp_path / "wells.parquet"),
+                "--out",
+                str(tmp_path / "store"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert InstanceStore(tmp_path / "store").n_instances == len(cells)
     assert main(["cells", "--out", str(tmp_path / "x.parquet")]) == 2

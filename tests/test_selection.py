@@ -25,8 +25,13 @@ PLANTED = {
     "S_other": ("B", "secondary", "SOS1"),  # associated, learnable, but reads another target: fails influence
     "S_no_genes": ("A", "secondary", ""),  # no target genes
 }
-ASSOCIATIONS = pd.DataFrame({"gene_a": ["EGFR", "EGFR", "EGFR", "GRB2"], "gene_b": ["ERBB2", "GRB2", "SOS1", "SOS1"],
-                             "score": [0.9, 0.8, 0.75, 0.99]})
+ASSOCIATIONS = pd.DataFrame(
+    {
+        "gene_a": ["EGFR", "EGFR", "EGFR", "GRB2"],
+        "gene_b": ["ERBB2", "GRB2", "SOS1", "SOS1"],
+        "score": [0.9, 0.8, 0.75, 0.99],
+    }
+)
 
 
 def planted_screen(path, n_compounds=90, per_well=12, dim=8, seed=0, density=1.0):
@@ -43,8 +48,16 @@ def planted_screen(path, n_compounds=90, per_well=12, dim=8, seed=0, density=1.0
                     bag[:3, 0] += 12.0
                 if active["B"][c]:
                     bag[3:6, 1] += 12.0
-                writer.add_bag({"Metadata_Plate": f"P{r}", "Metadata_Well": f"W{c:04d}", "Metadata_Batch": "b",
-                                "Metadata_Compound": f"c{c:03d}", "Metadata_ControlType": "trt"}, bag)
+                writer.add_bag(
+                    {
+                        "Metadata_Plate": f"P{r}",
+                        "Metadata_Well": f"W{c:04d}",
+                        "Metadata_Batch": "b",
+                        "Metadata_Compound": f"c{c:03d}",
+                        "Metadata_ControlType": "trt",
+                    },
+                    bag,
+                )
     rows, truth = [], []
     for name, (target, _, _) in PLANTED.items():
         values = active[target] if target else rng.random(n_compounds) < 0.5
@@ -54,15 +67,20 @@ def planted_screen(path, n_compounds=90, per_well=12, dim=8, seed=0, density=1.0
                 rows.append(truth[-1])
     columns = ["Metadata_Compound", "assay", "label"]
     labels = LabelMatrix.from_long(pd.DataFrame(rows, columns=columns))
-    assays = pd.DataFrame({"assay": list(PLANTED), "role": [v[1] for v in PLANTED.values()],
-                           "target_genes": [v[2] for v in PLANTED.values()]})
+    assays = pd.DataFrame(
+        {
+            "assay": list(PLANTED),
+            "role": [v[1] for v in PLANTED.values()],
+            "target_genes": [v[2] for v in PLANTED.values()],
+        }
+    )
     return InstanceStore(path), labels, assays, pd.DataFrame(truth, columns=columns)
 
 
 def split(labels, store):
     compounds = list(labels.compounds)
     n = len(compounds)
-    parts = compounds[:int(0.6 * n)], compounds[int(0.6 * n):int(0.8 * n)], compounds[int(0.8 * n):]
+    parts = compounds[: int(0.6 * n)], compounds[int(0.6 * n) : int(0.8 * n)], compounds[int(0.8 * n) :]
     return [wells_of(store.wells, p) for p in parts]
 
 
@@ -85,8 +103,9 @@ def test_biological_similarity_is_the_best_gene_pair():
 def test_selection_keeps_related_and_drops_unrelated(tmp_path):
     store, labels, assays, _ = planted_screen(tmp_path / "store")
     train, val, test = split(labels, store)
-    result = select_assays(store, labels, assays, ASSOCIATIONS, train, val, tmp_path / "sel", SETTINGS, FAST,
-                           show_progress=False)
+    result = select_assays(
+        store, labels, assays, ASSOCIATIONS, train, val, tmp_path / "sel", SETTINGS, FAST, show_progress=False
+    )
     table = result.table.set_index("assay")
     assert set(result.selected) == {"S_related", "S_shared_gene"}, table
     assert table.loc["S_unrelated", "reason"].startswith("association 0.00")
@@ -104,20 +123,41 @@ def test_selection_keeps_related_and_drops_unrelated(tmp_path):
     with pytest.raises(MomilError, match="other training/validation wells"):
         load_selection(tmp_path / "sel", val, train)
     # running again reuses the single-assay models and gives the same table
-    again = select_assays(store, labels, assays, ASSOCIATIONS, train, val, tmp_path / "sel", SETTINGS, FAST,
-                          show_progress=False)
+    again = select_assays(
+        store, labels, assays, ASSOCIATIONS, train, val, tmp_path / "sel", SETTINGS, FAST, show_progress=False
+    )
     pd.testing.assert_frame_equal(again.table, result.table)
 
 
 def test_stages_run_alone(tmp_path):
     store, labels, assays, _ = planted_screen(tmp_path / "store", n_compounds=40)
     train, val, _ = split(labels, store)
-    bio_only = select_assays(store, labels, assays, ASSOCIATIONS, train, val, tmp_path / "bio",
-                             SelectSettings(stages="biology", th_bio=0.7), FAST, show_progress=False)
+    bio_only = select_assays(
+        store,
+        labels,
+        assays,
+        ASSOCIATIONS,
+        train,
+        val,
+        tmp_path / "bio",
+        SelectSettings(stages="biology", th_bio=0.7),
+        FAST,
+        show_progress=False,
+    )
     assert set(bio_only.selected) == {"S_related", "S_shared_gene", "S_noise", "S_other"}
     assert not (tmp_path / "bio" / "stl").exists()  # no model was trained for the biology stage
-    keep = select_assays(store, labels, assays, ASSOCIATIONS, train, val, tmp_path / "keep",
-                         SelectSettings(stages="biology", keep_without_genes=True), FAST, show_progress=False)
+    keep = select_assays(
+        store,
+        labels,
+        assays,
+        ASSOCIATIONS,
+        train,
+        val,
+        tmp_path / "keep",
+        SelectSettings(stages="biology", keep_without_genes=True),
+        FAST,
+        show_progress=False,
+    )
     assert "S_no_genes" in keep.selected
     with pytest.raises(MomilError, match="needs protein associations"):
         select_assays(store, labels, assays, None, train, val, tmp_path / "x", SelectSettings(), FAST)
@@ -139,9 +179,19 @@ def test_selection_sees_only_training_and_validation_wells(tmp_path, monkeypatch
         def spy(store_, wells, *args, _real=real, **kwargs):
             loaded.append(np.asarray(wells).copy())
             return _real(store_, wells, *args, **kwargs)
+
         monkeypatch.setattr(module, "load_bags", spy)
-    select_assays(store, labels, assays, ASSOCIATIONS, train, val, tmp_path / "sel",
-                  SelectSettings(stl_head_dim=8), TrainSettings(epochs=2, warmup_epochs=0, batch_wells=16),
-                  show_progress=False)
+    select_assays(
+        store,
+        labels,
+        assays,
+        ASSOCIATIONS,
+        train,
+        val,
+        tmp_path / "sel",
+        SelectSettings(stl_head_dim=8),
+        TrainSettings(epochs=2, warmup_epochs=0, batch_wells=16),
+        show_progress=False,
+    )
     seen = np.unique(np.concatenate(loaded))
     assert len(seen) and not np.isin(seen, test).any()

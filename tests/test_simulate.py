@@ -6,14 +6,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from momil.io.contract import (InstanceSource, read_assays, read_associations, read_compounds, read_labels,
-                               read_load_data, read_wells)
+from momil.io.contract import (
+    InstanceSource,
+    read_assays,
+    read_associations,
+    read_compounds,
+    read_labels,
+    read_load_data,
+    read_wells,
+)
 from momil.simulate import SimulateSettings, hti_cnn_labels, real_platemap, simulate
 
 
 def small(**kw) -> SimulateSettings:
-    base = dict(n_compounds=30, replicates=2, negcon_per_plate=8, dim=8, instances=10, n_assays=12, n_targets=8,
-                n_primary=4)
+    base = dict(
+        n_compounds=30, replicates=2, negcon_per_plate=8, dim=8, instances=10, n_assays=12, n_targets=8, n_primary=4
+    )
     base.update(kw)
     return SimulateSettings(**base)
 
@@ -45,8 +53,7 @@ def test_same_seed_same_screen(tmp_path):
 
 
 def test_replicates_on_different_plates_and_real_negcon_positions(tmp_path):
-    simulate(tmp_path / "s", small(n_compounds=400, replicates=3, negcon_per_plate=0, n_batches=3),
-             show_progress=False)
+    simulate(tmp_path / "s", small(n_compounds=400, replicates=3, negcon_per_plate=0, n_batches=3), show_progress=False)
     wells = read_wells(tmp_path / "s" / "wells.parquet")
     trt = wells[wells["Metadata_ControlType"] == "trt"]
     per_compound = trt.groupby("Metadata_Compound")["Metadata_Plate"].agg(["count", "nunique"])
@@ -61,8 +68,9 @@ def test_replicates_on_different_plates_and_real_negcon_positions(tmp_path):
 
 
 def test_hti_cnn_overlay_keeps_the_real_pattern(tmp_path):
-    summary = simulate(tmp_path / "s", small(mode="hti-cnn", n_compounds=150, n_targets=10, n_primary=6),
-                       show_progress=False)
+    summary = simulate(
+        tmp_path / "s", small(mode="hti-cnn", n_compounds=150, n_targets=10, n_primary=6), show_progress=False
+    )
     labels = read_labels(tmp_path / "s" / "labels.parquet")
     real = hti_cnn_labels()
     kept = real.subset_compounds(labels.compounds)
@@ -99,13 +107,13 @@ def test_only_a_fraction_of_instances_respond(tmp_path):
     fraction = per_well.sum() / (len(active_wells) * 40)
     assert 0.15 < fraction < 0.25
     inactive_wells = set(zip(wells["Metadata_Plate"], wells["Metadata_Well"])) - set(
-        zip(active_wells["Metadata_Plate"], active_wells["Metadata_Well"]))
+        zip(active_wells["Metadata_Plate"], active_wells["Metadata_Well"])
+    )
     assert not inactive_wells & set(per_well.index)  # DMSO and inactive compounds have no responders
 
 
 def test_related_assays_share_targets_and_genes(tmp_path):
-    simulate(tmp_path / "s", small(n_assays=20, n_targets=8, n_primary=4, unrelated_fraction=0.25),
-             show_progress=False)
+    simulate(tmp_path / "s", small(n_assays=20, n_targets=8, n_primary=4, unrelated_fraction=0.25), show_progress=False)
     assays = pd.read_parquet(tmp_path / "s" / "truth" / "assays.parquet")
     assoc = read_associations(tmp_path / "s" / "associations.parquet")
     score = {(a, b): s for a, b, s in zip(assoc["gene_a"], assoc["gene_b"], assoc["score"])}
@@ -130,8 +138,11 @@ def test_related_assays_share_targets_and_genes(tmp_path):
 def test_rendered_images(tmp_path):
     import tifffile
 
-    simulate(tmp_path / "s", small(n_compounds=4, replicates=1, negcon_per_plate=2, render_images=True,
-                                   image_size=48, sites=2, instances=6), show_progress=False)
+    simulate(
+        tmp_path / "s",
+        small(n_compounds=4, replicates=1, negcon_per_plate=2, render_images=True, image_size=48, sites=2, instances=6),
+        show_progress=False,
+    )
     table, channels = read_load_data(tmp_path / "s" / "load_data.parquet")
     assert channels == ["OrigDNA", "OrigER", "OrigRNA", "OrigAGP", "OrigMito"]
     assert len(table) == 6 * 2

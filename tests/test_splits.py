@@ -8,11 +8,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import shared
 from momil.errors import MomilError
 from momil.io.contract import LabelMatrix
-from momil.splits import (SplitSettings, butina_clusters, make_folds, morgan_bits, pack_clusters, parse_smiles,
-                          rotation, rotation_compounds, rotations, scaffold_clusters, tanimoto_neighbours)
+from momil.splits import (
+    SplitSettings,
+    butina_clusters,
+    make_folds,
+    morgan_bits,
+    pack_clusters,
+    parse_smiles,
+    rotation,
+    rotation_compounds,
+    rotations,
+    scaffold_clusters,
+    tanimoto_neighbours,
+)
+
+from conftest import shared
 
 
 def real_smiles(n=None):
@@ -61,11 +73,17 @@ def test_pack_clusters_balances_labels():
 def test_folds_on_real_compounds_are_balanced_and_deterministic():
     frame = real_smiles(600)
     compounds = frame["inchikey"].tolist()
-    structures = pd.DataFrame({"Metadata_Compound": compounds, "Metadata_SMILES": frame["smiles"].tolist(),
-                               "Metadata_InChIKey": compounds})
+    structures = pd.DataFrame(
+        {"Metadata_Compound": compounds, "Metadata_SMILES": frame["smiles"].tolist(), "Metadata_InChIKey": compounds}
+    )
     rng = np.random.default_rng(1)
-    long = pd.DataFrame({"Metadata_Compound": rng.choice(compounds, 3000), "assay": rng.choice(["a", "b", "c"], 3000),
-                         "label": rng.integers(0, 2, 3000)}).drop_duplicates(["Metadata_Compound", "assay"])
+    long = pd.DataFrame(
+        {
+            "Metadata_Compound": rng.choice(compounds, 3000),
+            "assay": rng.choice(["a", "b", "c"], 3000),
+            "label": rng.integers(0, 2, 3000),
+        }
+    ).drop_duplicates(["Metadata_Compound", "assay"])
     labels = LabelMatrix.from_long(long)
     folds = make_folds(compounds, structures, labels, SplitSettings(cutoff=0.6), show_progress=False)
     again = make_folds(compounds, structures, labels, SplitSettings(cutoff=0.6), show_progress=False)
@@ -83,9 +101,13 @@ def test_folds_on_real_compounds_are_balanced_and_deterministic():
 
 def test_compounds_without_structure_hash_with_warning():
     compounds = ["a", "b", "c", "d"]
-    structures = pd.DataFrame({"Metadata_Compound": compounds, "Metadata_SMILES": ["CCO", None, "not a smiles", None],
-                               "Metadata_InChIKey": [None, "AAAAAAAAAAAAAA-BBBBBBBBBB-N", None,
-                                                     "AAAAAAAAAAAAAA-CCCCCCCCCC-N"]})
+    structures = pd.DataFrame(
+        {
+            "Metadata_Compound": compounds,
+            "Metadata_SMILES": ["CCO", None, "not a smiles", None],
+            "Metadata_InChIKey": [None, "AAAAAAAAAAAAAA-BBBBBBBBBB-N", None, "AAAAAAAAAAAAAA-CCCCCCCCCC-N"],
+        }
+    )
     with pytest.warns(UserWarning, match=r"3 of 4 compounds have no usable structure \(1 SMILES could not be parsed\)"):
         folds = make_folds(compounds, structures, settings=SplitSettings(n_folds=3), show_progress=False)
     by = folds.set_index("Metadata_Compound")

@@ -13,8 +13,13 @@ from momil.io.store import InstanceStore, StoreWriter
 
 
 def well(plate, name, compound="C1", control="trt"):
-    return {"Metadata_Plate": plate, "Metadata_Well": name, "Metadata_Batch": "B1",
-            "Metadata_Compound": compound, "Metadata_ControlType": control}
+    return {
+        "Metadata_Plate": plate,
+        "Metadata_Well": name,
+        "Metadata_Batch": "B1",
+        "Metadata_Compound": compound,
+        "Metadata_ControlType": control,
+    }
 
 
 def test_bags_round_trip_and_are_views(tmp_path):
@@ -22,8 +27,7 @@ def test_bags_round_trip_and_are_views(tmp_path):
     bags = [rng.normal(size=(n, 3)).astype(np.float32) for n in (2, 5, 1)]
     with StoreWriter.create(tmp_path / "s", dim=3, feature_names=["a", "b", "c"]) as writer:
         for i, bag in enumerate(bags):
-            writer.add_bag(well("P1", f"A0{i + 1}"), bag,
-                           meta=pd.DataFrame({"Metadata_Site": np.arange(len(bag)) + 1}))
+            writer.add_bag(well("P1", f"A0{i + 1}"), bag, meta=pd.DataFrame({"Metadata_Site": np.arange(len(bag)) + 1}))
     store = InstanceStore(tmp_path / "s")
     assert store.n_wells == 3 and store.n_instances == 8 and store.feature_names == ["a", "b", "c"]
     for i, bag in enumerate(bags):

@@ -44,8 +44,16 @@ def needle_screen(path, n_compounds=120, per_well=30, dim=8, responders=2, seed=
                 bag += rng.normal(scale=3.0) * direction  # nuisance shift of the whole well along the signal
                 if active[c]:
                     bag[:responders, 0] += 8.0
-                writer.add_bag({"Metadata_Plate": f"P{r}", "Metadata_Well": f"W{c:04d}", "Metadata_Batch": "b",
-                                "Metadata_Compound": f"c{c}", "Metadata_ControlType": "trt"}, bag)
+                writer.add_bag(
+                    {
+                        "Metadata_Plate": f"P{r}",
+                        "Metadata_Well": f"W{c:04d}",
+                        "Metadata_Batch": "b",
+                        "Metadata_Compound": f"c{c}",
+                        "Metadata_ControlType": "trt",
+                    },
+                    bag,
+                )
             rows.append((f"c{c}", "needle", int(active[c])))
     labels = LabelMatrix.from_long(pd.DataFrame(rows, columns=["Metadata_Compound", "assay", "label"]))
     return InstanceStore(path), labels
@@ -53,8 +61,11 @@ def needle_screen(path, n_compounds=120, per_well=30, dim=8, responders=2, seed=
 
 def _split(labels):
     compounds = labels.compounds
-    return compounds[: int(0.6 * len(compounds))], compounds[int(0.6 * len(compounds)): int(0.8 * len(compounds))], \
-        compounds[int(0.8 * len(compounds)):]
+    return (
+        compounds[: int(0.6 * len(compounds))],
+        compounds[int(0.6 * len(compounds)) : int(0.8 * len(compounds))],
+        compounds[int(0.8 * len(compounds)) :],
+    )
 
 
 def test_attention_beats_chance_and_mean_pooling(tmp_path):
@@ -64,8 +75,18 @@ def test_attention_beats_chance_and_mean_pooling(tmp_path):
     train, val, test = (wells_of(store.wells, c) for c in (train_c, val_c, test_c))
     scores = {}
     for head in ("dsmil", "abmil", "mean"):
-        settings = TrainSettings(head=head, projector_dim=16, head_dim=16, dropout=0.0, lr=3e-3, epochs=40,
-                                 warmup_epochs=2, patience=40, batch_wells=16, seed=0)
+        settings = TrainSettings(
+            head=head,
+            projector_dim=16,
+            head_dim=16,
+            dropout=0.0,
+            lr=3e-3,
+            epochs=40,
+            warmup_epochs=2,
+            patience=40,
+            batch_wells=16,
+            seed=0,
+        )
         result = fit(store, pairs, train, val, np.array([True]), settings, show_progress=False)
         bags, mask = load_bags(store, test)
         prob = result.model.predict(bags, mask).numpy()[:, 0]
@@ -81,8 +102,9 @@ def test_resume_gives_the_same_numbers(tmp_path):
     pairs = WellPairs.build(store.wells, labels, ["needle"])
     train_c, val_c, _ = _split(labels)
     train, val = wells_of(store.wells, train_c), wells_of(store.wells, val_c)
-    settings = TrainSettings(projector_dim=8, head_dim=8, lr=1e-2, epochs=6, warmup_epochs=2, patience=100,
-                             batch_wells=8, seed=3)
+    settings = TrainSettings(
+        projector_dim=8, head_dim=8, lr=1e-2, epochs=6, warmup_epochs=2, patience=100, batch_wells=8, seed=3
+    )
     whole = fit(store, pairs, train, val, np.array([True]), settings, tmp_path / "whole", show_progress=False)
 
     class Killed(Exception):
@@ -92,13 +114,23 @@ def test_resume_gives_the_same_numbers(tmp_path):
         def callback(epoch):
             if epoch == epoch_to_die:
                 raise Killed
+
         return callback
 
     for die in (0, 3):
         folder = tmp_path / f"killed{die}"
         with pytest.raises(Killed):
-            fit(store, pairs, train, val, np.array([True]), settings, folder, show_progress=False,
-                on_epoch_end=kill_at(die))
+            fit(
+                store,
+                pairs,
+                train,
+                val,
+                np.array([True]),
+                settings,
+                folder,
+                show_progress=False,
+                on_epoch_end=kill_at(die),
+            )
         resumed = fit(store, pairs, train, val, np.array([True]), settings, folder, show_progress=False)
         assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
         assert [h["val_auc"] for h in resumed.history] == [h["val_auc"] for h in whole.history]
@@ -110,11 +142,27 @@ def test_checkpoint_from_other_settings_refused(tmp_path):
     store, labels = needle_screen(tmp_path / "store", n_compounds=10, per_well=4)
     pairs = WellPairs.build(store.wells, labels, ["needle"])
     wells = wells_of(store.wells, labels.compounds)
-    fit(store, pairs, wells, wells, np.array([True]), TrainSettings(epochs=1, projector_dim=4, head_dim=4),
-        tmp_path / "ck", show_progress=False)
+    fit(
+        store,
+        pairs,
+        wells,
+        wells,
+        np.array([True]),
+        TrainSettings(epochs=1, projector_dim=4, head_dim=4),
+        tmp_path / "ck",
+        show_progress=False,
+    )
     with pytest.raises(MomilError, match="other settings or data"):
-        fit(store, pairs, wells, wells, np.array([True]), TrainSettings(epochs=1, projector_dim=8, head_dim=4),
-            tmp_path / "ck", show_progress=False)
+        fit(
+            store,
+            pairs,
+            wells,
+            wells,
+            np.array([True]),
+            TrainSettings(epochs=1, projector_dim=8, head_dim=4),
+            tmp_path / "ck",
+            show_progress=False,
+        )
 
 
 def test_same_seed_same_model_and_save_load(tmp_path):
@@ -165,7 +213,9 @@ def test_lazy_head_adamw_equals_adamw_when_every_head_is_used():
         else:
             lazy, optimizer = None, torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=5e-4)
         for step in range(5):
-            training_step(model, bags, mask, rows, assay, label, optimizer, lazy, 1e-2 * (step + 1) / 5, torch.device("cpu"))
+            training_step(
+                model, bags, mask, rows, assay, label, optimizer, lazy, 1e-2 * (step + 1) / 5, torch.device("cpu")
+            )
         models.append(model)
     for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
@@ -202,8 +252,18 @@ def test_lazy_heads_leave_unused_heads_untouched():
     before = {n: p.detach().clone() for n, p in model.heads.named_parameters()}
     lazy = LazyHeadAdamW(dict(model.heads.named_parameters()), 5e-4)
     optimizer = torch.optim.AdamW(model.projector.parameters(), lr=1e-2)
-    training_step(model, torch.randn(2, 3, 4), torch.ones(2, 3, dtype=torch.bool), np.array([0, 1]),
-                  np.array([0, 2]), np.array([1.0, 0.0], dtype=np.float32), optimizer, lazy, 1e-2, torch.device("cpu"))
+    training_step(
+        model,
+        torch.randn(2, 3, 4),
+        torch.ones(2, 3, dtype=torch.bool),
+        np.array([0, 1]),
+        np.array([0, 2]),
+        np.array([1.0, 0.0], dtype=np.float32),
+        optimizer,
+        lazy,
+        1e-2,
+        torch.device("cpu"),
+    )
     for name, param in model.heads.named_parameters():
         assert torch.equal(param[1], before[name][1])  # head "b" had no pair
         assert not torch.equal(param[0], before[name][0])
@@ -230,15 +290,32 @@ def test_amtl_training_runs_and_needs_potentials(tmp_path):
     both = LabelMatrix.from_long(pd.concat([labels.to_long(), extra], ignore_index=True))
     pairs = WellPairs.build(store.wells, both, ["needle", "copy"])
     train, val, _ = (wells_of(store.wells, c) for c in _split(both))
-    settings = TrainSettings(epochs=3, warmup_epochs=1, batch_wells=16, balancing="amtl", projector_dim=8,
-                             head_dim=8)
+    settings = TrainSettings(epochs=3, warmup_epochs=1, batch_wells=16, balancing="amtl", projector_dim=8, head_dim=8)
     with pytest.raises(MomilError, match="potential"):
         fit(store, pairs, train, val, np.array([True, False]), settings, show_progress=False)
-    first = fit(store, pairs, train, val, np.array([True, False]), settings, tmp_path / "ck", show_progress=False,
-                potentials=np.array([0.9, 0.9]))
+    first = fit(
+        store,
+        pairs,
+        train,
+        val,
+        np.array([True, False]),
+        settings,
+        tmp_path / "ck",
+        show_progress=False,
+        potentials=np.array([0.9, 0.9]),
+    )
     assert len(first.history) == 3 and all(np.isfinite(h["train_loss"]) for h in first.history)
-    again = fit(store, pairs, train, val, np.array([True, False]), settings, tmp_path / "ck", show_progress=False,
-                potentials=np.array([0.9, 0.9]))  # resumed from the finished checkpoint
+    again = fit(
+        store,
+        pairs,
+        train,
+        val,
+        np.array([True, False]),
+        settings,
+        tmp_path / "ck",
+        show_progress=False,
+        potentials=np.array([0.9, 0.9]),
+    )  # resumed from the finished checkpoint
     assert again.best_score == first.best_score
 
 
@@ -266,5 +343,5 @@ def test_keep_freed_memory_sets_glibc_thresholds_and_training_still_runs():
     kept = keep_freed_memory()
     assert kept == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
     assert keep_freed_memory() == kept  # idempotent
-    big = torch.ones(8 * 2 ** 20)  # 32 MiB: allocated and freed as usual
-    assert float(big.sum()) == 8 * 2 ** 20
+    big = torch.ones(8 * 2**20)  # 32 MiB: allocated and freed as usual
+    assert float(big.sum()) == 8 * 2**20

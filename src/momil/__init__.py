@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from momil.errors import MomilError, InputError  # noqa: E402
+from momil.errors import InputError, MomilError  # noqa: E402
 
 __all__ = ["__version__", "MomilError", "InputError"]

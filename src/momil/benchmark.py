@@ -15,8 +15,8 @@ by the methods that use it. The report folder holds:
 from __future__ import annotations
 
 import dataclasses
-import math
 import json
+import math
 import time
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import pandas as pd
 from momil.config import Settings, setting
 from momil.errors import MomilError
 from momil.io.contract import LabelMatrix
+from momil.io.readers import read_json, read_parquet_frame
 from momil.io.store import InstanceStore
 from momil.provenance import atomic_path, provenance, write_json_atomic
 
@@ -33,8 +34,7 @@ from momil.provenance import atomic_path, provenance, write_json_atomic
 METHODS: dict[str, tuple[str, dict, dict]] = {
     "instance-count": ("Instance count -> LR", {"model": "instance-count"}, {"configuration": "mtl-primary"}),
     "mean-mlp": ("FM -> Mean -> MLP", {"model": "mean-mlp"}, {"configuration": "mtl-all"}),
-    "multilabel-mil": ("FM -> Multi-label-MIL (|T| = all)", {"model": "multilabel-mil"},
-                       {"configuration": "mtl-all"}),
+    "multilabel-mil": ("FM -> Multi-label-MIL (|T| = all)", {"model": "multilabel-mil"}, {"configuration": "mtl-all"}),
     "mil-amtl": ("FM -> MIL + AMTL (|T| = all)", {"balancing": "amtl"}, {"configuration": "mtl-all"}),
     "momil-stl": ("MoMIL STL (|T| = 1)", {}, {"configuration": "stl"}),
     "momil-primary": ("MoMIL MTL (primary)", {}, {"configuration": "mtl-primary"}),
@@ -46,7 +46,11 @@ METHODS: dict[str, tuple[str, dict, dict]] = {
 
 @dataclasses.dataclass
 class BenchmarkSettings(Settings):
-    methods: str = setting(",".join(METHODS), "comma-separated, from: instance-count, mean-mlp, multilabel-mil, mil-amtl, momil-stl, momil-primary, momil-all, momil-as, momil-as-li")
+    methods: str = setting(
+        ",".join(METHODS),
+        "comma-separated, from: instance-count, mean-mlp, multilabel-mil, mil-amtl, momil-stl, momil-primary, "
+        "momil-all, momil-as, momil-as-li",
+    )
     focus: str = setting("momil-as-li", "the method tested against the others (falls back to the last method run)")
     reference: str = setting("multilabel-mil", "the method Table 2's p-values compare the focus with")
     n_boot: int = setting(1000, "bootstrap draws per test", low=100)
@@ -76,9 +80,20 @@ def _finished(folder: Path) -> bool:
     return (folder / "summary.json").exists() and (folder / "compound_predictions.parquet").exists()
 
 
-def run_benchmark(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFrame, assays: pd.DataFrame,
-                  associations: pd.DataFrame | None, out, settings: BenchmarkSettings | None = None,
-                  cv=None, train=None, select=None, impute=None, show_progress: bool = True) -> BenchmarkResult:
+def run_benchmark(
+    store: InstanceStore,
+    labels: LabelMatrix,
+    folds: pd.DataFrame,
+    assays: pd.DataFrame,
+    associations: pd.DataFrame | None,
+    out,
+    settings: BenchmarkSettings | None = None,
+    cv=None,
+    train=None,
+    select=None,
+    impute=None,
+    show_progress: bool = True,
+) -> BenchmarkResult:
     """Run every method (reusing finished runs) and write the report folder ``out``."""
     from momil.evaluate import CVSettings, attach_labels, cross_validate, paired_bootstrap
     from momil.train import TrainSettings
@@ -95,12 +110,18 @@ def run_benchmark(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFrame
     primary = list(assays.loc[assays["role"] == "primary", "assay"])
     needs_selection = [m for m in methods if METHODS[m][2].get("select")]
     if needs_selection and associations is None and "biology" in (select.stage_list() if select else ["biology"]):
-        raise MomilError(f"{', '.join(needs_selection)} select assays and need protein associations "
-                         "(--associations) -- pass them or leave those methods out of --methods")
+        raise MomilError(
+            f"{', '.join(needs_selection)} select assays and need protein associations "
+            "(--associations) -- pass them or leave those methods out of --methods"
+        )
     out.mkdir(parents=True, exist_ok=True)
     if needs_selection and not cv.selection:
-        cv = dataclasses.replace(cv, selection=str(_select_once(store, labels, folds, assays, associations, out, cv,
-                                                                train, select, show_progress)))
+        cv = dataclasses.replace(
+            cv,
+            selection=str(
+                _select_once(store, labels, folds, assays, associations, out, cv, train, select, show_progress)
+            ),
+        )
     scored, seconds = {}, {}
     for name in methods:
         label, train_over, cv_over = METHODS[name]
@@ -114,14 +135,25 @@ def run_benchmark(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFrame
                 method_cv = dataclasses.replace(method_cv, select=False)
             else:
                 method_cv = dataclasses.replace(method_cv, selection="")
-            cross_validate(store, labels, folds, primary, folder, method_cv,
-                           dataclasses.replace(train, **train_over), show_progress=show_progress,
-                           assays_frame=assays, associations=associations, select=select, impute=impute)
-        compounds = pd.read_parquet(folder / "compound_predictions.parquet")
+            cross_validate(
+                store,
+                labels,
+                folds,
+                primary,
+                folder,
+                method_cv,
+                dataclasses.replace(train, **train_over),
+                show_progress=show_progress,
+                assays_frame=assays,
+                associations=associations,
+                select=select,
+                impute=impute,
+            )
+        compounds = read_parquet_frame(folder / "compound_predictions.parquet", "compound predictions")
         scored[name] = attach_labels(compounds, labels)
         with atomic_path(out / "scored" / f"{name}.parquet") as tmp:
             scored[name].to_parquet(tmp, index=False)
-        summary = json.loads((folder / "summary.json").read_text())
+        summary = read_json(folder / "summary.json", "cross-validation summary")
         seconds[name] = float(summary.get("summary", {}).get("seconds", time.perf_counter() - started))
 
     table = auc_table(scored, primary, methods)
@@ -138,9 +170,14 @@ def run_benchmark(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFrame
     if settings.probes and {"momil-as", "momil-stl"} <= set(methods):
         table3 = run_probes(store, labels, folds, out, settings, cv, train, show_progress)
     attention_examples(store, out / "runs" / focus / "models", scored[focus], primary, out / "attention.parquet")
-    record = provenance("benchmark", {"benchmark": dataclasses.asdict(settings), "cv": dataclasses.asdict(cv),
-                                      "train": dataclasses.asdict(train)},
-                        inputs={"store": store.path}, methods=methods, focus=focus, seconds=seconds)
+    record = provenance(
+        "benchmark",
+        {"benchmark": dataclasses.asdict(settings), "cv": dataclasses.asdict(cv), "train": dataclasses.asdict(train)},
+        inputs={"store": store.path},
+        methods=methods,
+        focus=focus,
+        seconds=seconds,
+    )
     write_json_atomic(record, out / "benchmark.json")
     from momil.report import render_report
 
@@ -165,13 +202,30 @@ def _select_once(store, labels, folds, assays, associations, out: Path, cv, trai
             pass
         if show_progress:
             print(f"benchmark: assay selection, rotation {k}", flush=True)
-        select_assays(store, labels, assays, associations, train_wells, val_wells, root / f"rot{k}", select, train,
-                      show_progress=show_progress)
+        select_assays(
+            store,
+            labels,
+            assays,
+            associations,
+            train_wells,
+            val_wells,
+            root / f"rot{k}",
+            select,
+            train,
+            show_progress=show_progress,
+        )
     return root
 
 
-def attention_examples(store: InstanceStore, models: Path, scored: pd.DataFrame, primary: list[str], path: Path,
-                       per_assay: int = 2, assays: int = 3) -> pd.DataFrame | None:
+def attention_examples(
+    store: InstanceStore,
+    models: Path,
+    scored: pd.DataFrame,
+    primary: list[str],
+    path: Path,
+    per_assay: int = 2,
+    assays: int = 3,
+) -> pd.DataFrame | None:
     """Attention of the focus method's first-rotation model over the instances of the top-scored active test
     wells of a few primary assays (one row per instance, with the store's instance metadata)."""
     import torch
@@ -183,15 +237,18 @@ def attention_examples(store: InstanceStore, models: Path, scored: pd.DataFrame,
     if not files or "fold" not in scored:
         return None
     model, _ = load_model(files[0])
-    k = int(files[0].name[3:files[0].name.index("_")])
+    k = int(files[0].name[3 : files[0].name.index("_")])
     wells = store.wells
     rows = []
     for assay in [a for a in primary if a in model.assays][:assays]:
         mine = scored[(scored["assay"] == assay) & (scored["fold"] == k) & (scored["label"] == 1)]
         for compound, probability in mine.nlargest(per_assay, "probability")[[COMPOUND, "probability"]].itertuples(
-                index=False):
-            where = np.flatnonzero((wells[COMPOUND].astype(str) == str(compound)).to_numpy()
-                                   & (wells["Metadata_ControlType"] == "trt").to_numpy())
+            index=False
+        ):
+            where = np.flatnonzero(
+                (wells[COMPOUND].astype(str) == str(compound)).to_numpy()
+                & (wells["Metadata_ControlType"] == "trt").to_numpy()
+            )
             if not len(where):
                 continue
             well = int(where[0])
@@ -273,15 +330,16 @@ def field_views(store: InstanceStore, attention: pd.DataFrame, folder: Path) -> 
 def run_probes(store, labels, folds, out: Path, settings: BenchmarkSettings, cv, train, show_progress) -> pd.DataFrame:
     """Table 3: unseen assays (selected in no rotation, associated with a primary) probed on the primary's head of
     the MoMIL + AS models (MTL) and of the STL models, against a single-task model on the unseen assay."""
-    from momil.probes import ProbeSettings, choose_unseen, probe_unseen
     from momil.evaluate import grid
+    from momil.probes import ProbeSettings, choose_unseen, probe_unseen
+    from momil.splits import test_folds
     from momil.train import load_model
 
-    from momil.splits import test_folds
-
     rotations = test_folds(cv.rotations, int(folds["fold"].max()) + 1)
-    tables = [pd.read_csv(out / "selection" / f"rot{k}" / "selection.csv", dtype={"assay": str, "bio_primary": str})
-              for k in rotations]
+    tables = [
+        pd.read_csv(out / "selection" / f"rot{k}" / "selection.csv", dtype={"assay": str, "bio_primary": str})
+        for k in rotations
+    ]
     unseen = choose_unseen(tables, labels, settings.probes)
     if not unseen:
         return pd.DataFrame()
@@ -290,21 +348,47 @@ def run_probes(store, labels, folds, out: Path, settings: BenchmarkSettings, cv,
     mtl = {k: out / "runs" / "momil-as" / "models" / f"rot{k}_model0.pt" for k in rotations}
     stl_models: dict[str, dict[int, Path]] = {}
     for path in sorted((out / "runs" / "momil-stl" / "models").glob("rot*_model*.pt")):
-        k = int(path.name[3:path.name.index("_")])
+        k = int(path.name[3 : path.name.index("_")])
         model, _ = load_model(path)
         stl_models.setdefault(model.assays[0], {})[k] = path
     point = grid(cv)[0]
     stl_train = dataclasses.replace(train, **point)
     probe = ProbeSettings(shots=settings.shots, repeats=settings.probe_repeats)
-    frames = [probe_unseen(store, labels, folds, mtl, unseen, probe, stl_train, out / "probes", rotations,
-                           label="MoMIL + AS head (MTL)", show_progress=show_progress)]
+    frames = [
+        probe_unseen(
+            store,
+            labels,
+            folds,
+            mtl,
+            unseen,
+            probe,
+            stl_train,
+            out / "probes",
+            rotations,
+            label="MoMIL + AS head (MTL)",
+            show_progress=show_progress,
+        )
+    ]
     by_primary: dict[str, dict[str, str]] = {}
     for assay, primary in unseen.items():
         by_primary.setdefault(primary, {})[assay] = primary
     for primary, mine in by_primary.items():
         if set(stl_models.get(primary, {})) >= set(rotations):
-            frames.append(probe_unseen(store, labels, folds, stl_models[primary], mine, probe, None, None, rotations,
-                                       label="STL head of the primary", show_progress=show_progress))
+            frames.append(
+                probe_unseen(
+                    store,
+                    labels,
+                    folds,
+                    stl_models[primary],
+                    mine,
+                    probe,
+                    None,
+                    None,
+                    rotations,
+                    label="STL head of the primary",
+                    show_progress=show_progress,
+                )
+            )
     table3 = pd.concat(frames, ignore_index=True)
     with atomic_path(out / "table3.csv") as tmp:
         table3.to_csv(tmp, index=False)
@@ -332,8 +416,11 @@ def table3_markdown(table3: pd.DataFrame) -> str:
     if table3.empty:
         return "No unseen assay to probe.\n"
     columns = []
-    for source, shots in table3.loc[table3["source"] != "single-task model on the assay", ["source", "shots"]] \
-            .drop_duplicates().itertuples(index=False):
+    for source, shots in (
+        table3.loc[table3["source"] != "single-task model on the assay", ["source", "shots"]]
+        .drop_duplicates()
+        .itertuples(index=False)
+    ):
         columns.append((source, shots))
     head = ["assay", "primary", "single-task model"] + [f"{_md(source)}, {shots} shots" for source, shots in columns]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
@@ -344,9 +431,11 @@ def table3_markdown(table3: pd.DataFrame) -> str:
             row = group[(group["source"] == source) & (group["shots"].astype(str) == str(shots))]
             cells.append(_auc_cell(row, with_sd=True))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + ("\n\nCompound-level test ROC-AUC pooled over rotations; probes: logistic regression on "
-                               "the primary head's well embeddings, mean ± sd over random draws of n actives and n "
-                               "inactives per fold.\n")
+    return "\n".join(lines) + (
+        "\n\nCompound-level test ROC-AUC pooled over rotations; probes: logistic regression on "
+        "the primary head's well embeddings, mean ± sd over random draws of n actives and n "
+        "inactives per fold.\n"
+    )
 
 
 def auc_table(scored: dict[str, pd.DataFrame], primary: list[str], methods: list[str]) -> pd.DataFrame:
@@ -377,11 +466,21 @@ def _stars(p: float) -> str:
     return "*" if p < 0.001 else "†" if p < 0.05 else "‡" if p < 0.1 else ""
 
 
-def write_report(out: Path, table: pd.DataFrame, pvalues: pd.DataFrame, focus: str, reference: str,
-                 methods: list[str], seconds: dict[str, float]) -> None:
+def write_report(
+    out: Path,
+    table: pd.DataFrame,
+    pvalues: pd.DataFrame,
+    focus: str,
+    reference: str,
+    methods: list[str],
+    seconds: dict[str, float],
+) -> None:
     assays = [c for c in table.columns if c not in ("method", "label", "mean")]
-    against_reference = pvalues[pvalues["other"] == reference].set_index("assay")["p_value"] \
-        if len(pvalues) and reference in set(pvalues["other"]) else pd.Series(dtype=float)
+    against_reference = (
+        pvalues[pvalues["other"] == reference].set_index("assay")["p_value"]
+        if len(pvalues) and reference in set(pvalues["other"])
+        else pd.Series(dtype=float)
+    )
     best = {c: table[c].max() for c in assays + ["mean"]}
     lines = [f"| method | {' | '.join(assays)} | mean |", "|---" * (len(assays) + 2) + "|"]
     for _, row in table.iterrows():
@@ -396,12 +495,18 @@ def write_report(out: Path, table: pd.DataFrame, pvalues: pd.DataFrame, focus: s
             cells.append(text)
         lines.append(f"| {_md(row['label'])} | " + " | ".join(cells) + " |")
     if len(against_reference):
-        lines.append("| p-value, " + f"{_md(METHODS[focus][0])} > {_md(METHODS.get(reference, (reference,))[0])} | "
-                     + " | ".join(f"{against_reference.get(c, float('nan')):.3g}" for c in assays + ["mean"]) + " |")
+        lines.append(
+            "| p-value, "
+            + f"{_md(METHODS[focus][0])} > {_md(METHODS.get(reference, (reference,))[0])} | "
+            + " | ".join(f"{against_reference.get(c, float('nan')):.3g}" for c in assays + ["mean"])
+            + " |"
+        )
     text = "\n".join(lines)
-    text += ("\n\nCompound-level test ROC-AUC of the primary assays (predictions pooled over the fold rotations); "
-             "bold: best per column. Marks on the focus row: paired one-sided bootstrap against "
-             f"{METHODS.get(reference, (reference,))[0]} (* p < 0.001, † p < 0.05, ‡ p < 0.1).\n")
+    text += (
+        "\n\nCompound-level test ROC-AUC of the primary assays (predictions pooled over the fold rotations); "
+        "bold: best per column. Marks on the focus row: paired one-sided bootstrap against "
+        f"{METHODS.get(reference, (reference,))[0]} (* p < 0.001, † p < 0.05, ‡ p < 0.1).\n"
+    )
     with atomic_path(out / "table2.md") as tmp:
         tmp.write_text(text)
     with atomic_path(out / "table2.csv") as tmp:

@@ -55,8 +55,10 @@ def cmd_correct(args) -> int:
 
     settings = build_settings(CorrectSettings, args, args.config, "correct")
     store = correct(args.store, args.out, settings, show_progress=not args.quiet)
-    print(f"corrected store written to {args.out} (plate-wise robust z-score against "
-          f"{settings.control} wells, {settings.stats}-level statistics)")
+    print(
+        f"corrected store written to {args.out} (plate-wise robust z-score against "
+        f"{settings.control} wells, {settings.stats}-level statistics)"
+    )
     _print_mapping(store.summary())
     return 0
 
@@ -73,8 +75,9 @@ def cmd_split(args) -> int:
     if not (args.wells or args.labels or args.compounds):
         raise MomilError("momil split needs --wells, --labels or --compounds to know which compounds to split")
     out = check_output(args.out, "file", _inputs(args), args.overwrite, suffixes=(".parquet", ".pq"))
-    check_output(out.with_name(out.stem + "_summary.csv"), "file", _inputs(args), args.overwrite,
-                 flag="--out (its _summary.csv)")
+    check_output(
+        out.with_name(out.stem + "_summary.csv"), "file", _inputs(args), args.overwrite, flag="--out (its _summary.csv)"
+    )
     structures = read_compounds(args.compounds) if args.compounds else None
     labels = read_labels(args.labels, args.row_index, args.column_index) if args.labels else None
     if args.wells:
@@ -90,35 +93,57 @@ def cmd_split(args) -> int:
             parts.append(structures[COMPOUND])
         compounds = pd.unique(pd.concat(parts))
     folds, summary, seconds = split(compounds, structures, labels, settings, show_progress=not args.quiet)
-    record = provenance("split", settings, inputs={"wells": args.wells, "labels": args.labels,
-                                                   "compounds": args.compounds},
-                        seconds=round(seconds, 2), summary=summary.to_dict(orient="records"))
+    record = provenance(
+        "split",
+        settings,
+        inputs={"wells": args.wells, "labels": args.labels, "compounds": args.compounds},
+        seconds=round(seconds, 2),
+        summary=summary.to_dict(orient="records"),
+    )
     write_table_atomic(folds, out, metadata=record)
     summary_path = out.with_name(out.stem + "_summary.csv")
     with atomic_path(summary_path) as tmp:
         summary.to_csv(tmp, index=False)
-    print(f"folds written to {out} ({len(folds)} compounds, {settings.n_folds} folds, method {settings.method}, "
-          f"{seconds:.1f} s)")
+    print(
+        f"folds written to {out} ({len(folds)} compounds, {settings.n_folds} folds, method {settings.method}, "
+        f"{seconds:.1f} s)"
+    )
     print(summary.to_string(index=False))
     return 0
 
 
 def cmd_validate(args) -> int:
     """Read and check every input given with the checks of the stages that read it; write nothing."""
-    from momil.io.contract import (CONTROL, PLATE, InstanceSource, align_labels, missing_image_files, read_assays,
-                                   read_associations, read_compounds, read_labels, read_load_data, read_wells)
+    from momil.io.contract import (
+        CONTROL,
+        PLATE,
+        InstanceSource,
+        align_labels,
+        missing_image_files,
+        read_assays,
+        read_associations,
+        read_compounds,
+        read_labels,
+        read_load_data,
+        read_wells,
+    )
     from momil.io.ingest import count_instances
 
     wells = None
     if args.wells:
         wells = read_wells(args.wells)
-        print(f"wells: {args.wells}: {len(wells)} wells, {wells[PLATE].nunique()} plates, "
-              f"{(wells[CONTROL] == 'negcon').sum()} negcon wells")
+        print(
+            f"wells: {args.wells}: {len(wells)} wells, {wells[PLATE].nunique()} plates, "
+            f"{(wells[CONTROL] == 'negcon').sum()} negcon wells"
+        )
         without = sorted(set(wells[PLATE]) - set(wells.loc[wells[CONTROL] == "negcon", PLATE]))
         if without:
-            warnings.warn(f"{args.wells}: {len(without)} plate(s) have no negcon wells ({', '.join(without[:5])}); "
-                          "`momil correct` refuses them unless given --fallback all (statistics from all their "
-                          "wells)", stacklevel=1)
+            warnings.warn(
+                f"{args.wells}: {len(without)} plate(s) have no negcon wells ({', '.join(without[:5])}); "
+                "`momil correct` refuses them unless given --fallback all (statistics from all their "
+                "wells)",
+                stacklevel=1,
+            )
     if args.instances:
         source = InstanceSource(args.instances)
         if wells is not None:  # ingest's own first pass: unlisted wells, empty bags, no rows
@@ -133,25 +158,33 @@ def cmd_validate(args) -> int:
         missing = missing_image_files(table, channels, root)
         if missing:
             row, channel, path = missing[0]
-            raise MomilError(f"{args.load_data}: {len(missing)} image file(s) are missing; the first is data row "
-                             f"{row + 1}, channel {channel}: {path} -- fix the PathName_/FileName_ columns or "
-                             "--root")
+            raise MomilError(
+                f"{args.load_data}: {len(missing)} image file(s) are missing; the first is data row "
+                f"{row + 1}, channel {channel}: {path} -- fix the PathName_/FileName_ columns or "
+                "--root"
+            )
         if wells is not None:
             keys = set(zip(wells[PLATE], wells["Metadata_Well"]))
             unknown = [i for i, k in enumerate(zip(table[PLATE], table["Metadata_Well"])) if k not in keys]
             if unknown:
-                raise MomilError(f"{args.load_data}: {len(unknown)} field(s) belong to wells {args.wells} lacks "
-                                 f"(first: data row {unknown[0] + 1}) -- add those wells or drop the fields")
+                raise MomilError(
+                    f"{args.load_data}: {len(unknown)} field(s) belong to wells {args.wells} lacks "
+                    f"(first: data row {unknown[0] + 1}) -- add those wells or drop the fields"
+                )
         print(f"load data: {args.load_data}: {len(table)} fields, channels {channels}, every image file present")
     if args.compounds:
         compounds = read_compounds(args.compounds)
-        print(f"compounds: {args.compounds}: {len(compounds)} compounds, "
-              f"{compounds['Metadata_SMILES'].notna().sum()} with SMILES")
+        print(
+            f"compounds: {args.compounds}: {len(compounds)} compounds, "
+            f"{compounds['Metadata_SMILES'].notna().sum()} with SMILES"
+        )
     labels = None
     if args.labels:
         labels = read_labels(args.labels, args.row_index, args.column_index)
-        print(f"labels: {args.labels}: {labels.n_labels} labels, {labels.shape[0]} compounds x {labels.shape[1]} "
-              f"assays ({100 * labels.density:.2f} % known, {int(labels.values.sum())} active)")
+        print(
+            f"labels: {args.labels}: {labels.n_labels} labels, {labels.shape[0]} compounds x {labels.shape[1]} "
+            f"assays ({100 * labels.density:.2f} % known, {int(labels.values.sum())} active)"
+        )
         if wells is not None:
             labels, unknown = align_labels(labels, wells, args.labels, strict=args.strict_labels)
             print(f"labels: {len(unknown)} labelled compounds without wells left out; {labels.n_labels} remain")
@@ -178,14 +211,36 @@ def cmd_info(args) -> int:
 def cmd_demo(args) -> int:
     from momil.demo import run_demo
 
-    run_demo(Path(args.out), n_compounds=args.n_compounds, show_progress=not args.quiet, rotations=args.rotations,
-             epochs=args.epochs)
+    run_demo(
+        Path(args.out),
+        n_compounds=args.n_compounds,
+        show_progress=not args.quiet,
+        rotations=args.rotations,
+        epochs=args.epochs,
+    )
     return 0
 
 
-_INPUT_FLAGS = ("store", "labels", "row_index", "column_index", "folds", "assays", "associations", "string_info",
-                "selection", "wells", "compounds", "instances", "load_data", "model", "config", "classes",
-                "simulated", "benchmark")
+_INPUT_FLAGS = (
+    "store",
+    "labels",
+    "row_index",
+    "column_index",
+    "folds",
+    "assays",
+    "associations",
+    "string_info",
+    "selection",
+    "wells",
+    "compounds",
+    "instances",
+    "load_data",
+    "model",
+    "config",
+    "classes",
+    "simulated",
+    "benchmark",
+)
 
 
 def _inputs(args) -> dict:
@@ -211,8 +266,10 @@ def _model_inputs(args):
     folds = read_folds(args.folds)
     missing = sorted(set(labels.compounds) - set(folds["Metadata_Compound"]))
     if missing:
-        raise MomilError(f"{args.folds}: {len(missing)} labelled compounds have no fold (e.g. {missing[0]}) -- "
-                         "make the folds from the same wells and labels with `momil split`")
+        raise MomilError(
+            f"{args.folds}: {len(missing)} labelled compounds have no fold (e.g. {missing[0]}) -- "
+            "make the folds from the same wells and labels with `momil split`"
+        )
     assays = read_assays(args.assays, list(labels.assays)) if args.assays else default_assays(labels.assays)
     primary = list(assays.loc[assays["role"] == "primary", "assay"])
     return store, labels, folds, assays, primary
@@ -221,9 +278,11 @@ def _model_inputs(args):
 def _require_validation(pairs, val_wells, rot, folds_path) -> None:
     """A fit selects its epoch on the validation fold: refuse a rotation whose validation fold has no label."""
     if len(pairs.labelled_wells(val_wells)) == 0:
-        raise MomilError(f"{folds_path}: validation fold {rot.val_fold} (of test fold {rot.test_fold}) has no "
-                         "labelled well for the model's assays -- make fewer folds (`momil split --n-folds`) or "
-                         "choose another --test-fold")
+        raise MomilError(
+            f"{folds_path}: validation fold {rot.val_fold} (of test fold {rot.test_fold}) has no "
+            "labelled well for the model's assays -- make fewer folds (`momil split --n-folds`) or "
+            "choose another --test-fold"
+        )
 
 
 def cmd_train(args) -> int:
@@ -248,17 +307,41 @@ def cmd_train(args) -> int:
     pairs = WellPairs.build(store.wells, labels, model_assays)
     _require_validation(pairs, wells["val"], rot, args.folds)
     out = Path(args.out)
-    result = fit(store, pairs, wells["train"], wells["val"], np.array([a in set(primary) for a in model_assays]),
-                 settings, out / "checkpoint", show_progress=not args.quiet)
-    record = provenance("train", settings, inputs={"store": args.store, "labels": args.labels, "folds": args.folds},
-                        test_fold=rot.test_fold, val_fold=rot.val_fold, assays=len(model_assays),
-                        best_epoch=result.best_epoch, val_auc=result.best_score)
-    save_model(out / "model.pt", result.model, {"provenance": record, "feature_names": store.feature_names,
-                                                 "primary": [a for a in model_assays if a in set(primary)]})
+    result = fit(
+        store,
+        pairs,
+        wells["train"],
+        wells["val"],
+        np.array([a in set(primary) for a in model_assays]),
+        settings,
+        out / "checkpoint",
+        show_progress=not args.quiet,
+    )
+    record = provenance(
+        "train",
+        settings,
+        inputs={"store": args.store, "labels": args.labels, "folds": args.folds},
+        test_fold=rot.test_fold,
+        val_fold=rot.val_fold,
+        assays=len(model_assays),
+        best_epoch=result.best_epoch,
+        val_auc=result.best_score,
+    )
+    save_model(
+        out / "model.pt",
+        result.model,
+        {
+            "provenance": record,
+            "feature_names": store.feature_names,
+            "primary": [a for a in model_assays if a in set(primary)],
+        },
+    )
     pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
     write_json_atomic(record, out / "train.json")
-    print(f"model written to {out / 'model.pt'}: {len(model_assays)} assays, best epoch {result.best_epoch}, "
-          f"validation AUC (mean over primary assays, well level) {result.best_score:.3f}")
+    print(
+        f"model written to {out / 'model.pt'}: {len(model_assays)} assays, best epoch {result.best_epoch}, "
+        f"validation AUC (mean over primary assays, well level) {result.best_score:.3f}"
+    )
     return 0
 
 
@@ -274,13 +357,26 @@ def cmd_cv(args) -> int:
     impute_settings = build_settings(ImputeSettings, args, args.config, "impute")
     store, labels, folds, assays, primary = _model_inputs(args)
     associations = _associations(args) if cv_settings.select else None
-    result = cross_validate(store, labels, folds, primary, args.out, cv_settings, train_settings,
-                            show_progress=not args.quiet, assays_frame=assays, associations=associations,
-                            select=select_settings, impute=impute_settings)
+    result = cross_validate(
+        store,
+        labels,
+        folds,
+        primary,
+        args.out,
+        cv_settings,
+        train_settings,
+        show_progress=not args.quiet,
+        assays_frame=assays,
+        associations=associations,
+        select=select_settings,
+        impute=impute_settings,
+    )
     summary = result.summary
     extras = (" + assay selection" if summary["select"] else "") + (" + label imputation" if summary["impute"] else "")
-    print(f"cross-validation ({summary['configuration']}{extras}, rotations {summary['rotations']}, "
-          f"{summary['grid_points']} grid points) written to {args.out}")
+    print(
+        f"cross-validation ({summary['configuration']}{extras}, rotations {summary['rotations']}, "
+        f"{summary['grid_points']} grid points) written to {args.out}"
+    )
     for k, info in summary["per_rotation"].items():
         parts = [f"{info['model_assays']} assays in the model"]
         if "selected_secondary" in info:
@@ -316,18 +412,32 @@ def cmd_select(args) -> int:
     store, labels, folds, assays, primary = _model_inputs(args)
     associations = _associations(args)
     if "biology" in stages and associations is None:
-        raise MomilError("the biology stage needs --associations (STRING links + --string-info, a gene_a, gene_b, "
-                         "score table, or a from, to, cost network) -- or leave biology out of --stages")
+        raise MomilError(
+            "the biology stage needs --associations (STRING links + --string-info, a gene_a, gene_b, "
+            "score table, or a from, to, cost network) -- or leave biology out of --stages"
+        )
     n_folds = int(folds["fold"].max()) + 1
     out = Path(args.out)
     for k in test_folds(args.rotations, n_folds):
         rot, wells = rotation_wells(store.wells, folds, k)
-        result = select_assays(store, labels, assays, associations, wells["train"], wells["val"], out / f"rot{k}",
-                               settings, train_settings, show_progress=not args.quiet)
+        result = select_assays(
+            store,
+            labels,
+            assays,
+            associations,
+            wells["train"],
+            wells["val"],
+            out / f"rot{k}",
+            settings,
+            train_settings,
+            show_progress=not args.quiet,
+        )
         summary = result.summary()
-        print(f"rotation {k} (test fold {k}, validation fold {rot.val_fold}): {summary['candidates']} secondary "
-              f"assays -> biology {summary['after_biology']} -> performance {summary['after_performance']} -> "
-              f"selected {summary['selected']}; table in {out / f'rot{k}' / 'selection.csv'}")
+        print(
+            f"rotation {k} (test fold {k}, validation fold {rot.val_fold}): {summary['candidates']} secondary "
+            f"assays -> biology {summary['after_biology']} -> performance {summary['after_performance']} -> "
+            f"selected {summary['selected']}; table in {out / f'rot{k}' / 'selection.csv'}"
+        )
         if not args.quiet:
             print(selection_table_text(result.table))
     print(f"reuse with: momil cv ... --selection {out}")
@@ -356,20 +466,49 @@ def cmd_impute(args) -> int:
     else:
         model_assays = labelled
     out = Path(args.out)
-    result = self_train(store, labels, model_assays, [a for a in model_assays if a in set(primary)], train_wells,
-                        val_wells, train_settings, settings, out, show_progress=not args.quiet)
-    record = provenance("impute", {"impute": settings, "train": train_settings},
-                        inputs={"store": args.store, "labels": args.labels, "folds": args.folds},
-                        test_fold=rot.test_fold, val_fold=rot.val_fold, summary=result.summary())
-    save_model(out / "model.pt", result.fit.model, {"provenance": record, "feature_names": store.feature_names,
-                                                     "primary": [a for a in model_assays if a in set(primary)]})
-    print(f"{len(result.imputed)} labels imputed over {len(result.rounds) - 1} round(s) for {len(model_assays)} "
-          f"assays (test fold {rot.test_fold} untouched); written to {out}")
+    result = self_train(
+        store,
+        labels,
+        model_assays,
+        [a for a in model_assays if a in set(primary)],
+        train_wells,
+        val_wells,
+        train_settings,
+        settings,
+        out,
+        show_progress=not args.quiet,
+    )
+    record = provenance(
+        "impute",
+        {"impute": settings, "train": train_settings},
+        inputs={"store": args.store, "labels": args.labels, "folds": args.folds},
+        test_fold=rot.test_fold,
+        val_fold=rot.val_fold,
+        summary=result.summary(),
+    )
+    save_model(
+        out / "model.pt",
+        result.fit.model,
+        {
+            "provenance": record,
+            "feature_names": store.feature_names,
+            "primary": [a for a in model_assays if a in set(primary)],
+        },
+    )
+    print(
+        f"{len(result.imputed)} labels imputed over {len(result.rounds) - 1} round(s) for {len(model_assays)} "
+        f"assays (test fold {rot.test_fold} untouched); written to {out}"
+    )
     print(result.rounds.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     counts = imputed_counts(result.imputed)
     if len(counts):
-        print(counts.groupby("assay")[["positive", "negative"]].sum().sort_values("positive", ascending=False)
-              .head(20).to_string())
+        print(
+            counts.groupby("assay")[["positive", "negative"]]
+            .sum()
+            .sort_values("positive", ascending=False)
+            .head(20)
+            .to_string()
+        )
     return 0
 
 
@@ -388,10 +527,25 @@ def cmd_benchmark(args) -> int:
     impute = build_settings(ImputeSettings, args, args.config, "impute")
     store, labels, folds, assays, primary = _model_inputs(args)
     associations = _associations(args)
-    result = run_benchmark(store, labels, folds, assays, associations, args.out, settings, cv, train, select, impute,
-                           show_progress=not args.quiet)
-    print(f"benchmark written to {args.out} ({len(result.table)} methods; seconds per method: "
-          + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items()) + ")")
+    result = run_benchmark(
+        store,
+        labels,
+        folds,
+        assays,
+        associations,
+        args.out,
+        settings,
+        cv,
+        train,
+        select,
+        impute,
+        show_progress=not args.quiet,
+    )
+    print(
+        f"benchmark written to {args.out} ({len(result.table)} methods; seconds per method: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items())
+        + ")"
+    )
     print((Path(args.out) / "table2.md").read_text())
     return 0
 
@@ -399,14 +553,21 @@ def cmd_benchmark(args) -> int:
 def cmd_cells(args) -> int:
     if bool(args.cellprofiler) == bool(args.load_data):
         raise MomilError("give either --cellprofiler (CellProfiler output folders) or --load-data (images to segment)")
-    check_output(args.out, "file", {**_inputs(args), "--cellprofiler": args.cellprofiler, "--root": args.root},
-                 overwrite=None, suffixes=(".parquet", ".pq"))
+    check_output(
+        args.out,
+        "file",
+        {**_inputs(args), "--cellprofiler": args.cellprofiler, "--root": args.root},
+        overwrite=None,
+        suffixes=(".parquet", ".pq"),
+    )
     if args.cellprofiler:
         from momil.io.cellprofiler import cellprofiler_to_instances
 
         summary = cellprofiler_to_instances(args.cellprofiler, args.out)
-        source = f"{summary['folders']} CellProfiler folder(s) ({summary['dropped_non_finite']} features dropped " \
-                 "for missing values)"
+        source = (
+            f"{summary['folders']} CellProfiler folder(s) ({summary['dropped_non_finite']} features dropped "
+            "for missing values)"
+        )
     else:
         from momil.imaging.fields import FieldSettings
         from momil.imaging.segment import SegmentSettings, cells_from_images
@@ -414,10 +575,13 @@ def cmd_cells(args) -> int:
         field = build_settings(FieldSettings, args, args.config, "field")
         settings = build_settings(SegmentSettings, args, args.config, "segment")
         summary = cells_from_images(args.load_data, args.out, field, settings, args.root, show_progress=not args.quiet)
-        source = f"{summary['fields']} segmented fields" + (f" ({len(summary['skipped'])} skipped)"
-                                                           if summary["skipped"] else "")
-    print(f"per-cell instance table written to {args.out}: {summary['cells']} cells x {summary['features']} "
-          f"features from {source}; next: momil ingest --instances {args.out} --wells ...")
+        source = f"{summary['fields']} segmented fields" + (
+            f" ({len(summary['skipped'])} skipped)" if summary["skipped"] else ""
+        )
+    print(
+        f"per-cell instance table written to {args.out}: {summary['cells']} cells x {summary['features']} "
+        f"features from {source}; next: momil ingest --instances {args.out} --wells ..."
+    )
     return 0
 
 
@@ -429,11 +593,15 @@ def cmd_extract(args) -> int:
     settings = build_settings(ExtractSettings, args, args.config, "extract")
     store = extract(args.load_data, args.wells, args.out, field, settings, args.root, show_progress=not args.quiet)
     report = store.extract_report
-    print(f"instance store written to {args.out}: {store.n_wells} wells, {store.n_instances} tiles x {store.dim} "
-          f"features ({report['tiles_now']} tiles embedded in this run, {report['tiles_per_second']} tiles/s)")
+    print(
+        f"instance store written to {args.out}: {store.n_wells} wells, {store.n_instances} tiles x {store.dim} "
+        f"features ({report['tiles_now']} tiles embedded in this run, {report['tiles_per_second']} tiles/s)"
+    )
     for item in report["skipped"][:10]:
-        print(f"  skipped plate {item['Metadata_Plate']} well {item['Metadata_Well']} site {item['Metadata_Site']}: "
-              f"{item['problem']}")
+        print(
+            f"  skipped plate {item['Metadata_Plate']} well {item['Metadata_Well']} site {item['Metadata_Site']}: "
+            f"{item['problem']}"
+        )
     if len(report["skipped"]) > 10:
         print(f"  ... {len(report['skipped']) - 10} more skipped fields")
     print(f"next: momil correct --store {args.out} --out <corrected store>")
@@ -447,12 +615,21 @@ def cmd_pretrain(args) -> int:
     field = build_settings(FieldSettings, args, args.config, "field")
     settings = build_settings(PretrainSettings, args, args.config, "pretrain")
     check_output(args.out, "dir", _inputs(args), overwrite=None)
-    summary = pretrain(args.load_data, args.out, field, settings, args.root, show_progress=not args.quiet,
-                       max_seconds=args.max_minutes * 60 if args.max_minutes else None)
-    print(f"pretrained {settings.method} backbone written to {Path(args.out) / 'backbone.pt'}: "
-          f"{summary['epochs_done']} of {settings.epochs} epochs on {summary['fields']} fields, loss "
-          f"{summary['first_loss']:.4f} -> {summary['last_loss']:.4f} ({summary['seconds']:.0f} s); run again to "
-          "continue from the checkpoint; next: momil extract --weights " + str(Path(args.out) / "backbone.pt"))
+    summary = pretrain(
+        args.load_data,
+        args.out,
+        field,
+        settings,
+        args.root,
+        show_progress=not args.quiet,
+        max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+    )
+    print(
+        f"pretrained {settings.method} backbone written to {Path(args.out) / 'backbone.pt'}: "
+        f"{summary['epochs_done']} of {settings.epochs} epochs on {summary['fields']} fields, loss "
+        f"{summary['first_loss']:.4f} -> {summary['last_loss']:.4f} ({summary['seconds']:.0f} s); run again to "
+        "continue from the checkpoint; next: momil extract --weights " + str(Path(args.out) / "backbone.pt")
+    )
     return 0
 
 
@@ -490,8 +667,16 @@ def cmd_probe(args) -> int:
     frame = pd.DataFrame(rows)
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.out:
-        write_table_atomic(frame, args.out, {"command": "probe", "classes": args.classes or args.simulated,
-                                             "class_column": args.class_column, "folds": args.folds})
+        write_table_atomic(
+            frame,
+            args.out,
+            {
+                "command": "probe",
+                "classes": args.classes or args.simulated,
+                "class_column": args.class_column,
+                "folds": args.folds,
+            },
+        )
         print(f"written to {args.out}")
     return 0
 
@@ -523,29 +708,42 @@ def cmd_predict(args) -> int:
     model, extra = load_model(args.model, device)
     store = InstanceStore(args.store)
     if store.dim != model.hparams["in_dim"]:
-        raise MomilError(f"{args.store}: instances have {store.dim} features, the model was trained on "
-                         f"{model.hparams['in_dim']} -- score a store made the same way as the training store")
+        raise MomilError(
+            f"{args.store}: instances have {store.dim} features, the model was trained on "
+            f"{model.hparams['in_dim']} -- score a store made the same way as the training store"
+        )
     names = extra.get("feature_names")
     if names and list(names) != list(store.feature_names):
         raise MomilError(f"{args.store}: feature names differ from the training store's -- use the same extraction")
-    wells = np.flatnonzero((store.wells["Metadata_ControlType"] != "negcon").to_numpy()) if not args.all_wells \
+    wells = (
+        np.flatnonzero((store.wells["Metadata_ControlType"] != "negcon").to_numpy())
+        if not args.all_wells
         else np.arange(store.n_wells)
+    )
     assays = args.assay or None
     unknown = [a for a in (assays or []) if a not in model.assays]
     if unknown:
-        raise MomilError(f"--assay {unknown[0]}: the model has no such assay -- it predicts {len(model.assays)} "
-                         f"assays, e.g. {', '.join(model.assays[:5])}")
+        raise MomilError(
+            f"--assay {unknown[0]}: the model has no such assay -- it predicts {len(model.assays)} "
+            f"assays, e.g. {', '.join(model.assays[:5])}"
+        )
     frame = predict_wells(model, store, wells, assays, device, show_progress=not args.quiet)
     compounds = compound_predictions(frame)
     with atomic_path(out) as tmp:
         compounds.to_parquet(tmp, index=False)
     with atomic_path(wells_path) as tmp:
         frame.to_parquet(tmp, index=False)
-    write_json_atomic(provenance("predict", {"model": str(args.model), "assays": assays},
-                                 inputs={"model": args.model, "store": args.store}), provenance_path)
-    print(f"predictions for {frame['Metadata_Well'].size // max(1, len(model.assays if assays is None else assays))} "
-          f"wells and {compounds['Metadata_Compound'].nunique()} compounds written to {out} (compound level) and "
-          f"{wells_path} (well level)")
+    write_json_atomic(
+        provenance(
+            "predict", {"model": str(args.model), "assays": assays}, inputs={"model": args.model, "store": args.store}
+        ),
+        provenance_path,
+    )
+    print(
+        f"predictions for {frame['Metadata_Well'].size // max(1, len(model.assays if assays is None else assays))} "
+        f"wells and {compounds['Metadata_Compound'].nunique()} compounds written to {out} (compound level) and "
+        f"{wells_path} (well level)"
+    )
     return 0
 
 
@@ -557,7 +755,8 @@ def build_parser() -> argparse.ArgumentParser:
     from momil.splits import SplitSettings
 
     parser = argparse.ArgumentParser(
-        prog="momil", description="MoMIL: predict compound activity in target-directed assays from Cell Painting.")
+        prog="momil", description="MoMIL: predict compound activity in target-directed assays from Cell Painting."
+    )
     parser.add_argument("--version", action="version", version=f"momil {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<stage>")
 
@@ -617,8 +816,11 @@ def build_parser() -> argparse.ArgumentParser:
     from momil.selection import SelectSettings
 
     def association_inputs(p):
-        p.add_argument("--associations", help="protein associations: STRING protein.links, a gene_a, gene_b, score "
-                                              "table or a from, to, cost network")
+        p.add_argument(
+            "--associations",
+            help="protein associations: STRING protein.links, a gene_a, gene_b, score "
+            "table or a from, to, cost network",
+        )
         p.add_argument("--string-info", help="STRING protein.info file (with protein.links)")
 
     p = stage("cv", "the paper's cross-validation protocol (3-1-1 rotation, grid on validation)", cmd_cv)
@@ -629,11 +831,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(p, SelectSettings)
     add_settings_arguments(p, ImputeSettings)
 
-    p = stage("select", "assay selection: biology -> single-assay performance -> influence, per fold rotation",
-              cmd_select)
+    p = stage(
+        "select", "assay selection: biology -> single-assay performance -> influence, per fold rotation", cmd_select
+    )
     model_inputs(p)
     association_inputs(p)
-    p.add_argument("--rotations", default="all", help="test folds whose rotations to select in (\"all\" or e.g. \"0,1\")")
+    p.add_argument("--rotations", default="all", help='test folds whose rotations to select in ("all" or e.g. "0,1")')
     add_settings_arguments(p, SelectSettings)
     add_settings_arguments(p, TrainSettings, skip=("head_dim", "lr", "shared_projector"))
 
@@ -647,8 +850,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from momil.benchmark import BenchmarkSettings
 
-    p = stage("benchmark", "the paper's Table 2: every method through the same protocol, with bootstrap tests",
-              cmd_benchmark)
+    p = stage(
+        "benchmark", "the paper's Table 2: every method through the same protocol, with bootstrap tests", cmd_benchmark
+    )
     model_inputs(p)
     association_inputs(p)
     add_settings_arguments(p, BenchmarkSettings)
@@ -660,14 +864,16 @@ def build_parser() -> argparse.ArgumentParser:
     from momil.imaging.fields import FieldSettings
     from momil.imaging.segment import SegmentSettings
 
-    p = stage("cells", "per-cell engineered features (CellProfiler output, or segmenting images) -> instance table",
-              cmd_cells)
+    p = stage(
+        "cells", "per-cell engineered features (CellProfiler output, or segmenting images) -> instance table", cmd_cells
+    )
     p.add_argument("--cellprofiler", nargs="+", help="folder(s) with Image.csv, Cells.csv, Cytoplasm.csv, Nuclei.csv")
     p.add_argument("--load-data", help="or: a LoadData index of fields to segment and measure with scikit-image")
     p.add_argument("--root", help="folder relative PathName_ columns start from (default: the LoadData folder)")
     p.add_argument("--out", required=True, help="instance table to write (.parquet)")
-    add_settings_arguments(p, FieldSettings, skip=("tile", "stride", "drop_background", "foreground_level",
-                                                   "min_foreground"))
+    add_settings_arguments(
+        p, FieldSettings, skip=("tile", "stride", "drop_background", "foreground_level", "min_foreground")
+    )
     add_settings_arguments(p, SegmentSettings)
 
     from momil.imaging.extract import ExtractSettings
@@ -678,8 +884,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for backbone.pt, checkpoint.pt, history.csv")
     p.add_argument("--root", help="folder relative PathName_ columns start from (default: the LoadData folder)")
     p.add_argument("--max-minutes", type=float, help="stop after the epoch in which this time runs out")
-    add_settings_arguments(p, FieldSettings, skip=("tile", "stride", "drop_background", "foreground_level",
-                                                   "min_foreground"))
+    add_settings_arguments(
+        p, FieldSettings, skip=("tile", "stride", "drop_background", "foreground_level", "min_foreground")
+    )
     add_settings_arguments(p, PretrainSettings, skip=("device",))
     p.add_argument("--device", default="auto")
 
@@ -705,15 +912,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
 
     p = stage("validate", "check inputs against the input contract without writing anything", cmd_validate)
-    for name in ("wells", "instances", "load-data", "compounds", "labels", "row-index", "column-index", "assays",
-                 "associations", "string-info"):
+    for name in (
+        "wells",
+        "instances",
+        "load-data",
+        "compounds",
+        "labels",
+        "row-index",
+        "column-index",
+        "assays",
+        "associations",
+        "string-info",
+    ):
         p.add_argument(f"--{name}")
     p.add_argument("--root", help="folder relative PathName_ columns start from (default: the LoadData folder)")
     p.add_argument("--strict-labels", action="store_true")
     p.add_argument("--drop-empty-wells", action="store_true", help="as `momil ingest --drop-empty-wells`")
 
-    p = stage("probe", "how well stores' features separate compound classes (linear probe on well means)",
-              cmd_probe)
+    p = stage("probe", "how well stores' features separate compound classes (linear probe on well means)", cmd_probe)
     p.add_argument("--store", action="append", required=True, help="instance store (repeat to compare several)")
     p.add_argument("--classes", help="table of Metadata_Compound and a class column (.parquet or .csv)")
     p.add_argument("--class-column", default="class", help="the class column of --classes (default: class)")
@@ -730,7 +946,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("demo", "simulate over the real hti-cnn labels and run the pipeline", cmd_demo)
     p.add_argument("--out", default="momil-demo", help="demo folder (replaced if it holds an earlier demo)")
     p.add_argument("--n-compounds", type=int, default=600, help="most-labelled hti-cnn compounds to keep")
-    p.add_argument("--rotations", default="all", help="test folds to run (\"all\" or e.g. \"0\")")
+    p.add_argument("--rotations", default="all", help='test folds to run ("all" or e.g. "0")')
     p.add_argument("--epochs", type=int, help="training epochs per fit (default 25)")
     return parser
 
@@ -791,12 +1007,18 @@ def main(argv=None) -> int:
             raise
         _remove_new_output(out, existed)
         where = f" ({err.filename})" if err.filename else ""
-        print(f"momil: error: {err.strerror}{where} -- nothing was committed; free space or choose a writable "
-              "--out, then run the command again (finished checkpoints are reused)", file=sys.stderr)
+        print(
+            f"momil: error: {err.strerror}{where} -- nothing was committed; free space or choose a writable "
+            "--out, then run the command again (finished checkpoints are reused)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
-        print("momil: interrupted; nothing was committed by the unfinished step (run the same command again to "
-              "resume from the last checkpoint)", file=sys.stderr)
+        print(
+            "momil: interrupted; nothing was committed by the unfinished step (run the same command again to "
+            "resume from the last checkpoint)",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -15,8 +15,9 @@ import argparse
 import dataclasses
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from momil.errors import InputError, MomilError
 
@@ -26,14 +27,28 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-def setting(default, help: str = "", *, low=None, high=None, low_open: bool = False, high_open: bool = False,
-            choices: Sequence[str] | None = None):
+def setting(
+    default,
+    help: str = "",
+    *,
+    low=None,
+    high=None,
+    low_open: bool = False,
+    high_open: bool = False,
+    choices: Sequence[str] | None = None,
+):
     """A settings field: ``default``, ``help`` for ``--help``, and its range.
 
     ``low`` / ``high`` bound a number (closed unless ``low_open`` / ``high_open``); ``choices`` lists the allowed
     values of a string (``None`` stays allowed where it is the default)."""
-    meta = {"help": help, "low": low, "high": high, "low_open": low_open, "high_open": high_open,
-            "choices": tuple(choices) if choices is not None else None}
+    meta = {
+        "help": help,
+        "low": low,
+        "high": high,
+        "low_open": low_open,
+        "high_open": high_open,
+        "choices": tuple(choices) if choices is not None else None,
+    }
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -88,8 +103,9 @@ def check_field(field: dataclasses.Field, value) -> None:
         if not math.isfinite(float(value)):
             raise MomilError(f"{flag} must be a finite number, not {value!r}")
         low, high = meta.get("low"), meta.get("high")
-        bad = (low is not None and (value <= low if meta.get("low_open") else value < low)) or \
-              (high is not None and (value >= high if meta.get("high_open") else value > high))
+        bad = (low is not None and (value <= low if meta.get("low_open") else value < low)) or (
+            high is not None and (value >= high if meta.get("high_open") else value > high)
+        )
         if bad:
             raise MomilError(f"{flag} must be {allowed}, not {value!r}")
         return
@@ -143,12 +159,14 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls, skip: tuple[str
         text = f"{text} (default: {default})" if text else f"default: {default}"
         text = text.replace("%", "%%")  # argparse formats help strings with %
         if isinstance(default, bool):
-            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=text)
+            group.add_argument(
+                flag, dest=field.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text
+            )
         else:
             kind = type(default) if default is not None else str
-            group.add_argument(flag, dest=field.name, type=kind, default=argparse.SUPPRESS, help=text,
-                               metavar=field.name.upper())
+            group.add_argument(
+                flag, dest=field.name, type=kind, default=argparse.SUPPRESS, help=text, metavar=field.name.upper()
+            )
 
 
 def load_toml(path, section: str) -> dict[str, Any]:
@@ -169,8 +187,9 @@ def build_settings(cls, args: argparse.Namespace, config_path=None, section: str
         from_file = load_toml(config_path, section)
         unknown = sorted(set(from_file) - names)
         if unknown:
-            raise InputError(config_path, f"unknown setting(s) {unknown} in [{section}]",
-                             f"known settings: {sorted(names)}")
+            raise InputError(
+                config_path, f"unknown setting(s) {unknown} in [{section}]", f"known settings: {sorted(names)}"
+            )
         values.update(from_file)
     values.update({k: v for k, v in vars(args).items() if k in names})
     values.update({k: v for k, v in overrides.items() if v is not None})

@@ -29,11 +29,17 @@ MAD_SCALE = 1.4826
 
 @dataclasses.dataclass
 class CorrectSettings(Settings):
-    stats: str = setting("instance", '"instance": statistics over every negcon instance; "well": over negcon well means', choices=['instance', 'well'])
+    stats: str = setting(
+        "instance",
+        '"instance": statistics over every negcon instance; "well": over negcon well means',
+        choices=["instance", "well"],
+    )
     control: str = setting("negcon", "the Metadata_ControlType whose wells give the statistics")
-    fallback: str = setting("error", 'plate without control wells: "error" or "all" (use all wells of that plate)', choices=['error', 'all'])
+    fallback: str = setting(
+        "error", 'plate without control wells: "error" or "all" (use all wells of that plate)', choices=["error", "all"]
+    )
     eps: float = setting(1e-6, "added to the scaled MAD (pycytominer's default is 1e-18)", low=0, low_open=True)
-    dtype: str | None = setting(None, "output dtype; None keeps the input store's", choices=['float16', 'float32'])
+    dtype: str | None = setting(None, "output dtype; None keeps the input store's", choices=["float16", "float32"])
     overwrite: bool = setting(False)
 
 
@@ -53,8 +59,9 @@ def mad_robustize(features: np.ndarray, controls: np.ndarray, eps: float = 1e-6)
     return (np.asarray(features, dtype=np.float64) - median) / scale
 
 
-def plate_statistics(store: InstanceStore, wells: pd.DataFrame, settings: CorrectSettings
-                     ) -> tuple[np.ndarray, np.ndarray, str, int]:
+def plate_statistics(
+    store: InstanceStore, wells: pd.DataFrame, settings: CorrectSettings
+) -> tuple[np.ndarray, np.ndarray, str, int]:
     """(median, scale, source, n_rows) for one plate's wells (rows of ``store.wells``)."""
     control = wells[wells[CONTROL] == settings.control]
     source = settings.control
@@ -64,10 +71,11 @@ def plate_statistics(store: InstanceStore, wells: pd.DataFrame, settings: Correc
             raise MomilError(
                 f"{store.path}: plate {plate} has no {settings.control} wells to correct against -- add its "
                 f"control wells (Metadata_ControlType = {settings.control}) or pass --fallback all to use all "
-                "wells of such plates")
-        warnings.warn(f"plate {plate} has no {settings.control} wells: statistics from all its wells",
-                      stacklevel=2)
+                "wells of such plates"
+            )
+        warnings.warn(f"plate {plate} has no {settings.control} wells: statistics from all its wells", stacklevel=2)
         control, source = wells, "all"
+
     def bag(i):  # plain reads: no mapped pages left resident after a sweep over a large store
         return store.read_rows(int(store.offsets[i]), int(store.offsets[i] + store.counts[i]))
 
@@ -81,8 +89,7 @@ def plate_statistics(store: InstanceStore, wells: pd.DataFrame, settings: Correc
     return median, scale, source, len(rows)
 
 
-def correct(store_path, out, settings: CorrectSettings | None = None, show_progress: bool = True
-            ) -> InstanceStore:
+def correct(store_path, out, settings: CorrectSettings | None = None, show_progress: bool = True) -> InstanceStore:
     """Write a corrected copy of the store at ``out`` (same wells, same order, corrected features)."""
     settings = settings or CorrectSettings()
     started = time.perf_counter()
@@ -98,19 +105,20 @@ def correct(store_path, out, settings: CorrectSettings | None = None, show_progr
         if missing:
             raise MomilError(
                 f"{store.path}: {len(missing)} plate(s) have no {settings.control} wells ({', '.join(missing[:5])}) "
-                f"-- add their control wells or pass --fallback all to use all wells of such plates")
+                f"-- add their control wells or pass --fallback all to use all wells of such plates"
+            )
     stats_rows = []
     medians, scales = [], []
     zero_mad_features = 0
-    writer = StoreWriter.create(out, dim=store.dim, dtype=dtype, feature_names=store.feature_names,
-                                overwrite=settings.overwrite)
+    writer = StoreWriter.create(
+        out, dim=store.dim, dtype=dtype, feature_names=store.feature_names, overwrite=settings.overwrite
+    )
     with writer, progress(total=store.n_instances, desc="correct", unit="rows", enabled=show_progress) as bar:
         for plate, wells in plates:
             median, scale, source, n_rows = plate_statistics(store, wells, settings)
             zero = int(np.sum(scale <= settings.eps * (1 + 1e-9)))
             zero_mad_features += zero
-            stats_rows.append({PLATE: plate, "source": source, "control_rows": n_rows,
-                               "zero_mad_features": zero})
+            stats_rows.append({PLATE: plate, "source": source, "control_rows": n_rows, "zero_mad_features": zero})
             medians.append(median)
             scales.append(scale)
             offsets = writer.reserve(store.wells.loc[wells.index].drop(columns="offset"), source=store.path)
@@ -133,16 +141,28 @@ def correct(store_path, out, settings: CorrectSettings | None = None, show_progr
             meta = pd.read_parquet(store.path / part)
             writer.add_meta(meta.drop(columns="_row"), meta["_row"].to_numpy())
         if zero_mad_features:
-            warnings.warn(f"{zero_mad_features} plate-feature pairs have zero MAD among controls; they are "
-                          f"divided by eps={settings.eps}", stacklevel=2)
+            warnings.warn(
+                f"{zero_mad_features} plate-feature pairs have zero MAD among controls; they are "
+                f"divided by eps={settings.eps}",
+                stacklevel=2,
+            )
         stats = pd.DataFrame(stats_rows)
-        np.savez(writer.work_path / "correction_stats.npz", plates=np.array(stats[PLATE], dtype=str),
-                 median=np.stack(medians), scale=np.stack(scales))
+        np.savez(
+            writer.work_path / "correction_stats.npz",
+            plates=np.array(stats[PLATE], dtype=str),
+            median=np.stack(medians),
+            scale=np.stack(scales),
+        )
         stats.to_csv(writer.work_path / "correction_plates.csv", index=False)
-        record = provenance("correct", settings, inputs={"store": store.path},
-                            source_history=store.manifest.get("history", []), plates=len(plates),
-                            zero_mad_features=zero_mad_features,
-                            seconds=round(time.perf_counter() - started, 3))
+        record = provenance(
+            "correct",
+            settings,
+            inputs={"store": store.path},
+            source_history=store.manifest.get("history", []),
+            plates=len(plates),
+            zero_mad_features=zero_mad_features,
+            seconds=round(time.perf_counter() - started, 3),
+        )
         writer.set_provenance(record)
     return InstanceStore(out)
 

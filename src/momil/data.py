@@ -26,8 +26,14 @@ class WellPairs:
     assays: list[str]
 
     @classmethod
-    def build(cls, store_wells: pd.DataFrame, labels: LabelMatrix, assays: list[str],
-              extra: pd.DataFrame | None = None, extra_wells: pd.DataFrame | None = None) -> "WellPairs":
+    def build(
+        cls,
+        store_wells: pd.DataFrame,
+        labels: LabelMatrix,
+        assays: list[str],
+        extra: pd.DataFrame | None = None,
+        extra_wells: pd.DataFrame | None = None,
+    ) -> WellPairs:
         """Pairs for every store well whose compound has labels in ``assays``.
 
         ``extra`` (Metadata_Compound, assay, label) adds compound-level labels, copied to the compound's wells;
@@ -40,14 +46,18 @@ class WellPairs:
         assay_index = {a: i for i, a in enumerate(assays)}
         long = long[long["assay"].isin(assay_index)]
         long = long.assign(assay_index=long["assay"].map(assay_index).astype(np.int64))
-        by_compound = {c: (g["assay_index"].to_numpy(np.int64), g["label"].to_numpy(np.float32))
-                       for c, g in long.groupby(COMPOUND, sort=False)}
+        by_compound = {
+            c: (g["assay_index"].to_numpy(np.int64), g["label"].to_numpy(np.float32))
+            for c, g in long.groupby(COMPOUND, sort=False)
+        }
         by_well: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if extra_wells is not None and len(extra_wells):
             mine = extra_wells[extra_wells["assay"].isin(assay_index)]
             mine = mine.assign(assay_index=mine["assay"].map(assay_index).astype(np.int64))
-            by_well = {int(w): (g["assay_index"].to_numpy(np.int64), g["label"].to_numpy(np.float32))
-                       for w, g in mine.groupby("well", sort=False)}
+            by_well = {
+                int(w): (g["assay_index"].to_numpy(np.int64), g["label"].to_numpy(np.float32))
+                for w, g in mine.groupby("well", sort=False)
+            }
         counts = np.zeros(len(store_wells), dtype=np.int64)
         pieces_a, pieces_l = [], []
         for w, compound in enumerate(store_wells[COMPOUND].astype(str)):
@@ -84,7 +94,7 @@ class WellPairs:
         wells = np.asarray(wells, dtype=np.int64)
         if assay_mask is None:
             return wells[self.count(wells) > 0]
-        keep = [w for w in wells if assay_mask[self.assay[self.ptr[w]:self.ptr[w + 1]]].any()]
+        keep = [w for w in wells if assay_mask[self.assay[self.ptr[w] : self.ptr[w + 1]]].any()]
         return np.asarray(keep, dtype=np.int64)
 
     def pairs(self, wells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,8 +107,9 @@ class WellPairs:
         return rows, self.assay[index], self.label[index]
 
 
-def load_bags(store: InstanceStore, wells: np.ndarray, device: torch.device | str = "cpu"
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def load_bags(
+    store: InstanceStore, wells: np.ndarray, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Padded float32 bags (B, N_max, D) and mask (B, N_max) for store wells; reads only their rows."""
     counts = store.counts[wells]
     n_max = int(counts.max()) if len(wells) else 0
@@ -106,14 +117,15 @@ def load_bags(store: InstanceStore, wells: np.ndarray, device: torch.device | st
     mask = np.zeros((len(wells), n_max), dtype=bool)
     for row, well in enumerate(wells):
         bag = store.bag(int(well))
-        bags[row, :len(bag)] = bag
-        mask[row, :len(bag)] = True
+        bags[row, : len(bag)] = bag
+        mask[row, : len(bag)] = True
     store.require_finite(wells, bags)
     return torch.from_numpy(bags).to(device), torch.from_numpy(mask).to(device)
 
 
-def labelled_wells_of(store_wells: pd.DataFrame, labels: LabelMatrix, assay: str, wells: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def labelled_wells_of(
+    store_wells: pd.DataFrame, labels: LabelMatrix, assay: str, wells: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Wells (store rows, of ``wells``) with a measured label in ``assay``, and those labels (int64)."""
     pairs = WellPairs.build(store_wells, labels, [assay])
     mine = pairs.labelled_wells(np.asarray(wells, np.int64))
@@ -133,6 +145,8 @@ def rotation_wells(store_wells: pd.DataFrame, folds: pd.DataFrame, test_fold: in
 def wells_of(store_wells: pd.DataFrame, compounds) -> np.ndarray:
     """Store rows of the wells of ``compounds`` (treatment wells only)."""
     chosen = set(map(str, compounds))
-    mask = store_wells[COMPOUND].astype(str).isin(chosen).to_numpy() \
+    mask = (
+        store_wells[COMPOUND].astype(str).isin(chosen).to_numpy()
         & (store_wells["Metadata_ControlType"] == "trt").to_numpy()
+    )
     return np.flatnonzero(mask).astype(np.int64)

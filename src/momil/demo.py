@@ -15,13 +15,13 @@ import pandas as pd
 
 from momil.errors import MomilError
 
-
 DEMO_TRAIN = dict(head="dsmil", epochs=25, warmup_epochs=3, patience=6, batch_wells=32)
 DEMO_GRID = dict(projector_dims="64", head_dims="32", lrs="1e-3,3e-4")
 
 
-def run_demo(out: Path, n_compounds: int = 600, show_progress: bool = True, rotations: str = "all",
-             epochs: int | None = None) -> dict:
+def run_demo(
+    out: Path, n_compounds: int = 600, show_progress: bool = True, rotations: str = "all", epochs: int | None = None
+) -> dict:
     from momil.correct import CorrectSettings, correct, plate_variance_fraction
     from momil.io.contract import COMPOUND, CONTROL, align_labels, read_compounds, read_labels, read_wells
     from momil.io.ingest import IngestSettings, ingest
@@ -39,21 +39,41 @@ def run_demo(out: Path, n_compounds: int = 600, show_progress: bool = True, rota
     started = time.perf_counter()
     print(f"momil demo: a screen simulated over the real hti-cnn label matrix, in {out}/\n")
 
-    settings = SimulateSettings(mode="hti-cnn", n_compounds=n_compounds, replicates=3, dim=64, instances=36,
-                                n_targets=10, hit_rate=0.5, effect_size=4.0, seed=0)
+    settings = SimulateSettings(
+        mode="hti-cnn",
+        n_compounds=n_compounds,
+        replicates=3,
+        dim=64,
+        instances=36,
+        n_targets=10,
+        hit_rate=0.5,
+        effect_size=4.0,
+        seed=0,
+    )
     summary = simulate(out / "screen", settings, show_progress=show_progress)
     print(f"1. simulate -> {out / 'screen'}")
-    print(f"   {summary['compounds']} real hti-cnn compounds, {summary['assays']} real assays "
-          f"({summary['primary_assays']} primary), {summary['labels']} labels at the real known positions "
-          f"({100 * summary['label_density']:.1f} % filled, {100 * summary['active_fraction']:.0f} % active)")
-    print(f"   {summary['wells']} wells on {summary['plates']} plates in {summary['batches']} batches "
-          f"({summary['negcon_wells']} DMSO wells at the JUMP-Target-1 positions), "
-          f"{summary['instances']} instances x {summary['dim']} features")
+    print(
+        f"   {summary['compounds']} real hti-cnn compounds, {summary['assays']} real assays "
+        f"({summary['primary_assays']} primary), {summary['labels']} labels at the real known positions "
+        f"({100 * summary['label_density']:.1f} % filled, {100 * summary['active_fraction']:.0f} % active)"
+    )
+    print(
+        f"   {summary['wells']} wells on {summary['plates']} plates in {summary['batches']} batches "
+        f"({summary['negcon_wells']} DMSO wells at the JUMP-Target-1 positions), "
+        f"{summary['instances']} instances x {summary['dim']} features"
+    )
 
-    raw = ingest(out / "screen" / "instances.parquet", out / "screen" / "wells.parquet", out / "store",
-                 IngestSettings(dtype="float32"), show_progress=show_progress)
-    print(f"\n2. ingest -> {out / 'store'}: {raw.n_wells} wells, {raw.n_instances} instances, one memory-mapped "
-          f"ragged array ({raw.summary()['bytes'] / 1e6:.1f} MB)")
+    raw = ingest(
+        out / "screen" / "instances.parquet",
+        out / "screen" / "wells.parquet",
+        out / "store",
+        IngestSettings(dtype="float32"),
+        show_progress=show_progress,
+    )
+    print(
+        f"\n2. ingest -> {out / 'store'}: {raw.n_wells} wells, {raw.n_instances} instances, one memory-mapped "
+        f"ragged array ({raw.summary()['bytes'] / 1e6:.1f} MB)"
+    )
 
     corrected = correct(out / "store", out / "store-corrected", CorrectSettings(), show_progress=show_progress)
     before, after = plate_variance_fraction(raw), plate_variance_fraction(corrected)
@@ -69,12 +89,16 @@ def run_demo(out: Path, n_compounds: int = 600, show_progress: bool = True, rota
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        folds, fold_table, seconds = split(compounds, structures, labels, SplitSettings(),
-                                           show_progress=show_progress)
-    write_table_atomic(folds, out / "folds.parquet",
-                       metadata=provenance("split", SplitSettings(), inputs={"labels": out / "screen" / "labels.parquet"}))
-    print(f"\n4. split -> {out / 'folds.parquet'}: Butina clusters of Morgan fingerprints packed into 5 folds "
-          f"({seconds:.1f} s)")
+        folds, fold_table, seconds = split(compounds, structures, labels, SplitSettings(), show_progress=show_progress)
+    write_table_atomic(
+        folds,
+        out / "folds.parquet",
+        metadata=provenance("split", SplitSettings(), inputs={"labels": out / "screen" / "labels.parquet"}),
+    )
+    print(
+        f"\n4. split -> {out / 'folds.parquet'}: Butina clusters of Morgan fingerprints packed into 5 folds "
+        f"({seconds:.1f} s)"
+    )
     for warning in caught:
         print(f"   note: {warning.message}")
     print("   " + fold_table.to_string(index=False).replace("\n", "\n   "))
@@ -86,13 +110,21 @@ def run_demo(out: Path, n_compounds: int = 600, show_progress: bool = True, rota
     primary = list(assays.loc[assays["role"] == "primary", "assay"])
     cv_settings = CVSettings(configuration="mtl-all", rotations=rotations, **DEMO_GRID)
     train_settings = TrainSettings(**{**DEMO_TRAIN, **({"epochs": epochs} if epochs else {})})
-    print(f"\n5. cv -> {out / 'cv'}: MoMIL (shared projector + one DSMIL head per assay, {len(labels.assays)} "
-          f"assays), 3-1-1 rotation over the folds, learning rate chosen on validation from {DEMO_GRID['lrs']}")
-    result = cross_validate(corrected, labels, folds, primary, out / "cv", cv_settings, train_settings,
-                            show_progress=show_progress)
+    print(
+        f"\n5. cv -> {out / 'cv'}: MoMIL (shared projector + one DSMIL head per assay, {len(labels.assays)} "
+        f"assays), 3-1-1 rotation over the folds, learning rate chosen on validation from {DEMO_GRID['lrs']}"
+    )
+    result = cross_validate(
+        corrected, labels, folds, primary, out / "cv", cv_settings, train_settings, show_progress=show_progress
+    )
     print("   compound-level test ROC-AUC and PR-AUC of the primary assays, predictions pooled over rotations:")
     print("   " + metrics_table(result.metrics).replace("\n", "\n   "))
     total = time.perf_counter() - started
     print(f"\ndone in {total:.0f} s. Outputs: {out}/ (screen, stores, folds, cv with models and predictions).")
-    return {"simulate": summary, "plate_variance_before": before, "plate_variance_after": after,
-            "folds": fold_table, "cv": result.summary}
+    return {
+        "simulate": summary,
+        "plate_variance_before": before,
+        "plate_variance_after": after,
+        "folds": fold_table,
+        "cv": result.summary,
+    }

@@ -51,7 +51,9 @@ CONFIGURATIONS = ("mtl-all", "mtl-primary", "stl")
 
 @dataclasses.dataclass
 class CVSettings(Settings):
-    configuration: str = setting("mtl-all", '"mtl-all", "mtl-primary" or "stl"', choices=['mtl-all', 'mtl-primary', 'stl'])
+    configuration: str = setting(
+        "mtl-all", '"mtl-all", "mtl-primary" or "stl"', choices=["mtl-all", "mtl-primary", "stl"]
+    )
     projector_dims: str = setting("64,128", "grid for F_phi's size d")
     head_dims: str = setting("32,64,128", "grid for the heads' size")
     lrs: str = setting("1e-4,5e-5,1e-5", "grid for the learning rate")
@@ -80,10 +82,14 @@ def _parse_grid(text: str, kind, flag: str) -> list:
 
 def grid(settings: CVSettings) -> list[dict]:
     """The grid points: every (projector_dim, head_dim, lr) of the three comma-separated lists."""
-    return [{"projector_dim": p, "head_dim": h, "lr": lr}
-            for p, h, lr in itertools.product(_parse_grid(settings.projector_dims, int, "--projector-dims"),
-                                               _parse_grid(settings.head_dims, int, "--head-dims"),
-                                               _parse_grid(settings.lrs, float, "--lrs"))]
+    return [
+        {"projector_dim": p, "head_dim": h, "lr": lr}
+        for p, h, lr in itertools.product(
+            _parse_grid(settings.projector_dims, int, "--projector-dims"),
+            _parse_grid(settings.head_dims, int, "--head-dims"),
+            _parse_grid(settings.lrs, float, "--lrs"),
+        )
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
@@ -97,10 +103,17 @@ def assay_metrics(frame: pd.DataFrame, score: str = "probability") -> pd.DataFra
         p = group[score].to_numpy()
         n_pos = int(y.sum())
         defined = 0 < n_pos < len(y)
-        rows.append({"assay": assay, "n": len(y), "n_pos": n_pos, "n_neg": int(len(y) - n_pos),
-                     "roc_auc": float(roc_auc_score(y, p)) if defined else float("nan"),
-                     "pr_auc": float(average_precision_score(y, p)) if defined else float("nan"),
-                     "defined": defined})
+        rows.append(
+            {
+                "assay": assay,
+                "n": len(y),
+                "n_pos": n_pos,
+                "n_neg": int(len(y) - n_pos),
+                "roc_auc": float(roc_auc_score(y, p)) if defined else float("nan"),
+                "pr_auc": float(average_precision_score(y, p)) if defined else float("nan"),
+                "defined": defined,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -121,16 +134,26 @@ def attach_labels(predictions: pd.DataFrame, labels: LabelMatrix) -> pd.DataFram
 def summarise(metrics: pd.DataFrame, primary: set[str]) -> dict:
     mine = metrics[metrics["assay"].isin(primary)]
     defined = mine[mine["defined"]]
-    return {"mean_roc_auc_primary": float(defined["roc_auc"].mean()) if len(defined) else float("nan"),
-            "mean_pr_auc_primary": float(defined["pr_auc"].mean()) if len(defined) else float("nan"),
-            "primary_assays": int(len(mine)), "primary_assays_defined": int(len(defined)),
-            "undefined_primary_assays": sorted(mine.loc[~mine["defined"], "assay"].astype(str))}
+    return {
+        "mean_roc_auc_primary": float(defined["roc_auc"].mean()) if len(defined) else float("nan"),
+        "mean_pr_auc_primary": float(defined["pr_auc"].mean()) if len(defined) else float("nan"),
+        "primary_assays": int(len(mine)),
+        "primary_assays_defined": int(len(defined)),
+        "undefined_primary_assays": sorted(mine.loc[~mine["defined"], "assay"].astype(str)),
+    }
 
 
 # ------------------------------------------------------------------------------------------------- prediction
 @torch.no_grad()
-def predict_wells(model, store: InstanceStore, wells: np.ndarray, assays: list[str] | None = None,
-                  device="cpu", batch_wells: int = 64, show_progress: bool = False) -> pd.DataFrame:
+def predict_wells(
+    model,
+    store: InstanceStore,
+    wells: np.ndarray,
+    assays: list[str] | None = None,
+    device="cpu",
+    batch_wells: int = 64,
+    show_progress: bool = False,
+) -> pd.DataFrame:
     """Well-level probabilities for every well and assay (all the model's assays by default)."""
     device = torch.device(device) if isinstance(device, str) else device
     names = model.assays if assays is None else list(assays)
@@ -139,26 +162,37 @@ def predict_wells(model, store: InstanceStore, wells: np.ndarray, assays: list[s
     model.eval()
     with progress(total=len(wells), desc="predict", unit="well", enabled=show_progress) as bar:
         for start in range(0, len(wells), batch_wells):
-            batch = np.asarray(wells[start:start + batch_wells], dtype=np.int64)
+            batch = np.asarray(wells[start : start + batch_wells], dtype=np.int64)
             bags, mask = load_bags(store, batch, device)
             probs = model.predict(bags, mask, index).float().cpu().numpy()  # (B, T)
             if not np.isfinite(probs).all():
-                raise MomilError("the model gave NaN or infinite predictions -- its weights are not finite "
-                                 "(training diverged?); train it again with a lower --lr")
+                raise MomilError(
+                    "the model gave NaN or infinite predictions -- its weights are not finite "
+                    "(training diverged?); train it again with a lower --lr"
+                )
             meta = store.wells.iloc[batch]
-            frames.append(pd.DataFrame({
-                "Metadata_Plate": np.repeat(meta["Metadata_Plate"].to_numpy(), len(names)),
-                "Metadata_Well": np.repeat(meta["Metadata_Well"].to_numpy(), len(names)),
-                COMPOUND: np.repeat(meta[COMPOUND].to_numpy(), len(names)),
-                "assay": np.tile(np.array(names, dtype=object), len(batch)),
-                "probability": probs.reshape(-1)}))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "Metadata_Plate": np.repeat(meta["Metadata_Plate"].to_numpy(), len(names)),
+                        "Metadata_Well": np.repeat(meta["Metadata_Well"].to_numpy(), len(names)),
+                        COMPOUND: np.repeat(meta[COMPOUND].to_numpy(), len(names)),
+                        "assay": np.tile(np.array(names, dtype=object), len(batch)),
+                        "probability": probs.reshape(-1),
+                    }
+                )
+            )
             bar.update(len(batch))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["Metadata_Plate", "Metadata_Well", COMPOUND, "assay", "probability"])
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["Metadata_Plate", "Metadata_Well", COMPOUND, "assay", "probability"])
+    )
 
 
-def instance_count_predictions(store: InstanceStore, labels: LabelMatrix, assays: list[str],
-                               train_wells: np.ndarray, test_wells: np.ndarray) -> pd.DataFrame:
+def instance_count_predictions(
+    store: InstanceStore, labels: LabelMatrix, assays: list[str], train_wells: np.ndarray, test_wells: np.ndarray
+) -> pd.DataFrame:
     """The sanity baseline: a logistic regression per assay on log(1 + instances per well), nothing else.
 
     Fitted on the training wells with a label; an assay whose training labels hold one class predicts its
@@ -179,26 +213,48 @@ def instance_count_predictions(store: InstanceStore, labels: LabelMatrix, assays
         else:
             model = LogisticRegression(max_iter=1000).fit(feature[wells], y.astype(int))
             prob = model.predict_proba(feature[test_wells])[:, 1]
-        frames.append(pd.DataFrame({"Metadata_Plate": meta["Metadata_Plate"].to_numpy(),
-                                    "Metadata_Well": meta["Metadata_Well"].to_numpy(),
-                                    COMPOUND: meta[COMPOUND].to_numpy(), "assay": assay, "probability": prob}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["Metadata_Plate", "Metadata_Well", COMPOUND, "assay", "probability"])
+        frames.append(
+            pd.DataFrame(
+                {
+                    "Metadata_Plate": meta["Metadata_Plate"].to_numpy(),
+                    "Metadata_Well": meta["Metadata_Well"].to_numpy(),
+                    COMPOUND: meta[COMPOUND].to_numpy(),
+                    "assay": assay,
+                    "probability": prob,
+                }
+            )
+        )
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["Metadata_Plate", "Metadata_Well", COMPOUND, "assay", "probability"])
+    )
 
 
-def single_task_potentials(store: InstanceStore, labels: LabelMatrix, assays: list[str], train_wells, val_wells,
-                           train: TrainSettings, select, folder) -> np.ndarray:
+def single_task_potentials(
+    store: InstanceStore,
+    labels: LabelMatrix,
+    assays: list[str],
+    train_wells,
+    val_wells,
+    train: TrainSettings,
+    select,
+    folder,
+) -> np.ndarray:
     """Each assay's single-task validation AUC (the selection's single-assay models, reused from ``folder``)."""
     from momil.selection import stl_settings, train_single_assay
 
     settings = stl_settings(dataclasses.replace(train, balancing="none"), select)
-    return np.array([train_single_assay(store, labels, a, train_wells, val_wells, settings, Path(folder))[1]
-                     for a in assays], dtype=np.float64)
+    return np.array(
+        [train_single_assay(store, labels, a, train_wells, val_wells, settings, Path(folder))[1] for a in assays],
+        dtype=np.float64,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ bootstrap
-def paired_bootstrap(scored_a: pd.DataFrame, scored_b: pd.DataFrame, assays: list[str] | None = None,
-                     n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+def paired_bootstrap(
+    scored_a: pd.DataFrame, scored_b: pd.DataFrame, assays: list[str] | None = None, n_boot: int = 1000, seed: int = 0
+) -> pd.DataFrame:
     """Paired one-sided bootstrap of compound-level ROC-AUC: is method A better than method B?
 
     ``scored_a`` / ``scored_b``: compound predictions with labels (Metadata_Compound, assay, label,
@@ -210,7 +266,8 @@ def paired_bootstrap(scored_a: pd.DataFrame, scored_b: pd.DataFrame, assays: lis
 
     keys = [COMPOUND, "assay"]
     merged = scored_a[keys + ["label", "probability"]].merge(
-        scored_b[keys + ["probability"]], on=keys, suffixes=("_a", "_b"))
+        scored_b[keys + ["probability"]], on=keys, suffixes=("_a", "_b")
+    )
     if assays is not None:
         merged = merged[merged["assay"].isin(set(assays))]
     rng = np.random.default_rng(seed)
@@ -219,8 +276,17 @@ def paired_bootstrap(scored_a: pd.DataFrame, scored_b: pd.DataFrame, assays: lis
         y = group["label"].to_numpy()
         pa, pb = group["probability_a"].to_numpy(), group["probability_b"].to_numpy()
         if y.min() == y.max():
-            rows.append({"assay": assay, "n": len(y), "auc_a": np.nan, "auc_b": np.nan, "difference": np.nan,
-                         "p_value": np.nan, "draws": 0})
+            rows.append(
+                {
+                    "assay": assay,
+                    "n": len(y),
+                    "auc_a": np.nan,
+                    "auc_b": np.nan,
+                    "difference": np.nan,
+                    "p_value": np.nan,
+                    "draws": 0,
+                }
+            )
             continue
         auc_a, auc_b = roc_auc_score(y, pa), roc_auc_score(y, pb)
         diffs = np.full(n_boot, np.nan)
@@ -231,18 +297,33 @@ def paired_bootstrap(scored_a: pd.DataFrame, scored_b: pd.DataFrame, assays: lis
                 continue
             diffs[i] = roc_auc_score(yt, pa[take]) - roc_auc_score(yt, pb[take])
         valid = diffs[~np.isnan(diffs)]
-        rows.append({"assay": assay, "n": len(y), "auc_a": auc_a, "auc_b": auc_b, "difference": auc_a - auc_b,
-                     "p_value": (1 + int((valid <= 0).sum())) / (1 + len(valid)), "draws": len(valid)})
+        rows.append(
+            {
+                "assay": assay,
+                "n": len(y),
+                "auc_a": auc_a,
+                "auc_b": auc_b,
+                "difference": auc_a - auc_b,
+                "p_value": (1 + int((valid <= 0).sum())) / (1 + len(valid)),
+                "draws": len(valid),
+            }
+        )
         per_draw.append(diffs)
     if per_draw:
         stacked = np.vstack(per_draw)  # (assays, draws): the mean over assays defined in a draw
         mean_diff = np.nanmean(np.where(np.isnan(stacked).all(0, keepdims=True), 0.0, stacked), axis=0)
         defined = [r for r in rows if not np.isnan(r["difference"])]
-        rows.append({"assay": "mean", "n": int(sum(r["n"] for r in defined)),
-                     "auc_a": float(np.mean([r["auc_a"] for r in defined])),
-                     "auc_b": float(np.mean([r["auc_b"] for r in defined])),
-                     "difference": float(np.mean([r["difference"] for r in defined])),
-                     "p_value": (1 + int((mean_diff <= 0).sum())) / (1 + len(mean_diff)), "draws": len(mean_diff)})
+        rows.append(
+            {
+                "assay": "mean",
+                "n": int(sum(r["n"] for r in defined)),
+                "auc_a": float(np.mean([r["auc_a"] for r in defined])),
+                "auc_b": float(np.mean([r["auc_b"] for r in defined])),
+                "difference": float(np.mean([r["difference"] for r in defined])),
+                "p_value": (1 + int((mean_diff <= 0).sum())) / (1 + len(mean_diff)),
+                "draws": len(mean_diff),
+            }
+        )
     return pd.DataFrame(rows, columns=["assay", "n", "auc_a", "auc_b", "difference", "p_value", "draws"])
 
 
@@ -267,11 +348,21 @@ def _model_assay_sets(configuration: str, assays: list[str], primary: list[str])
     raise MomilError(f"configuration must be one of {CONFIGURATIONS}, not {configuration!r}")
 
 
-def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFrame, primary: list[str],
-                   out, cv: CVSettings | None = None, train: TrainSettings | None = None,
-                   show_progress: bool = True, extra_labels: pd.DataFrame | None = None,
-                   assays_frame: pd.DataFrame | None = None, associations: pd.DataFrame | None = None,
-                   select: "SelectSettings | None" = None, impute: "ImputeSettings | None" = None) -> CVResult:
+def cross_validate(
+    store: InstanceStore,
+    labels: LabelMatrix,
+    folds: pd.DataFrame,
+    primary: list[str],
+    out,
+    cv: CVSettings | None = None,
+    train: TrainSettings | None = None,
+    show_progress: bool = True,
+    extra_labels: pd.DataFrame | None = None,
+    assays_frame: pd.DataFrame | None = None,
+    associations: pd.DataFrame | None = None,
+    select: SelectSettings | None = None,
+    impute: ImputeSettings | None = None,
+) -> CVResult:
     """Run the protocol; writes ``out``/ (metrics.csv, predictions, selections, summary.json, models; with
     ``cv.select`` assay_selection.csv, with ``cv.impute`` imputed_labels.parquet, imputation_thresholds.csv and
     imputation_rounds.csv).
@@ -289,15 +380,19 @@ def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFram
     impute = impute or ImputeSettings()
     selecting = cv.select or bool(cv.selection)
     if selecting and cv.configuration != "mtl-all":
-        raise MomilError("assay selection chooses secondary assays for the mtl-all model -- use --configuration "
-                         "mtl-all with --select")
+        raise MomilError(
+            "assay selection chooses secondary assays for the mtl-all model -- use --configuration "
+            "mtl-all with --select"
+        )
     if train.model == "instance-count" and (selecting or cv.impute):
         raise MomilError("the instance-count baseline takes neither --select nor --impute")
     if cv.impute:
         impute.check()
     if cv.select and "biology" in select.stage_list() and associations is None:
-        raise MomilError("assay selection's biology stage needs protein associations (--associations) -- pass "
-                         "them, or leave biology out of --stages")
+        raise MomilError(
+            "assay selection's biology stage needs protein associations (--associations) -- pass "
+            "them, or leave biology out of --stages"
+        )
     started = time.perf_counter()
     out = Path(out)
     if out.exists() and (out / "summary.json").exists():
@@ -337,9 +432,18 @@ def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFram
                 if cv.selection:
                     chosen = load_selection(Path(cv.selection) / f"rot{k}", train_wells, val_wells)
                 else:
-                    found = select_assays(store, labels, assays_frame, associations, train_wells, val_wells,
-                                          out / "selection" / f"rot{k}", select, train,
-                                          show_progress=False)
+                    found = select_assays(
+                        store,
+                        labels,
+                        assays_frame,
+                        associations,
+                        train_wells,
+                        val_wells,
+                        out / "selection" / f"rot{k}",
+                        select,
+                        train,
+                        show_progress=False,
+                    )
                     chosen = found.selected
                     selection_tables.append(found.table.assign(test_fold=k))
                 chosen_set = set(chosen) | set(primary)
@@ -347,8 +451,13 @@ def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFram
                 info["selected_secondary"] = len(chosen)
                 bar.set_postfix(rotation=k, selected=len(chosen))
             if train.model == "instance-count":
-                frame = instance_count_predictions(store, labels, [a for a in assays if a in set(primary)] if
-                                                   cv.configuration != "mtl-all" else assays, train_wells, test_wells)
+                frame = instance_count_predictions(
+                    store,
+                    labels,
+                    [a for a in assays if a in set(primary)] if cv.configuration != "mtl-all" else assays,
+                    train_wells,
+                    test_wells,
+                )
                 frame["fold"] = k
                 well_predictions.append(frame)
                 bar.update(len(rotation_sets) * len(points))
@@ -358,18 +467,44 @@ def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFram
                 is_primary = np.array([a in set(primary) for a in model_assays])
                 potentials = None
                 if train.balancing == "amtl":  # single-task validation AUCs: AMTL's potentials
-                    potentials = single_task_potentials(store, labels, model_assays, train_wells, val_wells, train,
-                                                        select, out / "potentials" / f"rot{k}")
+                    potentials = single_task_potentials(
+                        store,
+                        labels,
+                        model_assays,
+                        train_wells,
+                        val_wells,
+                        train,
+                        select,
+                        out / "potentials" / f"rot{k}",
+                    )
                 best = None
                 for g, point in enumerate(points):
                     settings = dataclasses.replace(train, **point)
                     run_dir = out / "runs" / f"rot{k}" / f"model{m}" / f"grid{g}"
-                    result = fit(store, pairs, train_wells, val_wells, is_primary, settings, run_dir,
-                                 show_progress=False, potentials=potentials)
-                    selections.append({"test_fold": k, "val_fold": rot.val_fold, "model": m,
-                                       "assays": len(model_assays), **point, "best_epoch": result.best_epoch,
-                                       "val_auc": result.best_score, "epochs_run": len(result.history),
-                                       "seconds": round(result.seconds, 2)})
+                    result = fit(
+                        store,
+                        pairs,
+                        train_wells,
+                        val_wells,
+                        is_primary,
+                        settings,
+                        run_dir,
+                        show_progress=False,
+                        potentials=potentials,
+                    )
+                    selections.append(
+                        {
+                            "test_fold": k,
+                            "val_fold": rot.val_fold,
+                            "model": m,
+                            "assays": len(model_assays),
+                            **point,
+                            "best_epoch": result.best_epoch,
+                            "val_auc": result.best_score,
+                            "epochs_run": len(result.history),
+                            "seconds": round(result.seconds, 2),
+                        }
+                    )
                     if best is None or result.best_score > best[0].best_score:
                         best = (result, g, settings)
                     bar.update(1)
@@ -377,10 +512,19 @@ def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFram
                 selections[-len(points) + g]["selected"] = True
                 imputation = None
                 if cv.impute:
-                    done = self_train(store, labels, model_assays, [a for a in model_assays if a in set(primary)],
-                                      train_wells, val_wells, settings, impute,
-                                      out / "runs" / f"rot{k}" / f"model{m}" / "impute", first=result,
-                                      show_progress=False)
+                    done = self_train(
+                        store,
+                        labels,
+                        model_assays,
+                        [a for a in model_assays if a in set(primary)],
+                        train_wells,
+                        val_wells,
+                        settings,
+                        impute,
+                        out / "runs" / f"rot{k}" / f"model{m}" / "impute",
+                        first=result,
+                        show_progress=False,
+                    )
                     result = done.fit
                     imputation = done.summary()
                     imputed_frames.append(done.imputed.assign(test_fold=k, model=m))
@@ -390,11 +534,20 @@ def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFram
                     info["kept_round"] = imputation["kept_round"]
                     bar.set_postfix(rotation=k, imputed=len(done.imputed))
                 info["model_assays"] = info.get("model_assays", 0) + len(model_assays)
-                save_model(out / "models" / f"rot{k}_model{m}.pt", result.model,
-                           {"test_fold": k, "val_fold": rot.val_fold, "settings": dataclasses.asdict(settings),
-                            "val_auc": result.best_score, "imputation": imputation})
-                targets = [a for a in model_assays if a in set(primary)] if cv.configuration != "mtl-all" \
-                    else model_assays
+                save_model(
+                    out / "models" / f"rot{k}_model{m}.pt",
+                    result.model,
+                    {
+                        "test_fold": k,
+                        "val_fold": rot.val_fold,
+                        "settings": dataclasses.asdict(settings),
+                        "val_auc": result.best_score,
+                        "imputation": imputation,
+                    },
+                )
+                targets = (
+                    [a for a in model_assays if a in set(primary)] if cv.configuration != "mtl-all" else model_assays
+                )
                 frame = predict_wells(result.model, store, test_wells, targets, device)
                 frame["fold"] = k
                 well_predictions.append(frame)
@@ -405,10 +558,18 @@ def cross_validate(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFram
     metrics = assay_metrics(scored)
     metrics["primary"] = metrics["assay"].isin(set(primary))
     summary = summarise(metrics, set(primary))
-    summary.update({"configuration": cv.configuration, "select": selecting, "impute": cv.impute,
-                    "rotations": test_folds, "grid_points": len(points), "models_per_rotation": len(model_sets),
-                    "per_rotation": {str(k): v for k, v in per_rotation.items()},
-                    "seconds": round(time.perf_counter() - started, 1)})
+    summary.update(
+        {
+            "configuration": cv.configuration,
+            "select": selecting,
+            "impute": cv.impute,
+            "rotations": test_folds,
+            "grid_points": len(points),
+            "models_per_rotation": len(model_sets),
+            "per_rotation": {str(k): v for k, v in per_rotation.items()},
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+    )
     if selecting:
         summary["mean_selected_secondary"] = float(np.mean([v["selected_secondary"] for v in per_rotation.values()]))
     if cv.impute:

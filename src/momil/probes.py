@@ -55,7 +55,7 @@ def _embed(model, store: InstanceStore, wells: np.ndarray, assay_index: int, dev
     parts = []
     model.eval()
     for start in range(0, len(wells), batch):
-        chunk = np.asarray(wells[start:start + batch], np.int64)
+        chunk = np.asarray(wells[start : start + batch], np.int64)
         bags, mask = load_bags(store, chunk, device)
         parts.append(model.embed(bags, mask, assay_index).float().cpu().numpy())
     return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
@@ -73,10 +73,19 @@ def _draw(wells: np.ndarray, y: np.ndarray, compounds: np.ndarray, n: int, rng) 
     return keep
 
 
-def probe_unseen(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFrame, model_paths: dict[int, Path],
-                 unseen: dict[str, str], settings: ProbeSettings | None = None, stl: TrainSettings | None = None,
-                 work=None, rotations: list[int] | None = None, label: str = "probe",
-                 show_progress: bool = False) -> pd.DataFrame:
+def probe_unseen(
+    store: InstanceStore,
+    labels: LabelMatrix,
+    folds: pd.DataFrame,
+    model_paths: dict[int, Path],
+    unseen: dict[str, str],
+    settings: ProbeSettings | None = None,
+    stl: TrainSettings | None = None,
+    work=None,
+    rotations: list[int] | None = None,
+    label: str = "probe",
+    show_progress: bool = False,
+) -> pd.DataFrame:
     """Few-shot probes of ``unseen`` assays (assay -> related primary) on the heads of ``model_paths`` (test
     fold -> model file whose assays include the primary and exclude the unseen assay), and a single-task model on
     each unseen assay when ``stl`` is given. Rows: assay, primary, source, shots, auc_mean, auc_sd, draws,
@@ -120,19 +129,23 @@ def probe_unseen(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFrame,
                     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
                     clf.fit(tr_x[keep], tr_y[keep])
                     prob = clf.predict_proba(te_x)[:, 1]
-                    pooled.setdefault((n, r), []).append(pd.DataFrame({COMPOUND: te_c, "label": te_y,
-                                                                       "probability": prob}))
+                    pooled.setdefault((n, r), []).append(
+                        pd.DataFrame({COMPOUND: te_c, "label": te_y, "probability": prob})
+                    )
             if stl is not None:
                 pairs = WellPairs.build(store.wells, labels, [assay])
                 folder = Path(work) / f"stl-{safe_name(assay, 30)}-rot{k}" if work else None
-                result = fit(store, pairs, parts["train"], parts["val"], np.ones(1, bool), stl, folder,
-                             show_progress=False)
+                result = fit(
+                    store, pairs, parts["train"], parts["val"], np.ones(1, bool), stl, folder, show_progress=False
+                )
                 bags, mask = load_bags(store, te_wells, device)
                 prob = result.model.predict(bags, mask).numpy()[:, 0]
                 stl_frames.append(pd.DataFrame({COMPOUND: te_c, "label": te_y, "probability": prob}))
 
         def compound_auc(frames):
-            both = pd.concat(frames).groupby(COMPOUND).agg(label=("label", "first"), probability=("probability", "mean"))
+            both = (
+                pd.concat(frames).groupby(COMPOUND).agg(label=("label", "first"), probability=("probability", "mean"))
+            )
             if both["label"].nunique() < 2:
                 return float("nan"), len(both)
             return float(roc_auc_score(both["label"], both["probability"])), len(both)
@@ -140,17 +153,36 @@ def probe_unseen(store: InstanceStore, labels: LabelMatrix, folds: pd.DataFrame,
         for n in shots:
             aucs = [compound_auc(frames) for (m, _), frames in pooled.items() if m == n]
             values = [a for a, _ in aucs if not np.isnan(a)]
-            rows.append({"assay": assay, "primary": primary, "source": label, "shots": "all" if n == 0 else n,
-                         "auc_mean": float(np.mean(values)) if values else float("nan"),
-                         "auc_sd": float(np.std(values)) if values else float("nan"), "draws": len(values),
-                         "n_compounds": aucs[0][1] if aucs else 0})
+            rows.append(
+                {
+                    "assay": assay,
+                    "primary": primary,
+                    "source": label,
+                    "shots": "all" if n == 0 else n,
+                    "auc_mean": float(np.mean(values)) if values else float("nan"),
+                    "auc_sd": float(np.std(values)) if values else float("nan"),
+                    "draws": len(values),
+                    "n_compounds": aucs[0][1] if aucs else 0,
+                }
+            )
         if stl_frames:
             auc, count = compound_auc(stl_frames)
-            rows.append({"assay": assay, "primary": primary, "source": "single-task model on the assay",
-                         "shots": "all", "auc_mean": auc, "auc_sd": 0.0, "draws": 1, "n_compounds": count})
+            rows.append(
+                {
+                    "assay": assay,
+                    "primary": primary,
+                    "source": "single-task model on the assay",
+                    "shots": "all",
+                    "auc_mean": auc,
+                    "auc_sd": 0.0,
+                    "draws": 1,
+                    "n_compounds": count,
+                }
+            )
     bar.close()
-    return pd.DataFrame(rows, columns=["assay", "primary", "source", "shots", "auc_mean", "auc_sd", "draws",
-                                       "n_compounds"])
+    return pd.DataFrame(
+        rows, columns=["assay", "primary", "source", "shots", "auc_mean", "auc_sd", "draws", "n_compounds"]
+    )
 
 
 def choose_unseen(selection_tables: list[pd.DataFrame], labels: LabelMatrix, limit: int = 12) -> dict[str, str]:

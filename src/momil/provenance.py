@@ -12,8 +12,9 @@ import platform
 import shutil
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 _HASH_LIMIT = 64 * 1024 * 1024  # inputs up to this size are hashed; larger ones are recorded by size and mtime
 

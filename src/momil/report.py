@@ -15,13 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from momil.errors import MomilError
 from momil.io.readers import read_json, read_parquet_frame
 from momil.io.tables import read_table
-from momil.errors import MomilError
 from momil.provenance import atomic_path
 
-PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
-           "#bab0ac"]
+PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"]
 
 
 def _esc(value) -> str:
@@ -71,11 +70,15 @@ def auc_bars_svg(table: pd.DataFrame, width: int = 900, height: int = 300) -> st
             if pd.isna(value):
                 continue
             h = inner_h * float(value)
-            parts.append(f"<rect x='{x0 + m * bar_w:.1f}' y='{top + inner_h - h:.1f}' width='{bar_w * 0.92:.1f}' "
-                         f"height='{h:.1f}' fill='{PALETTE[m % len(PALETTE)]}'><title>{_esc(row['label'])}, "
-                         f"{_esc(column)}: {value:.3f}</title></rect>")
-        parts.append(f"<text x='{left + (g + 0.5) * group_w:.1f}' y='{top + inner_h + 16}' font-size='11' "
-                     f"text-anchor='middle'>{_esc(column)}</text>")
+            parts.append(
+                f"<rect x='{x0 + m * bar_w:.1f}' y='{top + inner_h - h:.1f}' width='{bar_w * 0.92:.1f}' "
+                f"height='{h:.1f}' fill='{PALETTE[m % len(PALETTE)]}'><title>{_esc(row['label'])}, "
+                f"{_esc(column)}: {value:.3f}</title></rect>"
+            )
+        parts.append(
+            f"<text x='{left + (g + 0.5) * group_w:.1f}' y='{top + inner_h + 16}' font-size='11' "
+            f"text-anchor='middle'>{_esc(column)}</text>"
+        )
     for m, name in enumerate(methods):
         y = height + 20 * m
         parts.append(f"<rect x='{left}' y='{y - 10}' width='12' height='12' fill='{PALETTE[m % len(PALETTE)]}'/>")
@@ -94,19 +97,23 @@ def roc_points(label: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.nda
 def roc_svg(scored: dict[str, pd.DataFrame], assay: str, labels_of: dict[str, str], size: int = 260) -> str:
     pad = 30
     inner = size - 2 * pad
-    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{size + 10}' height='{size + 10}'>",
-             f"<rect x='{pad}' y='{pad}' width='{inner}' height='{inner}' fill='none' stroke='#999'/>",
-             f"<line x1='{pad}' y1='{pad + inner}' x2='{pad + inner}' y2='{pad}' stroke='#ccc' stroke-dasharray='4'/>",
-             f"<text x='{size / 2}' y='18' font-size='12' text-anchor='middle'>{_esc(assay)}</text>",
-             f"<text x='{size / 2}' y='{size}' font-size='10' text-anchor='middle'>false positive rate</text>"]
+    parts = [
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{size + 10}' height='{size + 10}'>",
+        f"<rect x='{pad}' y='{pad}' width='{inner}' height='{inner}' fill='none' stroke='#999'/>",
+        f"<line x1='{pad}' y1='{pad + inner}' x2='{pad + inner}' y2='{pad}' stroke='#ccc' stroke-dasharray='4'/>",
+        f"<text x='{size / 2}' y='18' font-size='12' text-anchor='middle'>{_esc(assay)}</text>",
+        f"<text x='{size / 2}' y='{size}' font-size='10' text-anchor='middle'>false positive rate</text>",
+    ]
     for m, (name, frame) in enumerate(scored.items()):
         mine = frame[frame["assay"] == assay]
         if mine.empty or mine["label"].nunique() < 2:
             continue
         fpr, tpr = roc_points(mine["label"].to_numpy(), mine["probability"].to_numpy())
         points = " ".join(f"{pad + inner * x:.1f},{pad + inner * (1 - y):.1f}" for x, y in zip(fpr, tpr))
-        parts.append(f"<polyline points='{points}' fill='none' stroke='{PALETTE[m % len(PALETTE)]}' "
-                     f"stroke-width='1.5'><title>{_esc(labels_of.get(name, name))}</title></polyline>")
+        parts.append(
+            f"<polyline points='{points}' fill='none' stroke='{PALETTE[m % len(PALETTE)]}' "
+            f"stroke-width='1.5'><title>{_esc(labels_of.get(name, name))}</title></polyline>"
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -125,8 +132,10 @@ def attention_svg(frame: pd.DataFrame, width: int = 420, height: int = 90) -> st
         where = ""
         if "Metadata_Site" in frame:
             where = f", site {frame['Metadata_Site'].iloc[i]}"
-        parts.append(f"<rect x='{10 + i * bar:.1f}' y='{height - 10 - h:.1f}' width='{max(bar * 0.85, 1):.1f}' "
-                     f"height='{h:.1f}' fill='{color}'><title>instance {i}{_esc(where)}: {w:.4f}</title></rect>")
+        parts.append(
+            f"<rect x='{10 + i * bar:.1f}' y='{height - 10 - h:.1f}' width='{max(bar * 0.85, 1):.1f}' "
+            f"height='{h:.1f}' fill='{color}'><title>instance {i}{_esc(where)}: {w:.4f}</title></rect>"
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -141,18 +150,25 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw, 6))
+        + chunk(b"IEND", b"")
+    )
 
 
 def field_composite(field: np.ndarray, names: list[str], max_size: int = 384) -> tuple[np.ndarray, float]:
     """An RGB view of a normalised field (C, H, W): DNA blue, ER (or RNA) green, AGP (or Mito) red; downsampled
     to at most ``max_size`` pixels. Returns (uint8 image, scale from field pixels to image pixels)."""
+
     def pick(*wanted):
         for name in wanted:
             if name in names:
                 return field[names.index(name)]
         return np.zeros(field.shape[1:], np.float32)
+
     rgb = np.stack([pick("AGP", "Mito"), pick("ER", "RNA"), pick("DNA")], axis=-1)
     step = max(1, int(np.ceil(max(rgb.shape[:2]) / max_size)))
     rgb = rgb[::step, ::step]
@@ -166,16 +182,19 @@ def field_overlay_svg(png: bytes, scale: float, tile: int, frame: pd.DataFrame) 
 
     width, height = struct.unpack(">II", png[16:24])
     peak = float(frame["attention"].max()) or 1.0
-    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}'>",
-             f"<image width='{width}' height='{height}' href='data:image/png;base64,"
-             f"{base64.b64encode(png).decode()}'/>"]
+    parts = [
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}'>",
+        f"<image width='{width}' height='{height}' href='data:image/png;base64,{base64.b64encode(png).decode()}'/>",
+    ]
     for _, row in frame.sort_values("attention").iterrows():
         share = float(row["attention"]) / peak
-        parts.append(f"<rect x='{row['Metadata_TileX'] * scale:.1f}' y='{row['Metadata_TileY'] * scale:.1f}' "
-                     f"width='{tile * scale:.1f}' height='{tile * scale:.1f}' fill='#ffdd00' "
-                     f"fill-opacity='{0.35 * share:.2f}' stroke='#ffdd00' stroke-opacity='{share:.2f}' "
-                     f"stroke-width='{1 + 2 * share:.1f}'><title>instance {int(row['instance'])}: "
-                     f"{row['attention']:.4f}</title></rect>")
+        parts.append(
+            f"<rect x='{row['Metadata_TileX'] * scale:.1f}' y='{row['Metadata_TileY'] * scale:.1f}' "
+            f"width='{tile * scale:.1f}' height='{tile * scale:.1f}' fill='#ffdd00' "
+            f"fill-opacity='{0.35 * share:.2f}' stroke='#ffdd00' stroke-opacity='{share:.2f}' "
+            f"stroke-width='{1 + 2 * share:.1f}'><title>instance {int(row['instance'])}: "
+            f"{row['attention']:.4f}</title></rect>"
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -213,9 +232,11 @@ def render_report(folder, out=None) -> Path:
             scored[method] = read_parquet_frame(path, "scored predictions")
     primary = [c for c in table.columns if c not in ("method", "label", "mean", "seconds")]
 
-    body = [f"<h1>momil benchmark</h1><p class='note'>{_esc(folder.resolve())} &mdash; momil "
-            f"{_esc(record.get('momil_version', ''))}, made {_esc(record.get('created', ''))}; methods: "
-            f"{_esc(', '.join(table['label']))}</p>"]
+    body = [
+        f"<h1>momil benchmark</h1><p class='note'>{_esc(folder.resolve())} &mdash; momil "
+        f"{_esc(record.get('momil_version', ''))}, made {_esc(record.get('created', ''))}; methods: "
+        f"{_esc(', '.join(table['label']))}</p>"
+    ]
     body.append("<h2>Table 2: compound-level ROC-AUC of the primary assays</h2>")
     body.append(markdown_table_to_html((folder / "table2.md").read_text()))
     if (folder / "pvalues.csv").exists():
@@ -223,21 +244,30 @@ def render_report(folder, out=None) -> Path:
         if len(pvalues):
             focus = pvalues["focus"].iloc[0]
             wide = pvalues.pivot_table(index="other", columns="assay", values="p_value", aggfunc="first")
-            body.append(f"<h3>Paired one-sided bootstrap: {_esc(labels_of.get(focus, focus))} better than &hellip;"
-                        "</h3><table><tr><th>method</th>" + "".join(f"<th>{_esc(c)}</th>" for c in wide.columns)
-                        + "</tr>")
+            body.append(
+                f"<h3>Paired one-sided bootstrap: {_esc(labels_of.get(focus, focus))} better than &hellip;"
+                "</h3><table><tr><th>method</th>" + "".join(f"<th>{_esc(c)}</th>" for c in wide.columns) + "</tr>"
+            )
             for other, row in wide.iterrows():
-                body.append(f"<tr><td>{_esc(labels_of.get(other, other))}</td>"
-                            + "".join(f"<td>{v:.3g}</td>" for v in row.to_numpy()) + "</tr>")
+                body.append(
+                    f"<tr><td>{_esc(labels_of.get(other, other))}</td>"
+                    + "".join(f"<td>{v:.3g}</td>" for v in row.to_numpy())
+                    + "</tr>"
+                )
             body.append("</table>")
     body.append("<h2>Per-assay AUC</h2>")
     body.append(auc_bars_svg(table.drop(columns=[c for c in ("seconds",) if c in table])))
     if scored:
         body.append("<h2>ROC curves (test predictions pooled over rotations)</h2><div class='grid'>")
         body += [roc_svg(scored, assay, labels_of) for assay in primary]
-        body.append("</div><p class='note'>" + " &middot; ".join(
-            f"<span style='color:{PALETTE[m % len(PALETTE)]}'>&#9632;</span> {_esc(labels_of.get(name, name))}"
-            for m, name in enumerate(scored)) + "</p>")
+        body.append(
+            "</div><p class='note'>"
+            + " &middot; ".join(
+                f"<span style='color:{PALETTE[m % len(PALETTE)]}'>&#9632;</span> {_esc(labels_of.get(name, name))}"
+                for m, name in enumerate(scored)
+            )
+            + "</p>"
+        )
     if (folder / "table3.md").exists():
         body.append("<h2>Table 3: unseen assays, few-shot probes on a primary head</h2>")
         body.append(markdown_table_to_html((folder / "table3.md").read_text()))
@@ -245,21 +275,27 @@ def render_report(folder, out=None) -> Path:
         attention = read_parquet_frame(folder / "attention.parquet", "attention table")
         body.append("<h2>Attention over the instances of top-scored active test wells</h2>")
         for (plate, well, assay), frame in attention.groupby(["Metadata_Plate", "Metadata_Well", "assay"], sort=False):
-            body.append(f"<h4>{_esc(assay)}: plate {_esc(plate)}, well {_esc(well)}, compound "
-                        f"{_esc(frame['Metadata_Compound'].iloc[0])}, probability "
-                        f"{frame['probability'].iloc[0]:.3f}</h4>")
+            body.append(
+                f"<h4>{_esc(assay)}: plate {_esc(plate)}, well {_esc(well)}, compound "
+                f"{_esc(frame['Metadata_Compound'].iloc[0])}, probability "
+                f"{frame['probability'].iloc[0]:.3f}</h4>"
+            )
             body.append(attention_svg(frame))
-            for site, tiles in (frame.groupby("Metadata_Site") if "Metadata_TileY" in frame else []):
+            for site, tiles in frame.groupby("Metadata_Site") if "Metadata_TileY" in frame else []:
                 png = folder / "fields" / f"{_field_file(plate, well, site)}.png"
                 info = folder / "fields" / f"{_field_file(plate, well, site)}.json"
                 if png.exists() and info.exists():
                     meta = read_json(info, "simulation record")
                     body.append(f"<p class='note'>site {_esc(site)}: tiles outlined by attention</p>")
                     body.append(field_overlay_svg(png.read_bytes(), meta["scale"], meta["tile"], tiles))
-        body.append("<p class='note'>Bars: attention weight per instance of the focus method's head (rotation 0 "
-                    "model), the three largest in red. Hover for the instance's site.</p>")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>momil benchmark</title><style>{STYLE}</style>"
-            f"</head><body>{''.join(body)}</body></html>")
+        body.append(
+            "<p class='note'>Bars: attention weight per instance of the focus method's head (rotation 0 "
+            "model), the three largest in red. Hover for the instance's site.</p>"
+        )
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>momil benchmark</title><style>{STYLE}</style>"
+        f"</head><body>{''.join(body)}</body></html>"
+    )
     target = Path(out) if out else folder / "report.html"
     with atomic_path(target) as tmp:
         tmp.write_text(page, encoding="utf-8")

@@ -36,6 +36,7 @@ from momil.config import Settings, setting
 from momil.data import WellPairs, labelled_wells_of, load_bags
 from momil.errors import MomilError
 from momil.io.contract import LabelMatrix, assay_genes
+from momil.io.readers import read_json
 from momil.io.store import InstanceStore
 from momil.progress import progress
 from momil.provenance import atomic_path, provenance, safe_name, write_json_atomic
@@ -46,10 +47,19 @@ STAGES = ("biology", "performance", "influence")
 
 @dataclasses.dataclass
 class SelectSettings(Settings):
-    stages: str = setting("biology,performance,influence", "stages to run, comma-separated, in this order; one left out keeps all")
-    th_bio: float = setting(0.4, "association (0-1) a secondary's targets need with a primary's (STRING: 0.4 medium, 0.7 high)", low=0, high=1)
+    stages: str = setting(
+        "biology,performance,influence", "stages to run, comma-separated, in this order; one left out keeps all"
+    )
+    th_bio: float = setting(
+        0.4,
+        "association (0-1) a secondary's targets need with a primary's (STRING: 0.4 medium, 0.7 high)",
+        low=0,
+        high=1,
+    )
     th_perf: float = setting(0.7, "single-assay well-level validation ROC-AUC needed (the paper's 70 %)", low=0, high=1)
-    th_inf: float = setting(0.9, "influence needed, as a fraction of the primary's self-influence (the paper's 0.9)", low=0)
+    th_inf: float = setting(
+        0.9, "influence needed, as a fraction of the primary's self-influence (the paper's 0.9)", low=0
+    )
     keep_without_genes: bool = setting(False, "secondary assays without target genes pass the biology stage")
     stl_head_dim: int = setting(64, "head size of the single-assay models", low=1)
     stl_lr: float = setting(1e-4, "learning rate of the single-assay models", low=0, high=1, low_open=True)
@@ -72,15 +82,18 @@ class SelectionResult:
 
     def summary(self) -> dict:
         t = self.table
-        return {"candidates": int(len(t)),
-                "after_biology": int(t["bio_kept"].sum()) if "bio_kept" in t else None,
-                "after_performance": int(t["perf_kept"].sum()) if "perf_kept" in t else None,
-                "selected": len(self.selected)}
+        return {
+            "candidates": int(len(t)),
+            "after_biology": int(t["bio_kept"].sum()) if "bio_kept" in t else None,
+            "after_performance": int(t["perf_kept"].sum()) if "perf_kept" in t else None,
+            "selected": len(self.selected),
+        }
 
 
 # --------------------------------------------------------------------------------------------------- biology
-def biological_similarity(genes: dict[str, list[str]], associations: pd.DataFrame | None, primary: list[str],
-                          secondary: list[str]) -> pd.DataFrame:
+def biological_similarity(
+    genes: dict[str, list[str]], associations: pd.DataFrame | None, primary: list[str], secondary: list[str]
+) -> pd.DataFrame:
     """Best association among the gene pairs of each (primary, secondary) assay pair.
 
     ``genes`` maps an assay to its target gene symbols; ``associations`` has gene_a, gene_b, score (0-1). A gene
@@ -103,8 +116,9 @@ def biological_similarity(genes: dict[str, list[str]], associations: pd.DataFram
                     score = 1.0 if gp == gs else lookup.get((gp, gs) if gp <= gs else (gs, gp), 0.0)
                     if score > best:
                         best, pair = score, (gp, gs)
-            rows.append({"primary": p, "secondary": s, "score": best, "gene_primary": pair[0],
-                         "gene_secondary": pair[1]})
+            rows.append(
+                {"primary": p, "secondary": s, "score": best, "gene_primary": pair[0], "gene_secondary": pair[1]}
+            )
     return pd.DataFrame(rows, columns=["primary", "secondary", "score", "gene_primary", "gene_secondary"])
 
 
@@ -114,8 +128,15 @@ def stl_settings(train: TrainSettings, settings: SelectSettings) -> TrainSetting
     return dataclasses.replace(train, shared_projector=False, head_dim=settings.stl_head_dim, lr=settings.stl_lr)
 
 
-def train_single_assay(store: InstanceStore, labels: LabelMatrix, assay: str, train_wells: np.ndarray,
-                       val_wells: np.ndarray, settings: TrainSettings, root: Path) -> tuple[object, float, int]:
+def train_single_assay(
+    store: InstanceStore,
+    labels: LabelMatrix,
+    assay: str,
+    train_wells: np.ndarray,
+    val_wells: np.ndarray,
+    settings: TrainSettings,
+    root: Path,
+) -> tuple[object, float, int]:
     """Fit (or reuse) one single-assay model; returns (model or None, validation AUC or NaN, training wells)."""
     folder = root / safe_name(assay)
     pairs = WellPairs.build(store.wells, labels, [assay])
@@ -127,12 +148,21 @@ def train_single_assay(store: InstanceStore, labels: LabelMatrix, assay: str, tr
         model, extra = load_model(done, resolve_device(settings.device))
         if extra.get("signature") == _stl_signature(settings, pairs, train_wells, val_wells):
             return model, float(extra["val_auc"]), n_train
-    result: FitResult = fit(store, pairs, train_wells, val_wells, np.ones(1, bool), settings, folder / "checkpoint",
-                            show_progress=False)
+    result: FitResult = fit(
+        store, pairs, train_wells, val_wells, np.ones(1, bool), settings, folder / "checkpoint", show_progress=False
+    )
     aucs = [h["val_auc"] for h in result.history]
     auc = float(aucs[result.best_epoch]) if 0 <= result.best_epoch < len(aucs) else float("nan")
-    save_model(done, result.model, {"assay": assay, "val_auc": auc, "best_epoch": result.best_epoch,
-                                    "signature": _stl_signature(settings, pairs, train_wells, val_wells)})
+    save_model(
+        done,
+        result.model,
+        {
+            "assay": assay,
+            "val_auc": auc,
+            "best_epoch": result.best_epoch,
+            "signature": _stl_signature(settings, pairs, train_wells, val_wells),
+        },
+    )
     return result.model, auc, n_train
 
 
@@ -146,22 +176,24 @@ def _stl_signature(settings: TrainSettings, pairs: WellPairs, train_wells, val_w
 
 # ---------------------------------------------------------------------------------------------- influence
 @torch.no_grad()
-def embed_wells(models: dict[str, object], store: InstanceStore, wells: np.ndarray, device,
-                batch_wells: int = 64) -> dict[str, np.ndarray]:
+def embed_wells(
+    models: dict[str, object], store: InstanceStore, wells: np.ndarray, device, batch_wells: int = 64
+) -> dict[str, np.ndarray]:
     """Each model's attention-pooled representation of ``wells`` (its only assay's head): (wells, head_dim)."""
     out: dict[str, list[np.ndarray]] = {name: [] for name in models}
     for model in models.values():
         model.eval()
     for start in range(0, len(wells), batch_wells):
-        batch = np.asarray(wells[start:start + batch_wells], dtype=np.int64)
+        batch = np.asarray(wells[start : start + batch_wells], dtype=np.int64)
         bags, mask = load_bags(store, batch, device)
         for name, model in models.items():
             out[name].append(model.embed(bags, mask, 0).float().cpu().numpy())
     return {name: (np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)) for name, parts in out.items()}
 
 
-def influence_score(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
-                    c: float = 1.0, seed: int = 0) -> float:
+def influence_score(
+    train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, c: float = 1.0, seed: int = 0
+) -> float:
     """Validation ROC-AUC of a logistic regression on standardised embeddings (NaN where undefined)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -176,10 +208,18 @@ def influence_score(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
 
 
 # -------------------------------------------------------------------------------------------------- driver
-def select_assays(store: InstanceStore, labels: LabelMatrix, assays: pd.DataFrame,
-                  associations: pd.DataFrame | None, train_wells: np.ndarray, val_wells: np.ndarray, out,
-                  settings: SelectSettings | None = None, train: TrainSettings | None = None,
-                  show_progress: bool = True) -> SelectionResult:
+def select_assays(
+    store: InstanceStore,
+    labels: LabelMatrix,
+    assays: pd.DataFrame,
+    associations: pd.DataFrame | None,
+    train_wells: np.ndarray,
+    val_wells: np.ndarray,
+    out,
+    settings: SelectSettings | None = None,
+    train: TrainSettings | None = None,
+    show_progress: bool = True,
+) -> SelectionResult:
     """Run the chosen stages on one rotation's training and validation wells; writes ``out``/.
 
     ``out`` gets ``selection.csv`` (every candidate: scores, kept flags, reason), ``influence.csv``,
@@ -190,8 +230,10 @@ def select_assays(store: InstanceStore, labels: LabelMatrix, assays: pd.DataFram
     stages = settings.stage_list()
     out = Path(out)
     if "biology" in stages and associations is None:
-        raise MomilError("the biology stage needs protein associations (--associations) -- pass them, or "
-                         "leave biology out of --stages")
+        raise MomilError(
+            "the biology stage needs protein associations (--associations) -- pass them, or "
+            "leave biology out of --stages"
+        )
     device = resolve_device(train.device)
     train_wells = np.asarray(train_wells, np.int64)
     val_wells = np.asarray(val_wells, np.int64)
@@ -213,16 +255,20 @@ def select_assays(store: InstanceStore, labels: LabelMatrix, assays: pd.DataFram
     associated: dict[str, set[str]] = {p: set(secondary) for p in primary}
     if "biology" in stages:
         no_genes = table["target_genes"] == ""
-        best = bio.sort_values(["secondary", "score", "primary"], ascending=[True, False, True]) \
-            .drop_duplicates("secondary").set_index("secondary")
+        best = (
+            bio.sort_values(["secondary", "score", "primary"], ascending=[True, False, True])
+            .drop_duplicates("secondary")
+            .set_index("secondary")
+        )
         table["bio_score"] = table["assay"].map(best["score"]).fillna(0.0).to_numpy()
         table["bio_primary"] = table["assay"].map(best["primary"]).astype(object).where(table["bio_score"] > 0, "")
         table["bio_kept"] = (table["bio_score"] >= settings.th_bio) | (no_genes & settings.keep_without_genes)
         table.loc[no_genes & ~table["bio_kept"], "reason"] = "no target genes"
         table.loc[no_genes & table["bio_kept"], "reason"] = ""
         low = ~no_genes & ~table["bio_kept"]
-        table.loc[low, "reason"] = [f"association {s:.2f} < th_bio {settings.th_bio:g}"
-                                    for s in table.loc[low, "bio_score"]]
+        table.loc[low, "reason"] = [
+            f"association {s:.2f} < th_bio {settings.th_bio:g}" for s in table.loc[low, "bio_score"]
+        ]
         alive &= table["bio_kept"]
         strong = bio[bio["score"] >= settings.th_bio]
         associated = {p: set(strong.loc[strong["primary"] == p, "secondary"]) for p in primary}
@@ -233,8 +279,11 @@ def select_assays(store: InstanceStore, labels: LabelMatrix, assays: pd.DataFram
         if unmapped:
             import warnings
 
-            warnings.warn(f"{len(unmapped)} primary assay(s) have no target genes (e.g. {unmapped[0]}); no "
-                          "secondary assay can be associated with them", stacklevel=2)
+            warnings.warn(
+                f"{len(unmapped)} primary assay(s) have no target genes (e.g. {unmapped[0]}); no "
+                "secondary assay can be associated with them",
+                stacklevel=2,
+            )
 
     # 2. performance --------------------------------------------------------------------------------------
     stl = stl_settings(train, settings)
@@ -243,8 +292,9 @@ def select_assays(store: InstanceStore, labels: LabelMatrix, assays: pd.DataFram
     if need_models:
         wanted = list(table.loc[alive, "assay"]) + (primary if "influence" in stages else [])
         perf, n_train = {}, {}
-        with progress(total=len(wanted), desc="select: single-assay models", unit="model",
-                      enabled=show_progress) as bar:
+        with progress(
+            total=len(wanted), desc="select: single-assay models", unit="model", enabled=show_progress
+        ) as bar:
             for assay in wanted:
                 model, auc, n = train_single_assay(store, labels, assay, train_wells, val_wells, stl, out / "stl")
                 perf[assay], n_train[assay] = auc, n
@@ -258,10 +308,13 @@ def select_assays(store: InstanceStore, labels: LabelMatrix, assays: pd.DataFram
         table["perf_kept"] = alive & (table["perf_auc"] >= settings.th_perf)
         dropped = alive & ~table["perf_kept"]
         table.loc[dropped, "reason"] = [
-            "no labelled training wells" if n == 0 else
-            "validation labels of one class (AUC undefined)" if math.isnan(a) else
-            f"validation AUC {a:.3f} < th_perf {settings.th_perf:g}"
-            for a, n in zip(table.loc[dropped, "perf_auc"], table.loc[dropped, "train_wells"])]
+            "no labelled training wells"
+            if n == 0
+            else "validation labels of one class (AUC undefined)"
+            if math.isnan(a)
+            else f"validation AUC {a:.3f} < th_perf {settings.th_perf:g}"
+            for a, n in zip(table.loc[dropped, "perf_auc"], table.loc[dropped, "train_wells"])
+        ]
         alive &= table["perf_kept"]
 
     # 3. influence ----------------------------------------------------------------------------------------
@@ -276,23 +329,41 @@ def select_assays(store: InstanceStore, labels: LabelMatrix, assays: pd.DataFram
                 heads = {t: models[t] for t in [p] + mine if t in models}
                 emb_tr = embed_wells(heads, store, tr, device)
                 emb_va = embed_wells(heads, store, va, device)
-                own = influence_score(emb_tr[p], y_tr, emb_va[p], y_va, settings.influence_c) if p in heads \
+                own = (
+                    influence_score(emb_tr[p], y_tr, emb_va[p], y_va, settings.influence_c)
+                    if p in heads
                     else float("nan")
+                )
                 for t in mine:
                     score = influence_score(emb_tr[t], y_tr, emb_va[t], y_va, settings.influence_c)
                     ratio = score / own if own > 0 and not math.isnan(score) else float("nan")
-                    influence_rows.append({"primary": p, "assay": t, "influence": score, "self_influence": own,
-                                           "ratio": ratio, "kept": bool(ratio >= settings.th_inf)})
+                    influence_rows.append(
+                        {
+                            "primary": p,
+                            "assay": t,
+                            "influence": score,
+                            "self_influence": own,
+                            "ratio": ratio,
+                            "kept": bool(ratio >= settings.th_inf),
+                        }
+                    )
                 bar.update(1)
-        influence = pd.DataFrame(influence_rows, columns=["primary", "assay", "influence", "self_influence",
-                                                          "ratio", "kept"])
-        best = influence.sort_values(["assay", "ratio", "primary"], ascending=[True, False, True], na_position="last") \
-            .drop_duplicates("assay").set_index("assay")
+        influence = pd.DataFrame(
+            influence_rows, columns=["primary", "assay", "influence", "self_influence", "ratio", "kept"]
+        )
+        best = (
+            influence.sort_values(["assay", "ratio", "primary"], ascending=[True, False, True], na_position="last")
+            .drop_duplicates("assay")
+            .set_index("assay")
+        )
         table["influence_ratio"] = table["assay"].map(best["ratio"]).astype(float)
         table["influence_primary"] = table["assay"].map(best["primary"]).astype(object).fillna("")
         kept_rows = influence.loc[influence["kept"].astype(bool)]
-        kept_any = kept_rows.groupby("assay")["primary"].agg(lambda s: "|".join(s)) if len(kept_rows) \
+        kept_any = (
+            kept_rows.groupby("assay")["primary"].agg(lambda s: "|".join(s))
+            if len(kept_rows)
             else pd.Series(dtype=object)
+        )
         table["influence_kept"] = alive & table["assay"].isin(kept_any.index)
         table["influential_for"] = table["assay"].map(kept_any).astype(object).fillna("")
         dropped = alive & ~table["influence_kept"]
@@ -317,17 +388,33 @@ def select_assays(store: InstanceStore, labels: LabelMatrix, assays: pd.DataFram
     return result
 
 
-def _write(out: Path, result: SelectionResult, settings: SelectSettings, train: TrainSettings, stages, primary,
-           store: InstanceStore, train_wells, val_wells) -> None:
+def _write(
+    out: Path,
+    result: SelectionResult,
+    settings: SelectSettings,
+    train: TrainSettings,
+    stages,
+    primary,
+    store: InstanceStore,
+    train_wells,
+    val_wells,
+) -> None:
     with atomic_path(out / "selection.csv") as tmp:
         result.table.to_csv(tmp, index=False)
     with atomic_path(out / "influence.csv") as tmp:
         result.influence.to_csv(tmp, index=False)
     with atomic_path(out / "biology.csv") as tmp:
         result.biology.to_csv(tmp, index=False)
-    record = provenance("select", {"select": dataclasses.asdict(settings), "train": dataclasses.asdict(train)},
-                        inputs={"store": store.path}, summary=result.summary(), stages=stages, primary=primary,
-                        selected=result.selected, wells_digest=wells_digest(train_wells, val_wells))
+    record = provenance(
+        "select",
+        {"select": dataclasses.asdict(settings), "train": dataclasses.asdict(train)},
+        inputs={"store": store.path},
+        summary=result.summary(),
+        stages=stages,
+        primary=primary,
+        selected=result.selected,
+        wells_digest=wells_digest(train_wells, val_wells),
+    )
     write_json_atomic(record, out / "selection.json")
 
 
@@ -344,10 +431,12 @@ def load_selection(folder, train_wells=None, val_wells=None) -> list[str]:
     path = Path(folder) / "selection.json"
     if not path.exists():
         raise MomilError(f"{path}: no finished selection here -- run `momil select` first")
-    record = json.loads(path.read_text())
+    record = read_json(path, "selection record")
     if train_wells is not None and record.get("wells_digest") != wells_digest(train_wells, val_wells):
-        raise MomilError(f"{path}: was made on other training/validation wells than this rotation's -- run "
-                         "`momil select` with the same store and folds (or let `momil cv --select` run it)")
+        raise MomilError(
+            f"{path}: was made on other training/validation wells than this rotation's -- run "
+            "`momil select` with the same store and folds (or let `momil cv --select` run it)"
+        )
     return list(record["selected"])
 
 

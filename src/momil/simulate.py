@@ -54,20 +54,32 @@ DMSO = "DMSO"
 
 @dataclasses.dataclass
 class SimulateSettings(Settings):
-    mode: str = setting("synthetic", '"synthetic" or "hti-cnn" (real compounds, assays and label pattern)', choices=['synthetic', 'hti-cnn'])
+    mode: str = setting(
+        "synthetic",
+        '"synthetic" or "hti-cnn" (real compounds, assays and label pattern)',
+        choices=["synthetic", "hti-cnn"],
+    )
     n_compounds: int = setting(300, "synthetic: compounds; hti-cnn: keep the n most-labelled (0 = all 10,574)", low=0)
     n_assays: int = setting(24, "synthetic only (hti-cnn has its 209)", low=1)
     n_primary: int = setting(6, low=1)
     n_targets: int = setting(10, low=1)
-    related_fraction: float = setting(0.6, "secondary assays on a primary's target; the rest split below", low=0, high=1)
+    related_fraction: float = setting(
+        0.6, "secondary assays on a primary's target; the rest split below", low=0, high=1
+    )
     unrelated_fraction: float = setting(0.2, "secondary assays whose labels do not depend on morphology", low=0, high=1)
     hit_rate: float = setting(0.2, low=0, high=1)
     series_size: int = setting(6, "synthetic: compounds per chemical series", low=1)
     series_inheritance: float = setting(0.8, low=0, high=1)
     assay_noise: float = setting(0.35, "sd of assay-specific noise on potency", low=0)
-    active_rate: float = setting(0.35, "synthetic: fraction of actives among known labels", low=0, high=1, low_open=True, high_open=True)
-    label_density: float = setting(0.043, "synthetic: fraction of known (compound, assay) pairs overall", low=0, high=1, low_open=True)
-    primary_density: float = setting(0.183, "synthetic: fraction of known pairs in primary assays", low=0, high=1, low_open=True)
+    active_rate: float = setting(
+        0.35, "synthetic: fraction of actives among known labels", low=0, high=1, low_open=True, high_open=True
+    )
+    label_density: float = setting(
+        0.043, "synthetic: fraction of known (compound, assay) pairs overall", low=0, high=1, low_open=True
+    )
+    primary_density: float = setting(
+        0.183, "synthetic: fraction of known pairs in primary assays", low=0, high=1, low_open=True
+    )
     replicates: int = setting(3, low=1)
     negcon_per_plate: int = setting(0, "0: all 64 DMSO positions of the real plate map; n: the first n of them", low=0)
     n_batches: int = setting(2, low=1)
@@ -105,9 +117,11 @@ def hti_cnn_labels():
 
     with warnings.catch_warnings():  # the shipped matrix repeats 5 assay ids; read_labels_mtx renames them
         warnings.simplefilter("ignore")
-        return read_labels_mtx(data_path("hti-cnn-labels", "label-matrix.mtx.gz"),
-                               data_path("hti-cnn-labels", "row-compound-index.csv.gz"),
-                               data_path("hti-cnn-labels", "column-assay-index.csv"))
+        return read_labels_mtx(
+            data_path("hti-cnn-labels", "label-matrix.mtx.gz"),
+            data_path("hti-cnn-labels", "row-compound-index.csv.gz"),
+            data_path("hti-cnn-labels", "column-assay-index.csv"),
+        )
 
 
 def hti_cnn_smiles() -> pd.DataFrame:
@@ -199,8 +213,7 @@ def _gene_groups(n_targets: int, rng: np.random.Generator) -> tuple[list[list[st
             continue
         mine = strong[(strong["from"] == hub) | (strong["to"] == hub)].sort_values("score", ascending=False)
         partners = [b if a == hub else a for a, b in zip(mine["from"], mine["to"])]
-        partners = [p for p in dict.fromkeys(partners)
-                    if p not in used and p.isalnum() and degree.get(p, 0) <= 60][:4]
+        partners = [p for p in dict.fromkeys(partners) if p not in used and p.isalnum() and degree.get(p, 0) <= 60][:4]
         group = [hub] + partners
         groups.append(group)
         used.update(group)
@@ -213,7 +226,7 @@ def _gene_groups(n_targets: int, rng: np.random.Generator) -> tuple[list[list[st
     have = set(zip(table["gene_a"], table["gene_b"])) | set(zip(table["gene_b"], table["gene_a"]))
     for group in groups:
         for i, a in enumerate(group):
-            for b in group[i + 1:]:
+            for b in group[i + 1 :]:
                 if (a, b) not in have:
                     extra.append((a, b, float(rng.uniform(0.7, 0.95))))
     table = pd.concat([table, pd.DataFrame(extra, columns=["gene_a", "gene_b", "score"])], ignore_index=True)
@@ -235,12 +248,12 @@ def _assay_design(n_assays: int, settings: SimulateSettings, rng: np.random.Gene
     n_other = n_secondary - n_unrelated - n_related
     start = n_primary
     if n_primary:
-        target[start:start + n_related] = rng.integers(0, n_primary, n_related)
-    kind[start:start + n_related] = "related"
+        target[start : start + n_related] = rng.integers(0, n_primary, n_related)
+    kind[start : start + n_related] = "related"
     start += n_related
     other_targets = np.arange(n_primary, k) if k > n_primary else np.arange(k)
-    target[start:start + n_other] = rng.choice(other_targets, n_other) if n_other else []
-    kind[start:start + n_other] = "other-target"
+    target[start : start + n_other] = rng.choice(other_targets, n_other) if n_other else []
+    kind[start : start + n_other] = "other-target"
     start += n_other
     kind[start:] = "unrelated"
     role = np.where(np.arange(n_assays) < n_primary, "primary", "secondary").astype(object)
@@ -261,7 +274,7 @@ def build_world(settings: SimulateSettings, rng: np.random.Generator) -> tuple[W
         per_compound = np.bincount(real.rows, minlength=len(real.compounds))
         order = np.lexsort((real.compounds.astype(str), -per_compound))
         if settings.n_compounds:
-            order = order[:settings.n_compounds]
+            order = order[: settings.n_compounds]
         real = real.subset_compounds(real.compounds[np.sort(order)])
         compounds = real.compounds.astype(object)
         smiles_table = hti_cnn_smiles().set_index("inchikey")["smiles"]
@@ -270,8 +283,9 @@ def build_world(settings: SimulateSettings, rng: np.random.Generator) -> tuple[W
         # primary assays: the most-labelled ones (the paper's primaries carry the densest labels) among those
         # whose actives are 10-90 % of their labels, so that their test AUCs measure something
         counts = real.counts()
-        counts["balanced"] = (counts["n_pos"] >= 0.1 * counts["n_labelled"]) & \
-            (counts["n_pos"] <= 0.9 * counts["n_labelled"])
+        counts["balanced"] = (counts["n_pos"] >= 0.1 * counts["n_labelled"]) & (
+            counts["n_pos"] <= 0.9 * counts["n_labelled"]
+        )
         counts = counts.sort_values(["balanced", "n_labelled", "assay"], ascending=[False, False, True])
         ordered = list(counts["assay"])
         assays = np.array(ordered, dtype=object)
@@ -314,13 +328,13 @@ def build_world(settings: SimulateSettings, rng: np.random.Generator) -> tuple[W
             assay_genes.append(list(rng.choice(group, size=min(2, len(group)), replace=False)))
         else:  # unrelated assays: a gene of no target group
             assay_genes.append([f"UNREL{t + 1}"])
-    world = World(compounds, smiles, inchikeys, potency, assays, target, role, kind, groups, assay_genes,
-                  signatures, states)
+    world = World(
+        compounds, smiles, inchikeys, potency, assays, target, role, kind, groups, assay_genes, signatures, states
+    )
     return world, associations, real
 
 
-def simulate_labels(world: World, settings: SimulateSettings, rng: np.random.Generator, real=None
-                    ) -> pd.DataFrame:
+def simulate_labels(world: World, settings: SimulateSettings, rng: np.random.Generator, real=None) -> pd.DataFrame:
     """Known labels (long form). hti-cnn: at the real known positions with each assay's real active rate."""
     n, t = len(world.compounds), len(world.assays)
     if real is not None:
@@ -362,7 +376,7 @@ def plate_layout(world: World, settings: SimulateSettings, rng: np.random.Genera
     negcon_positions = platemap.loc[platemap["negcon"], "well_position"].tolist()
     trt_positions = platemap.loc[~platemap["negcon"], "well_position"].tolist()
     if settings.negcon_per_plate:
-        negcon_positions = negcon_positions[:settings.negcon_per_plate]
+        negcon_positions = negcon_positions[: settings.negcon_per_plate]
     n = len(world.compounds)
     per_plate = len(trt_positions)
     chunks = int(np.ceil(n / per_plate))
@@ -374,8 +388,8 @@ def plate_layout(world: World, settings: SimulateSettings, rng: np.random.Genera
             plate_number = r * chunks + j
             plate = f"SIM{plate_number + 1:04d}"
             batch = f"B{(plate_number * settings.n_batches) // max(1, n_plates) + 1:02d}"
-            members = order[j * per_plate:(j + 1) * per_plate]
-            positions = rng.permutation(trt_positions)[:len(members)]
+            members = order[j * per_plate : (j + 1) * per_plate]
+            positions = rng.permutation(trt_positions)[: len(members)]
             for c, well in zip(members, positions):
                 rows.append((plate, well, batch, world.compounds[c], "trt", int(c)))
             for well in negcon_positions:
@@ -398,8 +412,9 @@ def _plate_effects(plates: list[str], batches: dict[str, str], settings: Simulat
     return effects
 
 
-def well_instances(world: World, compound_index: int, count: int, settings: SimulateSettings, rng
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def well_instances(
+    world: World, compound_index: int, count: int, settings: SimulateSettings, rng
+) -> tuple[np.ndarray, np.ndarray]:
     """(count, D) clean instances (before plate effects) and the responder mask."""
     d = settings.dim
     mixture = rng.dirichlet(np.ones(settings.n_states))
@@ -425,8 +440,9 @@ def _instance_counts(n_wells: int, settings: SimulateSettings, rng) -> np.ndarra
 CHANNELS = ("OrigDNA", "OrigER", "OrigRNA", "OrigAGP", "OrigMito")
 
 
-def render_field(rng, size: int, n_cells: int, channel_gain: np.ndarray, responder_change: np.ndarray | None,
-                 responders: int) -> np.ndarray:
+def render_field(
+    rng, size: int, n_cells: int, channel_gain: np.ndarray, responder_change: np.ndarray | None, responders: int
+) -> np.ndarray:
     """(5, size, size) uint16 field: Gaussian nuclei (DNA) and cytoplasm (other channels)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     image = np.zeros((5, size, size), dtype=np.float32)
@@ -439,8 +455,8 @@ def render_field(rng, size: int, n_cells: int, channel_gain: np.ndarray, respond
             level = level * responder_change[:5]
             nucleus *= responder_change[5]
         r2 = (yy - cy) ** 2 + (xx - cx) ** 2
-        image[0] += level[0] * np.exp(-r2 / (2 * nucleus ** 2))
-        body = np.exp(-r2 / (2 * cytoplasm ** 2))
+        image[0] += level[0] * np.exp(-r2 / (2 * nucleus**2))
+        body = np.exp(-r2 / (2 * cytoplasm**2))
         image[1:] += level[1:, None, None] * body[None]
     image *= channel_gain[:, None, None]
     image += rng.normal(0.02, 0.01, size=image.shape)
@@ -469,17 +485,22 @@ def simulate(out, settings: SimulateSettings | None = None, show_progress: bool 
         if settings.render_images:
             _write_images(tmp, world, wells, counts, effects, settings, rng, show_progress, responder_rows)
         else:
-            schema = pa.schema([(PLATE, pa.string()), (WELL, pa.string()), (SITE, pa.int32()),
-                                ("Metadata_Tile", pa.int32())] + [(n, pa.float32()) for n in feature_names])
-            with pq.ParquetWriter(tmp / "instances.parquet", schema) as writer, \
-                    progress(total=int(counts.sum()), desc="simulate", unit="inst", enabled=show_progress) as bar:
+            schema = pa.schema(
+                [(PLATE, pa.string()), (WELL, pa.string()), (SITE, pa.int32()), ("Metadata_Tile", pa.int32())]
+                + [(n, pa.float32()) for n in feature_names]
+            )
+            with (
+                pq.ParquetWriter(tmp / "instances.parquet", schema) as writer,
+                progress(total=int(counts.sum()), desc="simulate", unit="inst", enabled=show_progress) as bar,
+            ):
                 for plate in plates:
                     offset, gain = effects[plate]
                     idx = np.flatnonzero((wells[PLATE] == plate).to_numpy())
                     blocks, plate_col, well_col, site_col, tile_col = [], [], [], [], []
                     for i in idx:
-                        x, responders = well_instances(world, int(wells["_compound"].iat[i]), int(counts[i]),
-                                                       settings, rng)
+                        x, responders = well_instances(
+                            world, int(wells["_compound"].iat[i]), int(counts[i]), settings, rng
+                        )
                         blocks.append((x * gain + offset).astype(np.float32))
                         n_i = int(counts[i])
                         per_site = int(np.ceil(n_i / settings.sites))
@@ -490,21 +511,30 @@ def simulate(out, settings: SimulateSettings | None = None, show_progress: bool 
                         for r in np.flatnonzero(responders):
                             responder_rows.append((plate, wells[WELL].iat[i], int(r)))
                     block = np.concatenate(blocks)
-                    columns = [pa.array(plate_col, pa.string()), pa.array(well_col, pa.string()),
-                               pa.array(np.concatenate(site_col).astype(np.int32)),
-                               pa.array(np.concatenate(tile_col).astype(np.int32))]
+                    columns = [
+                        pa.array(plate_col, pa.string()),
+                        pa.array(well_col, pa.string()),
+                        pa.array(np.concatenate(site_col).astype(np.int32)),
+                        pa.array(np.concatenate(tile_col).astype(np.int32)),
+                    ]
                     columns += [pa.array(block[:, j]) for j in range(settings.dim)]
                     writer.write_table(pa.Table.from_arrays(columns, schema=schema))
                     bar.update(len(block))
-        pq.write_table(pa.Table.from_pandas(wells.drop(columns="_compound"), preserve_index=False),
-                       tmp / "wells.parquet")
-        compounds = pd.DataFrame({COMPOUND: world.compounds,
-                                  SMILES: pd.array(world.smiles, dtype="string"),
-                                  INCHIKEY: pd.array(world.inchikeys, dtype="string")})
+        pq.write_table(
+            pa.Table.from_pandas(wells.drop(columns="_compound"), preserve_index=False), tmp / "wells.parquet"
+        )
+        compounds = pd.DataFrame(
+            {
+                COMPOUND: world.compounds,
+                SMILES: pd.array(world.smiles, dtype="string"),
+                INCHIKEY: pd.array(world.inchikeys, dtype="string"),
+            }
+        )
         pq.write_table(pa.Table.from_pandas(compounds, preserve_index=False), tmp / "compounds.parquet")
         pq.write_table(pa.Table.from_pandas(labels, preserve_index=False), tmp / "labels.parquet")
-        assays = pd.DataFrame({"assay": world.assays, "role": world.assay_role,
-                               "target_genes": ["|".join(g) for g in world.assay_genes]})
+        assays = pd.DataFrame(
+            {"assay": world.assays, "role": world.assay_role, "target_genes": ["|".join(g) for g in world.assay_genes]}
+        )
         pq.write_table(pa.Table.from_pandas(assays, preserve_index=False), tmp / "assays.parquet")
         pq.write_table(pa.Table.from_pandas(associations, preserve_index=False), tmp / "associations.parquet")
         # ground truth for tests and benchmarks
@@ -514,15 +544,23 @@ def simulate(out, settings: SimulateSettings | None = None, show_progress: bool 
         potency.insert(0, COMPOUND, world.compounds)
         potency.to_parquet(tmp / "truth" / "compound_potency.parquet", index=False)
         pd.DataFrame(responder_rows, columns=[PLATE, WELL, "instance"]).to_parquet(
-            tmp / "truth" / "responders.parquet", index=False)
-        pd.DataFrame({"target": range(settings.n_targets), "genes": ["|".join(g) for g in world.target_genes]}
-                     ).to_parquet(tmp / "truth" / "targets.parquet", index=False)
+            tmp / "truth" / "responders.parquet", index=False
+        )
+        pd.DataFrame(
+            {"target": range(settings.n_targets), "genes": ["|".join(g) for g in world.target_genes]}
+        ).to_parquet(tmp / "truth" / "targets.parquet", index=False)
         summary = {
-            "mode": settings.mode, "wells": int(len(wells)), "plates": len(plates),
-            "batches": int(wells[BATCH].nunique()), "compounds": int(len(world.compounds)),
-            "negcon_wells": int((wells[CONTROL] == "negcon").sum()), "instances": int(counts.sum()),
-            "dim": settings.dim, "assays": int(len(world.assays)),
-            "primary_assays": int((world.assay_role == "primary").sum()), "labels": int(len(labels)),
+            "mode": settings.mode,
+            "wells": int(len(wells)),
+            "plates": len(plates),
+            "batches": int(wells[BATCH].nunique()),
+            "compounds": int(len(world.compounds)),
+            "negcon_wells": int((wells[CONTROL] == "negcon").sum()),
+            "instances": int(counts.sum()),
+            "dim": settings.dim,
+            "assays": int(len(world.assays)),
+            "primary_assays": int((world.assay_role == "primary").sum()),
+            "labels": int(len(labels)),
             "label_density": round(len(labels) / (len(world.compounds) * len(world.assays)), 4),
             "active_fraction": round(float(labels["label"].mean()), 4) if len(labels) else 0.0,
             "seconds": round(time.perf_counter() - started, 2),
@@ -531,8 +569,17 @@ def simulate(out, settings: SimulateSettings | None = None, show_progress: bool 
     return summary
 
 
-def _write_images(tmp: Path, world: World, wells: pd.DataFrame, counts, effects, settings: SimulateSettings,
-                  rng, show_progress: bool, responder_rows: list) -> None:
+def _write_images(
+    tmp: Path,
+    world: World,
+    wells: pd.DataFrame,
+    counts,
+    effects,
+    settings: SimulateSettings,
+    rng,
+    show_progress: bool,
+    responder_rows: list,
+) -> None:
     """Rendered fields: one uint16 TIFF per channel and site, and a LoadData index."""
     import tifffile
 
@@ -541,8 +588,9 @@ def _write_images(tmp: Path, world: World, wells: pd.DataFrame, counts, effects,
     # per target: channel intensity and nucleus size changes of responding cells
     changes = 1.0 + 0.8 * np.tanh(rng.standard_normal((settings.n_targets, 6)))
     rows = []
-    with progress(total=len(wells) * settings.sites, desc="simulate: render", unit="field",
-                  enabled=show_progress) as bar:
+    with progress(
+        total=len(wells) * settings.sites, desc="simulate: render", unit="field", enabled=show_progress
+    ) as bar:
         for i in range(len(wells)):
             plate, well = wells[PLATE].iat[i], wells[WELL].iat[i]
             offset, gain = effects[plate]

@@ -21,7 +21,7 @@ import dataclasses
 import hashlib
 import time
 import warnings
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,13 +36,21 @@ FOLD_COLUMNS = [COMPOUND, "fold", "cluster", "has_structure"]
 
 @dataclasses.dataclass
 class SplitSettings(Settings):
-    method: str = setting("butina", '"butina" or "scaffold"', choices=['butina', 'scaffold'])
-    cutoff: float = setting(0.6, "Butina: Tanimoto distance (1 - similarity) within which compounds are neighbours", low=0, high=1, low_open=True)
+    method: str = setting("butina", '"butina" or "scaffold"', choices=["butina", "scaffold"])
+    cutoff: float = setting(
+        0.6,
+        "Butina: Tanimoto distance (1 - similarity) within which compounds are neighbours",
+        low=0,
+        high=1,
+        low_open=True,
+    )
     radius: int = setting(2, "Morgan radius", low=1)
     n_bits: int = setting(2048, "Morgan fingerprint length", low=64)
     n_folds: int = setting(5, low=3)
     seed: int = setting(0, "breaks ties between equally good folds")
-    block_rows: int = setting(512, "Butina: rows of the similarity matrix computed at once (memory ~ block x n x 9 B)", low=1)
+    block_rows: int = setting(
+        512, "Butina: rows of the similarity matrix computed at once (memory ~ block x n x 9 B)", low=1
+    )
 
 
 # ------------------------------------------------------------------------------------------------ chemistry
@@ -78,8 +86,9 @@ def morgan_bits(mols: Sequence, radius: int = 2, n_bits: int = 2048) -> np.ndarr
     return bits
 
 
-def tanimoto_neighbours(bits: np.ndarray, cutoff: float, block_rows: int = 1024, show_progress: bool = False
-                        ) -> list[np.ndarray]:
+def tanimoto_neighbours(
+    bits: np.ndarray, cutoff: float, block_rows: int = 1024, show_progress: bool = False
+) -> list[np.ndarray]:
     """For each row, the indices of rows within Tanimoto distance ``cutoff`` (itself excluded).
 
     Intersections come from a float32 matrix product (exact for bit counts below 2^24); candidate pairs are
@@ -118,7 +127,7 @@ def tanimoto_neighbours(bits: np.ndarray, cutoff: float, block_rows: int = 1024,
     order = np.lexsort((dst, src))
     src, dst = src[order], dst[order]
     bounds = np.searchsorted(src, np.arange(n + 1))
-    return [dst[bounds[k]:bounds[k + 1]] for k in range(n)]
+    return [dst[bounds[k] : bounds[k + 1]] for k in range(n)]
 
 
 def butina_clusters(neighbours: list[np.ndarray]) -> np.ndarray:
@@ -169,7 +178,7 @@ def pack_clusters(cluster_vectors: np.ndarray, n_folds: int, seed: int = 0) -> n
     vectors = cluster_vectors.astype(np.float64)
     totals = vectors.sum(axis=0)
     targets = np.maximum(totals / n_folds, 1.0)
-    weight = 1.0 / targets ** 2
+    weight = 1.0 / targets**2
     rng = np.random.default_rng(seed)
     tiebreak = rng.permutation(n_clusters)
     size = vectors.sum(axis=1)
@@ -220,9 +229,13 @@ def structure_features(smiles: Sequence, settings: SplitSettings) -> tuple[np.nd
     return valid, keys
 
 
-def make_folds(compounds: Sequence[str], structures: pd.DataFrame | None = None,
-               labels: LabelMatrix | None = None, settings: SplitSettings | None = None,
-               show_progress: bool = True) -> pd.DataFrame:
+def make_folds(
+    compounds: Sequence[str],
+    structures: pd.DataFrame | None = None,
+    labels: LabelMatrix | None = None,
+    settings: SplitSettings | None = None,
+    show_progress: bool = True,
+) -> pd.DataFrame:
     """Folds for ``compounds``. ``structures`` holds Metadata_Compound with Metadata_SMILES and/or
     Metadata_InChIKey (contract part 3); ``labels`` balances per-assay label counts across folds."""
     settings = settings or SplitSettings()
@@ -242,8 +255,7 @@ def make_folds(compounds: Sequence[str], structures: pd.DataFrame | None = None,
         for column in (SMILES, INCHIKEY):
             if column not in structures.columns:
                 structures[column] = pd.NA
-        table = table.merge(structures[[COMPOUND, SMILES, INCHIKEY]].drop_duplicates(COMPOUND), on=COMPOUND,
-                            how="left")
+        table = table.merge(structures[[COMPOUND, SMILES, INCHIKEY]].drop_duplicates(COMPOUND), on=COMPOUND, how="left")
     else:
         table[SMILES] = pd.NA
         table[INCHIKEY] = pd.NA
@@ -297,10 +309,17 @@ def make_folds(compounds: Sequence[str], structures: pd.DataFrame | None = None,
         warnings.warn(
             f"{len(unstructured)} of {n} compounds have no usable structure"
             + (f" ({unparsable} SMILES could not be parsed)" if unparsable else "")
-            + "; they are put in folds by a stable hash of their InChIKey skeleton or identifier", stacklevel=2)
-    return pd.DataFrame({COMPOUND: pd.array(compounds, dtype="string"), "fold": folds.astype(np.int16),
-                         "cluster": pd.array(cluster_key.astype(str), dtype="string"),
-                         "has_structure": has_structure})
+            + "; they are put in folds by a stable hash of their InChIKey skeleton or identifier",
+            stacklevel=2,
+        )
+    return pd.DataFrame(
+        {
+            COMPOUND: pd.array(compounds, dtype="string"),
+            "fold": folds.astype(np.int16),
+            "cluster": pd.array(cluster_key.astype(str), dtype="string"),
+            "has_structure": has_structure,
+        }
+    )
 
 
 def fold_summary(folds: pd.DataFrame, labels: LabelMatrix | None = None) -> pd.DataFrame:
@@ -311,12 +330,21 @@ def fold_summary(folds: pd.DataFrame, labels: LabelMatrix | None = None) -> pd.D
         label_fold = np.array([fold_of.get(c, -1) for c in labels.compounds])[labels.rows]
     for k in sorted(folds["fold"].unique()):
         part = folds[folds["fold"] == k]
-        row = {"fold": int(k), "compounds": len(part), "clusters": part["cluster"].nunique(),
-               "with_structure": int(part["has_structure"].sum())}
+        row = {
+            "fold": int(k),
+            "compounds": len(part),
+            "clusters": part["cluster"].nunique(),
+            "with_structure": int(part["has_structure"].sum()),
+        }
         if labels is not None:
             mine = label_fold == k
-            row.update({"labels": int(mine.sum()), "active": int(labels.values[mine].sum()),
-                        "inactive": int(mine.sum() - labels.values[mine].sum())})
+            row.update(
+                {
+                    "labels": int(mine.sum()),
+                    "active": int(labels.values[mine].sum()),
+                    "inactive": int(mine.sum() - labels.values[mine].sum()),
+                }
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -359,8 +387,11 @@ def test_folds(text: str, n_folds: int) -> list[int]:
 def rotation_compounds(folds: pd.DataFrame, rot: Rotation) -> dict[str, np.ndarray]:
     fold = folds["fold"].to_numpy()
     names = folds[COMPOUND].to_numpy(dtype=object)
-    return {"train": names[np.isin(fold, rot.train_folds)], "val": names[fold == rot.val_fold],
-            "test": names[fold == rot.test_fold]}
+    return {
+        "train": names[np.isin(fold, rot.train_folds)],
+        "val": names[fold == rot.val_fold],
+        "test": names[fold == rot.test_fold],
+    }
 
 
 def read_folds(path) -> pd.DataFrame:
@@ -374,20 +405,31 @@ def read_folds(path) -> pd.DataFrame:
     bad = fold.isna() | (fold < 0) | (fold % 1 != 0)
     if bad.any():
         row = int(np.argmax(bad.to_numpy()))
-        raise InputError(path, f"column fold must hold whole numbers 0, 1, ..., K-1; data row {row + 1} has "
-                         f"{frame['fold'].iat[row]!r}", "make the folds with `momil split`")
+        raise InputError(
+            path,
+            f"column fold must hold whole numbers 0, 1, ..., K-1; data row {row + 1} has {frame['fold'].iat[row]!r}",
+            "make the folds with `momil split`",
+        )
     frame["fold"] = fold.astype(np.int64)
     n_folds = int(frame["fold"].max()) + 1 if len(frame) else 0
     empty = sorted(set(range(n_folds)) - set(frame["fold"]))
     if n_folds < 3 or empty:
         problem = f"fold {empty[0]} holds no compound" if empty else f"only {n_folds} fold(s)"
-        raise InputError(path, f"{problem}; the 3-1-1 rotation needs folds 0..K-1 (K >= 3), each with compounds",
-                         "make the folds with `momil split` (fewer --n-folds if it left a fold empty)")
+        raise InputError(
+            path,
+            f"{problem}; the 3-1-1 rotation needs folds 0..K-1 (K >= 3), each with compounds",
+            "make the folds with `momil split` (fewer --n-folds if it left a fold empty)",
+        )
     return frame
 
 
-def split(compounds: Sequence[str], structures=None, labels=None, settings: SplitSettings | None = None,
-          show_progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+def split(
+    compounds: Sequence[str],
+    structures=None,
+    labels=None,
+    settings: SplitSettings | None = None,
+    show_progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame, float]:
     """make_folds + summary + seconds; refuses a split that leaves a fold empty (the rotation needs every fold)."""
     settings = settings or SplitSettings()
     started = time.perf_counter()
@@ -395,6 +437,8 @@ def split(compounds: Sequence[str], structures=None, labels=None, settings: Spli
     empty = sorted(set(range(settings.n_folds)) - set(folds["fold"].tolist()))
     if empty:
         clusters = folds["cluster"].nunique()
-        raise MomilError(f"--n-folds {settings.n_folds}: fold {empty[0]} would hold no compound ({len(folds)} "
-                         f"compounds in {clusters} clusters) -- choose at most {min(len(folds), clusters)} folds")
+        raise MomilError(
+            f"--n-folds {settings.n_folds}: fold {empty[0]} would hold no compound ({len(folds)} "
+            f"compounds in {clusters} clusters) -- choose at most {min(len(folds), clusters)} folds"
+        )
     return folds, fold_summary(folds, labels), time.perf_counter() - started

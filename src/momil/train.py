@@ -16,31 +16,38 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from momil.faults import fault_point
 from momil.config import Settings, check_device_name, setting
 from momil.data import WellPairs, load_bags
-from momil.io.readers import load_torch
 from momil.errors import MomilError
+from momil.faults import fault_point
+from momil.io.readers import load_torch
 from momil.io.store import InstanceStore
 from momil.model.heads import PairPlan
 from momil.model.momil import MoMIL
 from momil.progress import progress
 from momil.provenance import atomic_path
 
-
 MODELS = ("momil", "mean-mlp", "multilabel-mil", "instance-count")
 
 
 @dataclasses.dataclass
 class TrainSettings(Settings):
-    model: str = setting("momil", '"momil" or a baseline: "mean-mlp", "multilabel-mil", "instance-count" (cv only)', choices=['momil', 'mean-mlp', 'multilabel-mil', 'instance-count'])
-    head: str = setting("dsmil", '"dsmil" (the paper\'s), "abmil" (gated attention) or "mean" (mean pooling, no attention)', choices=['dsmil', 'abmil', 'mean'])
+    model: str = setting(
+        "momil",
+        '"momil" or a baseline: "mean-mlp", "multilabel-mil", "instance-count" (cv only)',
+        choices=["momil", "mean-mlp", "multilabel-mil", "instance-count"],
+    )
+    head: str = setting(
+        "dsmil",
+        '"dsmil" (the paper\'s), "abmil" (gated attention) or "mean" (mean pooling, no attention)',
+        choices=["dsmil", "abmil", "mean"],
+    )
     projector_dim: int = setting(128, "F_phi output size d (grid: 64, 128)", low=1)
     head_dim: int = setting(64, "F_gamma size inside each head (grid: 32, 64, 128)", low=1)
     dropout: float = setting(0.5, low=0, high=1, high_open=True)
@@ -51,8 +58,14 @@ class TrainSettings(Settings):
     patience: int = setting(10, "epochs without a better validation score before stopping", low=1)
     batch_wells: int = setting(32, "wells per step", low=1)
     shared_projector: bool = setting(True, "False: heads read the instance features directly (single-assay models)")
-    lazy_heads: bool = setting(True, "AdamW moves a head only in steps where it has labelled pairs (cost ~ labels, not assays)")
-    balancing: str = setting("none", '"none" (mean BCE over pairs) or "amtl" (achievement-based task balancing; cv computes potentials)', choices=['none', 'amtl'])
+    lazy_heads: bool = setting(
+        True, "AdamW moves a head only in steps where it has labelled pairs (cost ~ labels, not assays)"
+    )
+    balancing: str = setting(
+        "none",
+        '"none" (mean BCE over pairs) or "amtl" (achievement-based task balancing; cv computes potentials)',
+        choices=["none", "amtl"],
+    )
     amtl_gamma: float = setting(2.0, "AMTL focusing: weight = (1 - achievement) ** gamma", low=0)
     device: str = setting("auto", '"auto" (CUDA when present), "cpu" or "cuda"')
     seed: int = setting(0, low=0)
@@ -67,8 +80,15 @@ def model_from_hparams(hp: dict) -> torch.nn.Module:
 
     kind = hp.get("model", "momil")
     if kind == "momil":
-        return MoMIL(hp["in_dim"], hp["assays"], hp["head"], hp["projector_dim"], hp["head_dim"], hp["dropout"],
-                     hp["shared_projector"])
+        return MoMIL(
+            hp["in_dim"],
+            hp["assays"],
+            hp["head"],
+            hp["projector_dim"],
+            hp["head_dim"],
+            hp["dropout"],
+            hp["shared_projector"],
+        )
     if kind in BASELINES:
         return BASELINES[kind](hp["in_dim"], hp["assays"], hp["projector_dim"], hp["head_dim"], hp["dropout"])
     if kind == "instance-count":
@@ -78,10 +98,18 @@ def model_from_hparams(hp: dict) -> torch.nn.Module:
 
 def build_model(in_dim: int, assays: list[str], settings: TrainSettings) -> torch.nn.Module:
     """MoMIL or a baseline of the same interface, by ``settings.model``."""
-    return model_from_hparams({"model": settings.model, "in_dim": in_dim, "assays": list(assays),
-                               "head": settings.head, "projector_dim": settings.projector_dim,
-                               "head_dim": settings.head_dim, "dropout": settings.dropout,
-                               "shared_projector": settings.shared_projector})
+    return model_from_hparams(
+        {
+            "model": settings.model,
+            "in_dim": in_dim,
+            "assays": list(assays),
+            "head": settings.head,
+            "projector_dim": settings.projector_dim,
+            "head_dim": settings.head_dim,
+            "dropout": settings.dropout,
+            "shared_projector": settings.shared_projector,
+        }
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,7 +135,7 @@ def keep_freed_memory() -> bool:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 32 * 2 ** 20)) and bool(libc.mallopt(m_trim_threshold, 256 * 2 ** 20))
+        return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(libc.mallopt(m_trim_threshold, 256 * 2**20))
     except (OSError, AttributeError):
         return False
 
@@ -144,8 +172,14 @@ class LazyHeadAdamW:
     vectorised form on CPU). Where the kernel is missing (torch < 2.4 on CPU) the vectorised form is used.
     """
 
-    def __init__(self, params: dict[str, torch.nn.Parameter], weight_decay: float, betas=(0.9, 0.999),
-                 eps: float = 1e-8, fused: bool | None = None):
+    def __init__(
+        self,
+        params: dict[str, torch.nn.Parameter],
+        weight_decay: float,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        fused: bool | None = None,
+    ):
         self.params = params
         self.weight_decay, self.betas, self.eps = weight_decay, betas, eps
         self.exp_avg = {n: torch.zeros_like(p) for n, p in params.items()}
@@ -154,8 +188,10 @@ class LazyHeadAdamW:
         self.steps = torch.zeros(first.shape[0], dtype=torch.float32, device=first.device)
         self.fused = _has_fused_adamw(first.device) if fused is None else fused
         # row views, made once: the kernel updates them, and so the tables, in place
-        self._rows = {n: (p.detach().unbind(0), self.exp_avg[n].unbind(0), self.exp_avg_sq[n].unbind(0))
-                      for n, p in params.items()}
+        self._rows = {
+            n: (p.detach().unbind(0), self.exp_avg[n].unbind(0), self.exp_avg_sq[n].unbind(0))
+            for n, p in params.items()
+        }
         self._step_rows = self.steps.unbind(0)
 
     @torch.no_grad()
@@ -177,15 +213,28 @@ class LazyHeadAdamW:
             vs += [v_rows[i] for i in used]
             gs += list(grads[name].unbind(0))
             steps += [self._step_rows[i] for i in used]
-        torch._fused_adamw_(params, gs, ms, vs, [], steps, lr=lr, beta1=beta1, beta2=beta2,
-                            weight_decay=self.weight_decay, eps=self.eps, amsgrad=False, maximize=False)
+        torch._fused_adamw_(
+            params,
+            gs,
+            ms,
+            vs,
+            [],
+            steps,
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=self.weight_decay,
+            eps=self.eps,
+            amsgrad=False,
+            maximize=False,
+        )
 
     def _step_vectorised(self, rows: torch.Tensor, grads: dict[str, torch.Tensor], lr: float) -> None:
         beta1, beta2 = self.betas
         self.steps[rows] += 1
         count = self.steps[rows].to(torch.float64)
-        correction1 = (1 - beta1 ** count).float()
-        correction2 = (1 - beta2 ** count).float()
+        correction1 = (1 - beta1**count).float()
+        correction2 = (1 - beta2**count).float()
         for name, param in self.params.items():
             grad = grads[name]
             shape = (-1,) + (1,) * (param.dim() - 1)
@@ -214,16 +263,29 @@ def _has_fused_adamw(device: torch.device) -> bool:
         return False
     try:
         p, g = torch.zeros(2, device=device), torch.ones(2, device=device)
-        torch._fused_adamw_([p], [g], [torch.zeros_like(p)], [torch.zeros_like(p)], [],
-                            [torch.ones((), device=device)], lr=1e-3, beta1=0.9, beta2=0.999, weight_decay=0.0,
-                            eps=1e-8, amsgrad=False, maximize=False)
+        torch._fused_adamw_(
+            [p],
+            [g],
+            [torch.zeros_like(p)],
+            [torch.zeros_like(p)],
+            [],
+            [torch.ones((), device=device)],
+            lr=1e-3,
+            beta1=0.9,
+            beta2=0.999,
+            weight_decay=0.0,
+            eps=1e-8,
+            amsgrad=False,
+            maximize=False,
+        )
     except (RuntimeError, NotImplementedError):
         return False
     return True
 
 
-def make_optimizers(model: torch.nn.Module, lr: float, weight_decay: float, lazy_heads: bool, device
-                    ) -> tuple[torch.optim.AdamW, LazyHeadAdamW | None]:
+def make_optimizers(
+    model: torch.nn.Module, lr: float, weight_decay: float, lazy_heads: bool, device
+) -> tuple[torch.optim.AdamW, LazyHeadAdamW | None]:
     """AdamW for the dense parameters (torch's fused kernel where it runs) and, with ``lazy_heads`` on a MoMIL
     model, :class:`LazyHeadAdamW` for the head table (else None: the heads are dense parameters too)."""
     device = torch.device(device)
@@ -250,8 +312,14 @@ def balanced_loss(pair_loss: torch.Tensor, task: torch.Tensor, weights: torch.Te
     return (w * torch.log(mean + 1e-8)).sum() / w.sum().clamp(min=1e-8)
 
 
-def smoothed_balanced_loss(pair_loss: torch.Tensor, task: torch.Tensor, weights: torch.Tensor,
-                           running: np.ndarray, task_ids: np.ndarray, momentum: float = 0.9) -> torch.Tensor:
+def smoothed_balanced_loss(
+    pair_loss: torch.Tensor,
+    task: torch.Tensor,
+    weights: torch.Tensor,
+    running: np.ndarray,
+    task_ids: np.ndarray,
+    momentum: float = 0.9,
+) -> torch.Tensor:
     """AMTL's weighted geometric mean for sparse labels: its gradient, sum_t w_t grad(L_t) / L_t, with L_t in the
     denominator replaced by the task's running loss (an EMA over steps, ``running`` (T,), updated in place; NaN =
     not seen yet). A task with one or two labelled pairs in a step otherwise divides by a near-zero loss and its
@@ -270,9 +338,20 @@ def smoothed_balanced_loss(pair_loss: torch.Tensor, task: torch.Tensor, weights:
     return (w * mean / scale).sum() / w.sum().clamp(min=1e-8)
 
 
-def training_step(model: MoMIL, bags, mask, rows, assay, label, optimizer, lazy: LazyHeadAdamW | None,
-                  lr: float, device, task_weights: torch.Tensor | None = None,
-                  running_loss: np.ndarray | None = None) -> float:
+def training_step(
+    model: MoMIL,
+    bags,
+    mask,
+    rows,
+    assay,
+    label,
+    optimizer,
+    lazy: LazyHeadAdamW | None,
+    lr: float,
+    device,
+    task_weights: torch.Tensor | None = None,
+    running_loss: np.ndarray | None = None,
+) -> float:
     """One optimisation step over the labelled pairs; returns the summed loss.
 
     The objective is the mean BCE over pairs, or with ``task_weights`` (T,) AMTL's weighted geometric mean of
@@ -288,8 +367,10 @@ def training_step(model: MoMIL, bags, mask, rows, assay, label, optimizer, lazy:
             out = model(bags, mask, rows_t, task)
         else:  # the rows of the heads in use, in the plan's order: updated by the lazy optimizer
             plan = PairPlan.build(assay, device)
-            tables = {name: param.detach().index_select(0, plan.assays).requires_grad_(True)
-                      for name, param in lazy.params.items()}
+            tables = {
+                name: param.detach().index_select(0, plan.assays).requires_grad_(True)
+                for name, param in lazy.params.items()
+            }
             out = model.forward_planned(bags, mask, plan.permute(rows_t), plan, tables["flat"])
             target = plan.permute(target)
             task, ids = plan.pair_head, plan.assays.cpu().numpy()
@@ -299,8 +380,11 @@ def training_step(model: MoMIL, bags, mask, rows, assay, label, optimizer, lazy:
             objective = loss_sum / len(rows)
         else:
             weights = task_weights.to(pair_loss.device)[torch.from_numpy(ids).to(pair_loss.device)]
-            objective = balanced_loss(pair_loss, task, weights) if running_loss is None else \
-                smoothed_balanced_loss(pair_loss, task, weights, running_loss, ids)
+            objective = (
+                balanced_loss(pair_loss, task, weights)
+                if running_loss is None
+                else smoothed_balanced_loss(pair_loss, task, weights, running_loss, ids)
+            )
     objective.backward()
     if optimizer.param_groups[0]["params"]:
         optimizer.step()
@@ -329,13 +413,14 @@ def _signature(settings: TrainSettings, pairs: WellPairs, train_wells: np.ndarra
 
 
 @torch.no_grad()
-def predict_pairs(model: MoMIL, store: InstanceStore, wells: np.ndarray, pairs: WellPairs, device,
-                  batch_wells: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def predict_pairs(
+    model: MoMIL, store: InstanceStore, wells: np.ndarray, pairs: WellPairs, device, batch_wells: int = 64
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Probabilities for the labelled pairs of ``wells``: (well, assay, label, probability) arrays."""
     model.eval()
     out_w, out_a, out_y, out_p = [], [], [], []
     for start in range(0, len(wells), batch_wells):
-        batch = wells[start:start + batch_wells]
+        batch = wells[start : start + batch_wells]
         rows, assay, label = pairs.pairs(batch)
         if len(rows) == 0:
             continue
@@ -352,8 +437,7 @@ def predict_pairs(model: MoMIL, store: InstanceStore, wells: np.ndarray, pairs: 
     return np.concatenate(out_w), np.concatenate(out_a), np.concatenate(out_y), np.concatenate(out_p)
 
 
-def validation_score(assay: np.ndarray, label: np.ndarray, prob: np.ndarray, primary: np.ndarray
-                     ) -> tuple[float, dict]:
+def validation_score(assay: np.ndarray, label: np.ndarray, prob: np.ndarray, primary: np.ndarray) -> tuple[float, dict]:
     """Mean well-level ROC-AUC over primary assays with both classes (all assays if no primary has them)."""
     per_assay = {}
     for t in np.unique(assay):
@@ -391,10 +475,18 @@ def _autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
-def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wells: np.ndarray,
-        primary: np.ndarray, settings: TrainSettings | None = None, checkpoint_dir=None,
-        show_progress: bool = True, on_epoch_end: Callable[[int], None] | None = None,
-        potentials: np.ndarray | None = None) -> FitResult:
+def fit(
+    store: InstanceStore,
+    pairs: WellPairs,
+    train_wells: np.ndarray,
+    val_wells: np.ndarray,
+    primary: np.ndarray,
+    settings: TrainSettings | None = None,
+    checkpoint_dir=None,
+    show_progress: bool = True,
+    on_epoch_end: Callable[[int], None] | None = None,
+    potentials: np.ndarray | None = None,
+) -> FitResult:
     """Train on ``train_wells`` (store rows), select on ``val_wells``. ``primary`` (T,) bool marks the
     assays whose validation AUC selects the model. ``on_epoch_end`` is called after each checkpoint.
 
@@ -419,14 +511,22 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
     total_steps = steps_per_epoch * settings.epochs
     warmup_steps = steps_per_epoch * min(settings.warmup_epochs, settings.epochs)
     rng = np.random.default_rng(settings.seed)
-    state = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": [],
-             "best_state": None}
+    state = {
+        "epoch": 0,
+        "step": 0,
+        "best_score": -math.inf,
+        "best_epoch": -1,
+        "bad_epochs": 0,
+        "history": [],
+        "best_state": None,
+    }
     if settings.balancing not in ("none", "amtl"):
         raise MomilError(f"balancing must be 'none' or 'amtl', not {settings.balancing!r}")
     amtl = settings.balancing == "amtl"
     if amtl and (potentials is None or len(potentials) != len(pairs.assays)):
-        raise MomilError("AMTL balancing needs each assay's single-task validation AUC (its potential); "
-                         "`momil cv` computes them")
+        raise MomilError(
+            "AMTL balancing needs each assay's single-task validation AUC (its potential); `momil cv` computes them"
+        )
     state["task_weights"] = np.ones(len(pairs.assays)) if amtl else None
     state["running_loss"] = np.full(len(pairs.assays), np.nan) if amtl else None
     signature = _signature(settings, pairs, train_wells, val_wells)
@@ -437,8 +537,10 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
     if checkpoint is not None and checkpoint.exists():
         saved = load_torch(checkpoint, "training checkpoint", map_location=device)
         if saved.get("signature") != signature:
-            raise MomilError(f"{checkpoint}: was written by a run with other settings or data -- use another "
-                             "checkpoint folder or delete it to start again")
+            raise MomilError(
+                f"{checkpoint}: was written by a run with other settings or data -- use another "
+                "checkpoint folder or delete it to start again"
+            )
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         if lazy is not None:
@@ -449,50 +551,78 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
             torch.cuda.set_rng_state(saved["cuda_rng"])
         state = _tensors_as_arrays(saved["state"])
 
-    bar = progress(total=settings.epochs, desc="train", unit="epoch", enabled=show_progress,
-                   initial=state["epoch"])
+    bar = progress(total=settings.epochs, desc="train", unit="epoch", enabled=show_progress, initial=state["epoch"])
     with bar:
         while state["epoch"] < settings.epochs and state["bad_epochs"] < settings.patience:
             model.train()
             order = rng.permutation(train_wells)
             total_loss, total_pairs = 0.0, 0
             for start in range(0, len(order), settings.batch_wells):
-                batch = order[start:start + settings.batch_wells]
+                batch = order[start : start + settings.batch_wells]
                 rows, assay, label = pairs.pairs(batch)
                 bags, mask = load_bags(store, batch, device)
                 lr = settings.lr * lr_factor(state["step"], total_steps, warmup_steps)
                 weights = torch.as_tensor(state["task_weights"], dtype=torch.float32) if amtl else None
-                step_loss = training_step(model, bags, mask, rows, assay, label, optimizer, lazy, lr, device,
-                                          weights, state["running_loss"] if amtl else None)
+                step_loss = training_step(
+                    model,
+                    bags,
+                    mask,
+                    rows,
+                    assay,
+                    label,
+                    optimizer,
+                    lazy,
+                    lr,
+                    device,
+                    weights,
+                    state["running_loss"] if amtl else None,
+                )
                 if not math.isfinite(step_loss):
-                    raise MomilError(f"training diverged: the loss became {step_loss} in epoch {state['epoch']}, "
-                                     f"step {state['step']} (learning rate {lr:g}) -- lower --lr (now "
-                                     f"{settings.lr:g}); no model was written")
+                    raise MomilError(
+                        f"training diverged: the loss became {step_loss} in epoch {state['epoch']}, "
+                        f"step {state['step']} (learning rate {lr:g}) -- lower --lr (now "
+                        f"{settings.lr:g}); no model was written"
+                    )
                 total_loss += step_loss
                 total_pairs += len(rows)
                 state["step"] += 1
             _, v_assay, v_label, v_prob = predict_pairs(model, store, val_wells, pairs, device)
             score, per_assay = validation_score(v_assay, v_label, v_prob, primary)
             if amtl:
-                state["task_weights"] = amtl_weights(per_assay, np.asarray(potentials, np.float64),
-                                                     settings.amtl_gamma)
+                state["task_weights"] = amtl_weights(per_assay, np.asarray(potentials, np.float64), settings.amtl_gamma)
             val_loss = _bce(v_label, v_prob)
             epoch = state["epoch"]
-            state["history"].append({"epoch": epoch, "train_loss": total_loss / max(1, total_pairs),
-                                     "val_auc": score, "val_loss": val_loss, "lr": optimizer.param_groups[0]["lr"]})
+            state["history"].append(
+                {
+                    "epoch": epoch,
+                    "train_loss": total_loss / max(1, total_pairs),
+                    "val_auc": score,
+                    "val_loss": val_loss,
+                    "lr": optimizer.param_groups[0]["lr"],
+                }
+            )
             comparable = score if not math.isnan(score) else -total_loss / max(1, total_pairs)
             # validation AUCs tie often on small validation sets: the lower validation loss breaks the tie
             better = comparable > state["best_score"] + 1e-12 or (
-                abs(comparable - state["best_score"]) <= 1e-12 and val_loss < state.get("best_val_loss", math.inf))
+                abs(comparable - state["best_score"]) <= 1e-12 and val_loss < state.get("best_val_loss", math.inf)
+            )
             if better:
-                state.update(best_score=comparable, best_epoch=epoch, bad_epochs=0, best_val_loss=val_loss,
-                             best_state={k: v.detach().clone().cpu() for k, v in model.state_dict().items()})
+                state.update(
+                    best_score=comparable,
+                    best_epoch=epoch,
+                    bad_epochs=0,
+                    best_val_loss=val_loss,
+                    best_state={k: v.detach().clone().cpu() for k, v in model.state_dict().items()},
+                )
             else:
                 state["bad_epochs"] += 1
             state["epoch"] = epoch + 1
             bar.update(1)
-            bar.set_postfix(loss=f"{total_loss / max(1, total_pairs):.4f}", val_auc=f"{score:.3f}",
-                            best=f"{state['best_score']:.3f}")
+            bar.set_postfix(
+                loss=f"{total_loss / max(1, total_pairs):.4f}",
+                val_auc=f"{score:.3f}",
+                best=f"{state['best_score']:.3f}",
+            )
             if checkpoint is not None:
                 _save_checkpoint(checkpoint, model, optimizer, lazy, rng, state, signature, device)
                 fault_point("train.epoch")
@@ -501,8 +631,7 @@ def fit(store: InstanceStore, pairs: WellPairs, train_wells: np.ndarray, val_wel
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
     model.eval()
-    return FitResult(model, state["best_epoch"], state["best_score"], state["history"],
-                     time.perf_counter() - started)
+    return FitResult(model, state["best_epoch"], state["best_score"], state["history"], time.perf_counter() - started)
 
 
 _ARRAY_KEYS = ("task_weights", "running_loss")  # numpy arrays in the training state (AMTL)
@@ -510,8 +639,7 @@ _ARRAY_KEYS = ("task_weights", "running_loss")  # numpy arrays in the training s
 
 def _arrays_as_tensors(state: dict) -> dict:
     """The training state with its numpy arrays as tensors, so the checkpoint loads with weights_only=True."""
-    return {k: torch.from_numpy(v) if k in _ARRAY_KEYS and isinstance(v, np.ndarray) else v
-            for k, v in state.items()}
+    return {k: torch.from_numpy(v) if k in _ARRAY_KEYS and isinstance(v, np.ndarray) else v for k, v in state.items()}
 
 
 def _tensors_as_arrays(state: dict) -> dict:
@@ -520,19 +648,28 @@ def _tensors_as_arrays(state: dict) -> dict:
 
 def _save_checkpoint(path: Path, model, optimizer, lazy, rng, state, signature, device) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-               "lazy": lazy.state_dict() if lazy is not None else None, "numpy_rng": rng.bit_generator.state,
-               "torch_rng": torch.get_rng_state(),
-               "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-               "state": _arrays_as_tensors(state), "signature": signature}
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "lazy": lazy.state_dict() if lazy is not None else None,
+        "numpy_rng": rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+        "state": _arrays_as_tensors(state),
+        "signature": signature,
+    }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
 def save_model(path, model: MoMIL, extra: dict | None = None) -> Path:
     """A checkpoint `momil predict` can load: hyperparameters, weights, and what made it."""
-    payload = {"format": "momil-model", "hparams": model.hparams, "state_dict": model.state_dict(),
-               "extra": extra or {}}
+    payload = {
+        "format": "momil-model",
+        "hparams": model.hparams,
+        "state_dict": model.state_dict(),
+        "extra": extra or {},
+    }
     with atomic_path(Path(path)) as tmp:
         torch.save(payload, tmp)
     return Path(path)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from momil.io.readers import load_torch
 from momil.errors import MomilError
+from momil.io.readers import load_torch
 
 NAMES = {"vit-b16": "vit_base_patch16_224", "vit-s16": "vit_small_patch16_224", "vit-tiny": "vit_tiny_patch16_224"}
 
@@ -25,11 +25,11 @@ def make_backbone(name: str = "vit-b16", in_chans: int = 5, img_size: int = 480,
 
     model_name = NAMES.get(name, name)
     try:
-        model = timm.create_model(model_name, pretrained=False, in_chans=in_chans, img_size=img_size,
-                                  num_classes=0)
+        model = timm.create_model(model_name, pretrained=False, in_chans=in_chans, img_size=img_size, num_classes=0)
     except Exception as err:  # noqa: BLE001 - timm raises RuntimeError / TypeError / KeyError by model
-        raise MomilError(f"cannot make backbone {name!r} ({err}) -- use vit-b16, vit-s16, vit-tiny or a timm "
-                         "ViT name") from err
+        raise MomilError(
+            f"cannot make backbone {name!r} ({err}) -- use vit-b16, vit-s16, vit-tiny or a timm ViT name"
+        ) from err
     if weights:
         load_weights(model, weights)
     return model
@@ -58,24 +58,29 @@ def load_weights(model: torch.nn.Module, path) -> None:
     for key, value in _unwrap(payload).items():
         for prefix in ("module.", "backbone.", "encoder."):
             if key.startswith(prefix):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         state[key] = value
     own = model.state_dict()
     if "pos_embed" in state and "pos_embed" in own and state["pos_embed"].shape != own["pos_embed"].shape:
         prefix = getattr(model, "num_prefix_tokens", 1)
         grid = model.patch_embed.grid_size
-        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], new_size=list(grid),
-                                                    num_prefix_tokens=prefix)
-    if "patch_embed.proj.weight" in state and state["patch_embed.proj.weight"].shape != \
-            own["patch_embed.proj.weight"].shape:
-        raise MomilError(f"{path}: its patch embedding expects {state['patch_embed.proj.weight'].shape[1]} "
-                         f"channels, the images have {own['patch_embed.proj.weight'].shape[1]} -- map the "
-                         "channels the checkpoint was trained on with --channels")
+        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], new_size=list(grid), num_prefix_tokens=prefix)
+    if (
+        "patch_embed.proj.weight" in state
+        and state["patch_embed.proj.weight"].shape != own["patch_embed.proj.weight"].shape
+    ):
+        raise MomilError(
+            f"{path}: its patch embedding expects {state['patch_embed.proj.weight'].shape[1]} "
+            f"channels, the images have {own['patch_embed.proj.weight'].shape[1]} -- map the "
+            "channels the checkpoint was trained on with --channels"
+        )
     heads = {k for k in state if k.startswith(("head.", "dino_head", "ibot_head"))}
     missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in heads}, strict=False)
     if missing:
-        raise MomilError(f"{path}: {len(missing)} backbone weights are missing (e.g. {missing[0]}) -- is it a "
-                         f"checkpoint of the same architecture?")
+        raise MomilError(
+            f"{path}: {len(missing)} backbone weights are missing (e.g. {missing[0]}) -- is it a "
+            f"checkpoint of the same architecture?"
+        )
     if unexpected:
         raise MomilError(f"{path}: {len(unexpected)} weights do not belong to this backbone (e.g. {unexpected[0]})")
 

@@ -25,13 +25,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from momil.faults import fault_point
 from momil.config import Settings, check_device_name, setting
 from momil.errors import InputError, MomilError
+from momil.faults import fault_point
 from momil.imaging.backbone import make_backbone
 from momil.imaging.fields import FieldSettings, channel_map, read_field, tile_field
 from momil.io.contract import PLATE, SITE, WELL, read_load_data, read_wells
 from momil.io.paths import check_output
+from momil.io.readers import read_json
 from momil.progress import progress
 from momil.provenance import atomic_path, provenance, remove_stale_temporaries
 
@@ -39,11 +40,17 @@ from momil.provenance import atomic_path, provenance, remove_stale_temporaries
 @dataclasses.dataclass
 class ExtractSettings(Settings):
     backbone: str = setting("vit-b16", "vit-b16, vit-s16, vit-tiny or a timm ViT name")
-    weights: str = setting("", "local checkpoint (momil pretrain output, DINO / DINOv2); empty: random weights (warned)")
+    weights: str = setting(
+        "", "local checkpoint (momil pretrain output, DINO / DINOv2); empty: random weights (warned)"
+    )
     batch_tiles: int = setting(64, "tiles per forward pass", low=1)
-    dtype: str = setting("float16", "store dtype: float16 or float32", choices=['float16', 'float32'])
+    dtype: str = setting("float16", "store dtype: float16 or float32", choices=["float16", "float32"])
     device: str = setting("auto", "auto (CUDA when present), cpu or cuda")
-    readers: int = setting(0, "background threads reading and tiling fields; 0: 1 on CPU (the forward uses every core), up to 8 with CUDA", low=0)
+    readers: int = setting(
+        0,
+        "background threads reading and tiling fields; 0: 1 on CPU (the forward uses every core), up to 8 with CUDA",
+        low=0,
+    )
     overwrite: bool = setting(False)
 
     def check(self) -> None:
@@ -56,16 +63,29 @@ def _field_key(row) -> str:
 
 
 def _signature(field: FieldSettings, settings: ExtractSettings, channels) -> str:
-    parts = {"field": dataclasses.asdict(field), "backbone": settings.backbone, "weights": settings.weights,
-             "channels": channels}
+    parts = {
+        "field": dataclasses.asdict(field),
+        "backbone": settings.backbone,
+        "weights": settings.weights,
+        "channels": channels,
+    }
     if settings.weights and Path(settings.weights).exists():
         stat = Path(settings.weights).stat()
         parts["weights_file"] = [stat.st_size, int(stat.st_mtime)]
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _reader(rows: list[tuple[int, pd.Series]], channels, field: FieldSettings, root, nuclei: int, out: queue.Queue,
-            stop: threading.Event, next_index: list, lock: threading.Lock) -> None:
+def _reader(
+    rows: list[tuple[int, pd.Series]],
+    channels,
+    field: FieldSettings,
+    root,
+    nuclei: int,
+    out: queue.Queue,
+    stop: threading.Event,
+    next_index: list,
+    lock: threading.Lock,
+) -> None:
     while not stop.is_set():
         with lock:
             if next_index[0] >= len(rows):
@@ -79,7 +99,7 @@ def _reader(rows: list[tuple[int, pd.Series]], channels, field: FieldSettings, r
             item = (i, position, tiles, where, None)
         except InputError as err:  # a missing or unreadable file: stop or skip, as on_missing says
             item = (i, position, None, None, err)
-        except BaseException as err:  # any other failure ends the run: the main thread re-raises it
+        except BaseException as err:  # noqa: BLE001 - any other failure ends the run: the main thread re-raises it
             item = (i, position, None, None, _ReaderFailure(err))
         if not _put(out, item, stop):
             return
@@ -107,8 +127,15 @@ def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
     return False
 
 
-def extract(load_data, wells, out, field: FieldSettings | None = None, settings: ExtractSettings | None = None,
-            root=None, show_progress: bool = True):
+def extract(
+    load_data,
+    wells,
+    out,
+    field: FieldSettings | None = None,
+    settings: ExtractSettings | None = None,
+    root=None,
+    show_progress: bool = True,
+):
     """Embed every field of ``load_data`` (a LoadData table) into a new store ``out``; returns the store.
 
     ``wells`` is the contract's wells table (compound and control type of every plate/well); ``root`` resolves
@@ -119,10 +146,16 @@ def extract(load_data, wells, out, field: FieldSettings | None = None, settings:
     field = field or FieldSettings()
     settings = settings or ExtractSettings()
     if field.size and field.tile > field.size:
-        raise MomilError(f"--tile {field.tile} is larger than the resized field (--size {field.size}) -- choose a "
-                         "tile of at most the field size")
-    out = check_output(out, "dir", {"--load-data": load_data, "--wells": wells, "--weights": settings.weights or None},
-                       settings.overwrite)
+        raise MomilError(
+            f"--tile {field.tile} is larger than the resized field (--size {field.size}) -- choose a "
+            "tile of at most the field size"
+        )
+    out = check_output(
+        out,
+        "dir",
+        {"--load-data": load_data, "--wells": wells, "--weights": settings.weights or None},
+        settings.overwrite,
+    )
     table, available = read_load_data(load_data)
     well_table = read_wells(wells)
     root = Path(root) if root else Path(load_data).parent
@@ -134,13 +167,19 @@ def extract(load_data, wells, out, field: FieldSettings | None = None, settings:
     keys = set(zip(well_table[PLATE], well_table[WELL]))
     unknown = [i for i, k in enumerate(zip(table[PLATE], table[WELL])) if k not in keys]
     if unknown:
-        raise InputError(load_data, f"{len(unknown)} field(s) belong to wells the wells table lacks (first: row "
-                         f"{unknown[0] + 1}, plate {table[PLATE].iat[unknown[0]]}, well {table[WELL].iat[unknown[0]]})",
-                         "add those wells to wells.parquet or drop the fields")
+        raise InputError(
+            load_data,
+            f"{len(unknown)} field(s) belong to wells the wells table lacks (first: row "
+            f"{unknown[0] + 1}, plate {table[PLATE].iat[unknown[0]]}, well {table[WELL].iat[unknown[0]]})",
+            "add those wells to wells.parquet or drop the fields",
+        )
     device = resolve_device(settings.device)
     if not settings.weights:
-        warnings.warn("no --weights: the backbone has random weights (pretrain one with `momil pretrain` or name "
-                      "a DINO / DINOv2 checkpoint)", stacklevel=2)
+        warnings.warn(
+            "no --weights: the backbone has random weights (pretrain one with `momil pretrain` or name "
+            "a DINO / DINOv2 checkpoint)",
+            stacklevel=2,
+        )
     torch.manual_seed(0)  # random weights, when used, are the same every run
     model = make_backbone(settings.backbone, len(channels), field.tile, settings.weights or None).to(device).eval()
 
@@ -156,17 +195,21 @@ def extract(load_data, wells, out, field: FieldSettings | None = None, settings:
     order = table.sort_values([PLATE, WELL, SITE], kind="stable")
     rows = [(int(i), row) for i, row in order.iterrows()]
     todo = [(i, row) for i, row in rows if not (cache / "fields" / f"{_field_key(row)}.npz").exists()]
-    skipped = json.loads((cache / "skipped.json").read_text()) if (cache / "skipped.json").exists() else []
+    skipped = read_json(cache / "skipped.json", "extraction cache record") if (cache / "skipped.json").exists() else []
     started = time.perf_counter()
-    n_tiles = _embed_fields(todo, channels, field, root, nuclei, model, device, settings, cache, skipped,
-                            show_progress)
+    n_tiles = _embed_fields(todo, channels, field, root, nuclei, model, device, settings, cache, skipped, show_progress)
     with atomic_path(cache / "skipped.json") as tmp:
         tmp.write_text(json.dumps(skipped, indent=1))
 
     # assemble the store, one bag per well
     dim = int(model.num_features)
-    with StoreWriter.create(out, dim=dim, dtype=settings.dtype,
-                            feature_names=[f"fm{i:04d}" for i in range(dim)], overwrite=settings.overwrite) as writer:
+    with StoreWriter.create(
+        out,
+        dim=dim,
+        dtype=settings.dtype,
+        feature_names=[f"fm{i:04d}" for i in range(dim)],
+        overwrite=settings.overwrite,
+    ) as writer:
         info = well_table.set_index([PLATE, WELL])
         for (plate, well), group in order.groupby([PLATE, WELL], sort=False):
             feats, metas = [], []
@@ -177,25 +220,41 @@ def extract(load_data, wells, out, field: FieldSettings | None = None, settings:
                 saved = np.load(path)
                 if len(saved["features"]):
                     feats.append(saved["features"])
-                    metas.append(pd.DataFrame({SITE: row[SITE], "Metadata_TileY": saved["tile_y"],
-                                               "Metadata_TileX": saved["tile_x"]}))
+                    metas.append(
+                        pd.DataFrame(
+                            {SITE: row[SITE], "Metadata_TileY": saved["tile_y"], "Metadata_TileX": saved["tile_x"]}
+                        )
+                    )
             if not feats:
                 continue
             meta_row = info.loc[(plate, well)]
-            record = {PLATE: plate, WELL: well, **{c: meta_row[c] for c in well_table.columns
-                                                   if c not in (PLATE, WELL)}}
+            record = {
+                PLATE: plate,
+                WELL: well,
+                **{c: meta_row[c] for c in well_table.columns if c not in (PLATE, WELL)},
+            }
             writer.add_bag(record, np.concatenate(feats), pd.concat(metas, ignore_index=True))
-        writer.set_provenance(provenance("extract", {"field": dataclasses.asdict(field),
-                                                     "extract": dataclasses.asdict(settings)},
-                                         inputs={"load_data": load_data, "wells": wells},
-                                         channels=channels, root=str(root.resolve()),
-                                         skipped_fields=len(skipped)))
+        writer.set_provenance(
+            provenance(
+                "extract",
+                {"field": dataclasses.asdict(field), "extract": dataclasses.asdict(settings)},
+                inputs={"load_data": load_data, "wells": wells},
+                channels=channels,
+                root=str(root.resolve()),
+                skipped_fields=len(skipped),
+            )
+        )
     store = InstanceStore(out)
     shutil.rmtree(cache, ignore_errors=True)
     seconds = time.perf_counter() - started
-    store.extract_report = {"fields": len(rows), "embedded_now": len(todo) - len(skipped), "skipped": skipped,
-                            "tiles_now": n_tiles, "seconds": round(seconds, 2),
-                            "tiles_per_second": round(n_tiles / seconds, 2) if seconds > 0 else None}
+    store.extract_report = {
+        "fields": len(rows),
+        "embedded_now": len(todo) - len(skipped),
+        "skipped": skipped,
+        "tiles_now": n_tiles,
+        "seconds": round(seconds, 2),
+        "tiles_per_second": round(n_tiles / seconds, 2) if seconds > 0 else None,
+    }
     return store
 
 
@@ -210,8 +269,19 @@ def reader_count(readers: int, device) -> int:
     return 1
 
 
-def _embed_fields(todo, channels, field: FieldSettings, root, nuclei, model, device, settings: ExtractSettings,
-                  cache: Path, skipped: list, show_progress: bool) -> int:
+def _embed_fields(
+    todo,
+    channels,
+    field: FieldSettings,
+    root,
+    nuclei,
+    model,
+    device,
+    settings: ExtractSettings,
+    cache: Path,
+    skipped: list,
+    show_progress: bool,
+) -> int:
     """Read/tile in threads, embed batches of tiles, write each finished field; returns tiles embedded."""
     if not todo:
         return 0
@@ -220,9 +290,12 @@ def _embed_fields(todo, channels, field: FieldSettings, root, nuclei, model, dev
     stop = threading.Event()
     lock = threading.Lock()
     next_index = [0]
-    threads = [threading.Thread(target=_reader, args=(todo, channels, field, root, nuclei, results, stop,
-                                                      next_index, lock), daemon=True)
-               for _ in range(n_readers)]
+    threads = [
+        threading.Thread(
+            target=_reader, args=(todo, channels, field, root, nuclei, results, stop, next_index, lock), daemon=True
+        )
+        for _ in range(n_readers)
+    ]
     for thread in threads:
         thread.start()
     pending: list[tuple[dict, np.ndarray]] = []  # fields whose tiles wait in the buffer
@@ -230,8 +303,9 @@ def _embed_fields(todo, channels, field: FieldSettings, root, nuclei, model, dev
     buffered = 0
     done_tiles = 0
     finished_readers = 0
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else \
-        torch.autocast("cpu", enabled=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
 
     def flush():
         nonlocal buffer, buffered, pending, done_tiles
@@ -246,7 +320,7 @@ def _embed_fields(todo, channels, field: FieldSettings, root, nuclei, model, dev
         start = 0
         for info, _ in pending:
             n = info["n"]
-            _save_field(cache, info, embedded[start:start + n])
+            _save_field(cache, info, embedded[start : start + n])
             fault_point("extract.field")
             start += n
         done_tiles += buffered
@@ -262,16 +336,22 @@ def _embed_fields(todo, channels, field: FieldSettings, root, nuclei, model, dev
                 _, _, tiles, where, error = item
                 row = todo[item[0]][1]
                 if isinstance(error, _ReaderFailure):
-                    raise MomilError(f"reading field plate {row[PLATE]} well {row[WELL]} site {row[SITE]} failed: "
-                                     f"{type(error.error).__name__}: {error.error}") from error.error
+                    raise MomilError(
+                        f"reading field plate {row[PLATE]} well {row[WELL]} site {row[SITE]} failed: "
+                        f"{type(error.error).__name__}: {error.error}"
+                    ) from error.error
                 if error is not None:
                     if field.on_missing == "stop":
                         raise error
                     skipped.append({PLATE: row[PLATE], WELL: row[WELL], SITE: row[SITE], "problem": str(error)})
                     bar.update(1)
                     continue
-                info = {"key": _field_key(row), "n": len(tiles), "tile_y": where["Metadata_TileY"].to_numpy(),
-                        "tile_x": where["Metadata_TileX"].to_numpy()}
+                info = {
+                    "key": _field_key(row),
+                    "n": len(tiles),
+                    "tile_y": where["Metadata_TileY"].to_numpy(),
+                    "tile_x": where["Metadata_TileX"].to_numpy(),
+                }
                 pending.append((info, tiles))
                 if len(tiles):
                     buffer.append(tiles)

@@ -30,7 +30,9 @@ DEFAULT_CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
 
 @dataclasses.dataclass
 class FieldSettings(Settings):
-    channels: str = setting("", "model channel=LoadData channel, comma-separated; empty: DNA, ER, RNA, AGP, Mito by suffix")
+    channels: str = setting(
+        "", "model channel=LoadData channel, comma-separated; empty: DNA, ER, RNA, AGP, Mito by suffix"
+    )
     size: int = setting(960, "fields are resized to size x size (0: keep their size)", low=0)
     clip_low: float = setting(0.01, "percentile clipped at the bottom of each channel", low=0, high=100)
     clip_high: float = setting(99.9, "percentile clipped at the top of each channel", low=0, high=100)
@@ -40,7 +42,9 @@ class FieldSettings(Settings):
     nuclei_channel: str = setting("DNA", "model channel the background rule reads")
     foreground_level: float = setting(0.2, "a pixel is foreground above this normalised intensity", low=0, high=1)
     min_foreground: float = setting(0.01, "a tile needs at least this fraction of foreground pixels", low=0, high=1)
-    on_missing: str = setting("stop", 'a missing or unreadable file: "stop", or "skip" the field and report it', choices=['stop', 'skip'])
+    on_missing: str = setting(
+        "stop", 'a missing or unreadable file: "stop", or "skip" the field and report it', choices=["stop", "skip"]
+    )
 
     def check(self) -> None:
         if not self.clip_low < self.clip_high:
@@ -63,8 +67,10 @@ def channel_map(settings: FieldSettings, available: list[str]) -> list[tuple[str
     for name in DEFAULT_CHANNELS:
         matches = [c for c in available if c.lower().endswith(name.lower())]
         if len(matches) != 1:
-            raise MomilError(f"cannot match the {name} channel among LoadData channels {', '.join(available)} -- "
-                             "name the mapping with --channels DNA=...,ER=...,RNA=...,AGP=...,Mito=...")
+            raise MomilError(
+                f"cannot match the {name} channel among LoadData channels {', '.join(available)} -- "
+                "name the mapping with --channels DNA=...,ER=...,RNA=...,AGP=...,Mito=..."
+            )
         pairs.append((name, matches[0]))
     return pairs
 
@@ -73,8 +79,9 @@ def _path(row: pd.Series, channel: str, root: Path | None) -> Path:
     return image_path(row, channel, root)
 
 
-def read_field(row: pd.Series, channels: list[tuple[str, str]], settings: FieldSettings,
-               root: Path | None = None) -> np.ndarray:
+def read_field(
+    row: pd.Series, channels: list[tuple[str, str]], settings: FieldSettings, root: Path | None = None
+) -> np.ndarray:
     """One field as float32 (C, H, W) in [0, 1], channels in model order. Raises InputError naming the file
     and the field (plate, well, site) when a file is missing or unreadable."""
     import tifffile
@@ -84,23 +91,35 @@ def read_field(row: pd.Series, channels: list[tuple[str, str]], settings: FieldS
         path = _path(row, source, root)
         where = f"plate {row['Metadata_Plate']}, well {row['Metadata_Well']}, site {row['Metadata_Site']}"
         if not path.exists():
-            raise InputError(path, f"missing image for channel {model_channel} ({where})",
-                             "fix the LoadData paths, or pass --on-missing skip to leave the field out")
+            raise InputError(
+                path,
+                f"missing image for channel {model_channel} ({where})",
+                "fix the LoadData paths, or pass --on-missing skip to leave the field out",
+            )
         try:
             image = tifffile.imread(path)
         except Exception as err:  # noqa: BLE001 - tifffile raises many kinds for a broken file
-            raise InputError(path, f"unreadable image for channel {model_channel} ({where}): {err}",
-                             "re-export the file, or pass --on-missing skip to leave the field out") from err
+            raise InputError(
+                path,
+                f"unreadable image for channel {model_channel} ({where}): {err}",
+                "re-export the file, or pass --on-missing skip to leave the field out",
+            ) from err
         if image.ndim != 2:
             image = np.squeeze(image)
             if image.ndim != 2:
-                raise InputError(path, f"expected one 2-D plane per channel file, got shape {image.shape} ({where})",
-                                 "give one file per channel (LoadData convention)")
+                raise InputError(
+                    path,
+                    f"expected one 2-D plane per channel file, got shape {image.shape} ({where})",
+                    "give one file per channel (LoadData convention)",
+                )
         planes.append(image.astype(np.float32))
     shapes = {p.shape for p in planes}
     if len(shapes) != 1:
-        raise InputError(_path(row, channels[0][1], root), f"channels differ in size {sorted(shapes)}",
-                         "all channel images of a field must have the same size")
+        raise InputError(
+            _path(row, channels[0][1], root),
+            f"channels differ in size {sorted(shapes)}",
+            "all channel images of a field must have the same size",
+        )
     return normalise(np.stack(planes), settings)
 
 
@@ -108,8 +127,13 @@ def normalise(field: np.ndarray, settings: FieldSettings) -> np.ndarray:
     """Resize (bilinear, antialiased), clip each channel at its percentiles, min-max to [0, 1]."""
     tensor = torch.from_numpy(np.ascontiguousarray(field, dtype=np.float32))
     if settings.size and tuple(tensor.shape[1:]) != (settings.size, settings.size):
-        tensor = torch.nn.functional.interpolate(tensor.unsqueeze(0), size=(settings.size, settings.size),
-                                                 mode="bilinear", antialias=True, align_corners=False)[0]
+        tensor = torch.nn.functional.interpolate(
+            tensor.unsqueeze(0),
+            size=(settings.size, settings.size),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )[0]
     out = tensor.numpy()
     flat = out.reshape(out.shape[0], -1)
     low = np.percentile(flat, settings.clip_low, axis=1)[:, None, None]
@@ -128,16 +152,16 @@ def tile_positions(height: int, width: int, tile: int, stride: int) -> list[tupl
         if values[-1] != length - tile:
             values.append(length - tile)
         return values
+
     return [(y, x) for y in starts(height) for x in starts(width)]
 
 
-def tile_field(field: np.ndarray, settings: FieldSettings, nuclei_index: int = 0
-               ) -> tuple[np.ndarray, pd.DataFrame]:
+def tile_field(field: np.ndarray, settings: FieldSettings, nuclei_index: int = 0) -> tuple[np.ndarray, pd.DataFrame]:
     """Tiles (n, C, tile, tile) and their positions (tile_y, tile_x, foreground), background dropped if asked."""
     _, height, width = field.shape
     tiles, rows = [], []
     for y, x in tile_positions(height, width, settings.tile, settings.stride):
-        tile = field[:, y:y + settings.tile, x:x + settings.tile]
+        tile = field[:, y : y + settings.tile, x : x + settings.tile]
         foreground = float((tile[nuclei_index] > settings.foreground_level).mean())
         if settings.drop_background and foreground < settings.min_foreground:
             continue

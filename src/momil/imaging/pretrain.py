@@ -31,20 +31,22 @@ import pandas as pd
 import torch
 from torch import nn
 
-from momil.faults import fault_point
 from momil.config import Settings, check_device_name, setting
-from momil.io.readers import load_torch
 from momil.errors import MomilError
+from momil.faults import fault_point
 from momil.imaging.backbone import NAMES, save_backbone
 from momil.imaging.fields import FieldSettings, channel_map, read_field
 from momil.io.contract import read_load_data
+from momil.io.readers import load_torch
 from momil.progress import progress
 from momil.provenance import atomic_path, provenance, write_json_atomic
 
 
 @dataclasses.dataclass
 class PretrainSettings(Settings):
-    method: str = setting("dinov2", '"dino" or "dinov2" (DINO + iBOT masked-token loss + KoLeo)', choices=['dino', 'dinov2'])
+    method: str = setting(
+        "dinov2", '"dino" or "dinov2" (DINO + iBOT masked-token loss + KoLeo)', choices=["dino", "dinov2"]
+    )
     backbone: str = setting("vit-b16", "vit-b16, vit-s16, vit-tiny or a timm ViT name")
     global_size: int = setting(480, "global crop edge (the paper: 480)", low=16)
     local_size: int = setting(128, "local crop edge (the paper: 128)", low=16)
@@ -52,7 +54,9 @@ class PretrainSettings(Settings):
     out_dim: int = setting(4096, "prototypes of the projection head", low=1)
     epochs: int = setting(400, "the paper's schedule; any shorter run works", low=1)
     batch_fields: int = setting(16, "fields per step", low=1)
-    lr: float = setting(5e-4, "peak learning rate per 256 fields (scaled by batch_fields / 256)", low=0, high=1, low_open=True)
+    lr: float = setting(
+        5e-4, "peak learning rate per 256 fields (scaled by batch_fields / 256)", low=0, high=1, low_open=True
+    )
     min_lr: float = setting(1e-6, low=0)
     warmup_epochs: int = setting(10, low=0)
     weight_decay: float = setting(0.04, "cosine to weight_decay_end", low=0)
@@ -63,10 +67,16 @@ class PretrainSettings(Settings):
     teacher_temp_epochs: int = setting(30, low=0)
     student_temp: float = setting(0.1, low=0, low_open=True)
     center_momentum: float = setting(0.9, low=0, high=1)
-    centering: str = setting("sinkhorn", 'teacher targets: "sinkhorn" (Sinkhorn-Knopp, as DINOv2) or "center" (DINO\'s EMA centre)', choices=['sinkhorn', 'center'])
+    centering: str = setting(
+        "sinkhorn",
+        'teacher targets: "sinkhorn" (Sinkhorn-Knopp, as DINOv2) or "center" (DINO\'s EMA centre)',
+        choices=["sinkhorn", "center"],
+    )
     sinkhorn_iterations: int = setting(3, low=1)
     ibot_weight: float = setting(1.0, "dinov2: weight of the masked-token loss", low=0)
-    mask_ratio: float = setting(0.3, "dinov2: share of patch tokens masked in the student's global crops", low=0, high=1, high_open=True)
+    mask_ratio: float = setting(
+        0.3, "dinov2: share of patch tokens masked in the student's global crops", low=0, high=1, high_open=True
+    )
     koleo_weight: float = setting(0.1, "dinov2: weight of the KoLeo regulariser", low=0)
     cache_fields: int = setting(256, "normalised fields kept in memory", low=0)
     device: str = setting("auto", "auto (CUDA when present), cpu or cuda")
@@ -82,8 +92,9 @@ class ProjectionHead(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, hidden: int = 512, bottleneck: int = 128):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-                                 nn.Linear(hidden, bottleneck))
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, bottleneck)
+        )
         self.last = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck, out_dim, bias=False))
         self.last.parametrizations.weight.original0.data.fill_(1.0)
 
@@ -120,15 +131,21 @@ class Branch(nn.Module):
 def make_branch(settings: PretrainSettings, in_chans: int) -> Branch:
     import timm
 
-    backbone = timm.create_model(NAMES.get(settings.backbone, settings.backbone), pretrained=False,
-                                 in_chans=in_chans, img_size=settings.global_size, num_classes=0,
-                                 dynamic_img_size=True)
+    backbone = timm.create_model(
+        NAMES.get(settings.backbone, settings.backbone),
+        pretrained=False,
+        in_chans=in_chans,
+        img_size=settings.global_size,
+        num_classes=0,
+        dynamic_img_size=True,
+    )
     return Branch(backbone, settings.out_dim, settings.method == "dinov2")
 
 
 # --------------------------------------------------------------------------------------------------- losses
-def teacher_targets(logits: torch.Tensor, center: torch.Tensor, temp: float, centering: str = "center",
-                    iterations: int = 3) -> torch.Tensor:
+def teacher_targets(
+    logits: torch.Tensor, center: torch.Tensor, temp: float, centering: str = "center", iterations: int = 3
+) -> torch.Tensor:
     """The teacher's target distributions for logits (..., K).
 
     ``"center"`` (DINO): softmax((logits - center) / temp), with ``center`` an EMA of the teacher's mean output.
@@ -152,9 +169,15 @@ def teacher_targets(logits: torch.Tensor, center: torch.Tensor, temp: float, cen
     return (q * samples).reshape(shape)
 
 
-def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: torch.Tensor,
-              student_temp: float, teacher_temp: float, centering: str = "center",
-              iterations: int = 3) -> torch.Tensor:
+def dino_loss(
+    student: list[torch.Tensor],
+    teacher: list[torch.Tensor],
+    center: torch.Tensor,
+    student_temp: float,
+    teacher_temp: float,
+    centering: str = "center",
+    iterations: int = 3,
+) -> torch.Tensor:
     """Cross-entropy of teacher (global views) against student (all views), pairs of different views only."""
     targets = [teacher_targets(t, center, teacher_temp, centering, iterations) for t in teacher]
     total, pairs = 0.0, 0
@@ -167,9 +190,16 @@ def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: 
     return total / pairs
 
 
-def ibot_loss(student_patches: torch.Tensor, teacher_patches: torch.Tensor, mask: torch.Tensor,
-              center: torch.Tensor, student_temp: float, teacher_temp: float, centering: str = "center",
-              iterations: int = 3) -> torch.Tensor:
+def ibot_loss(
+    student_patches: torch.Tensor,
+    teacher_patches: torch.Tensor,
+    mask: torch.Tensor,
+    center: torch.Tensor,
+    student_temp: float,
+    teacher_temp: float,
+    centering: str = "center",
+    iterations: int = 3,
+) -> torch.Tensor:
     """Masked-token loss: at masked positions the student predicts the teacher's patch distribution (with
     ``"sinkhorn"`` the assignment is made over the masked tokens of the batch)."""
     if centering == "sinkhorn":
@@ -200,7 +230,7 @@ def nuclei_centres(nuclei: np.ndarray, rng: np.random.Generator, count: int, hal
     """Crop centres drawn in proportion to the nuclei channel's brightness above its 90th percentile (uniform
     where a field has no bright area), kept so that the crop fits."""
     h, w = nuclei.shape
-    inner = nuclei[half:h - half or None, half:w - half or None] if h > 2 * half and w > 2 * half else None
+    inner = nuclei[half : h - half or None, half : w - half or None] if h > 2 * half and w > 2 * half else None
     if inner is None or inner.size == 0:
         return [(h // 2, w // 2)] * count
     weights = np.clip(inner - np.percentile(inner, 90), 0, None).ravel()
@@ -230,8 +260,9 @@ def augment(crop: torch.Tensor, rng: np.random.Generator, blur: bool) -> torch.T
     return (crop * gain + shift).clamp(0.0, 1.0)
 
 
-def crop_views(field: np.ndarray, settings: PretrainSettings, rng: np.random.Generator, nuclei: int = 0
-               ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def crop_views(
+    field: np.ndarray, settings: PretrainSettings, rng: np.random.Generator, nuclei: int = 0
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Two global and ``local_crops`` local crops of one field (C, H, W)."""
     tensor = torch.from_numpy(field)
     views = []
@@ -241,7 +272,7 @@ def crop_views(field: np.ndarray, settings: PretrainSettings, rng: np.random.Gen
         for cy, cx in nuclei_centres(field[nuclei], rng, count, half):
             y0 = min(max(cy - half, 0), field.shape[1] - size)
             x0 = min(max(cx - half, 0), field.shape[2] - size)
-            views.append(augment(tensor[:, y0:y0 + size, x0:x0 + size], rng, blur=size == settings.global_size))
+            views.append(augment(tensor[:, y0 : y0 + size, x0 : x0 + size], rng, blur=size == settings.global_size))
     return views[:2], views[2:]
 
 
@@ -268,8 +299,15 @@ class FieldCache:
         return self.items[i]
 
 
-def pretrain(load_data, out, field: FieldSettings | None = None, settings: PretrainSettings | None = None,
-             root=None, show_progress: bool = True, max_seconds: float | None = None) -> dict:
+def pretrain(
+    load_data,
+    out,
+    field: FieldSettings | None = None,
+    settings: PretrainSettings | None = None,
+    root=None,
+    show_progress: bool = True,
+    max_seconds: float | None = None,
+) -> dict:
     """Pretrain on every field of ``load_data``; writes ``out``/backbone.pt, checkpoint.pt, history.csv,
     pretrain.json. ``max_seconds`` stops after the epoch in which the time runs out (the checkpoint stays, so
     running again continues)."""
@@ -300,8 +338,7 @@ def pretrain(load_data, out, field: FieldSettings | None = None, settings: Pretr
     params = [p for p in student.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=settings.lr)
+    optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr)
     center = torch.zeros(1, settings.out_dim, device=device)
     patch_center = torch.zeros(1, 1, settings.out_dim, device=device)
     rng = np.random.default_rng(settings.seed)
@@ -326,37 +363,51 @@ def pretrain(load_data, out, field: FieldSettings | None = None, settings: Pretr
     warmup = steps_per_epoch * min(settings.warmup_epochs, settings.epochs)
     peak_lr = settings.lr * settings.batch_fields / 256
     started = time.perf_counter()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else \
-        torch.autocast("cpu", enabled=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
     epochs_now = 0
-    with progress(total=settings.epochs, desc=f"pretrain {settings.method}", unit="epoch", enabled=show_progress,
-                  initial=state["epoch"]) as bar:
+    with progress(
+        total=settings.epochs,
+        desc=f"pretrain {settings.method}",
+        unit="epoch",
+        enabled=show_progress,
+        initial=state["epoch"],
+    ) as bar:
         while state["epoch"] < settings.epochs:
             student.train()
             order = rng.permutation(n_fields)
             losses = []
             for start in range(0, n_fields, settings.batch_fields):
-                batch = order[start:start + settings.batch_fields]
+                batch = order[start : start + settings.batch_fields]
                 step = state["step"]
                 lr = cosine(step, total, peak_lr, settings.min_lr, warmup)
                 wd = cosine(step, total, settings.weight_decay, settings.weight_decay_end)
                 optimizer.param_groups[0].update(lr=lr, weight_decay=wd)
                 optimizer.param_groups[1].update(lr=lr)
-                teacher_temp = settings.teacher_temp if state["epoch"] >= settings.teacher_temp_epochs else (
-                    settings.warmup_teacher_temp + (settings.teacher_temp - settings.warmup_teacher_temp)
-                    * state["epoch"] / max(1, settings.teacher_temp_epochs))
+                teacher_temp = (
+                    settings.teacher_temp
+                    if state["epoch"] >= settings.teacher_temp_epochs
+                    else (
+                        settings.warmup_teacher_temp
+                        + (settings.teacher_temp - settings.warmup_teacher_temp)
+                        * state["epoch"]
+                        / max(1, settings.teacher_temp_epochs)
+                    )
+                )
                 globals_, locals_ = [[], []], [[] for _ in range(settings.local_crops)]
                 for i in batch:
-                    g, l = crop_views(fields[int(i)], settings, rng, nuclei)
+                    views_g, views_l = crop_views(fields[int(i)], settings, rng, nuclei)
                     for k in range(2):
-                        globals_[k].append(g[k])
-                    for k in range(len(l)):
-                        locals_[k].append(l[k])
+                        globals_[k].append(views_g[k])
+                    for k in range(len(views_l)):
+                        locals_[k].append(views_l[k])
                 g_views = [torch.stack(v).to(device) for v in globals_]
                 l_views = [torch.stack(v).to(device) for v in locals_ if v]
                 with autocast:
-                    loss, parts, teacher_cls, teacher_patch = _step_loss(student, teacher, g_views, l_views, center,
-                                                                         patch_center, settings, teacher_temp, rng)
+                    loss, parts, teacher_cls, teacher_patch = _step_loss(
+                        student, teacher, g_views, l_views, center, patch_center, settings, teacher_temp, rng
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(student.parameters(), 3.0)
@@ -366,41 +417,76 @@ def pretrain(load_data, out, field: FieldSettings | None = None, settings: Pretr
                     for ps, pt in zip(student.parameters(), teacher.parameters()):
                         pt.mul_(momentum).add_(ps.detach(), alpha=1 - momentum)
                     center = center * settings.center_momentum + teacher_cls.mean(0, keepdim=True) * (
-                        1 - settings.center_momentum)
+                        1 - settings.center_momentum
+                    )
                     if teacher_patch is not None:
                         patch_center = patch_center * settings.center_momentum + teacher_patch.mean(
-                            (0, 1), keepdim=True) * (1 - settings.center_momentum)
+                            (0, 1), keepdim=True
+                        ) * (1 - settings.center_momentum)
                 losses.append(float(loss.detach()))
                 state["step"] += 1
-            entry = {"epoch": state["epoch"], "loss": float(np.mean(losses)), "lr": lr,
-                     "seconds": round(time.perf_counter() - started, 2), **parts}
+            entry = {
+                "epoch": state["epoch"],
+                "loss": float(np.mean(losses)),
+                "lr": lr,
+                "seconds": round(time.perf_counter() - started, 2),
+                **parts,
+            }
             state["history"].append(entry)
             state["epoch"] += 1
-            payload = {"student": student.state_dict(), "teacher": teacher.state_dict(),
-                       "optimizer": optimizer.state_dict(), "center": center, "patch_center": patch_center,
-                       "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "state": state,
-                       "settings": dataclasses.asdict(settings), "channels": channels}
+            payload = {
+                "student": student.state_dict(),
+                "teacher": teacher.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "center": center,
+                "patch_center": patch_center,
+                "numpy_rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+                "state": state,
+                "settings": dataclasses.asdict(settings),
+                "channels": channels,
+            }
             with atomic_path(checkpoint) as tmp:
                 torch.save(payload, tmp)
             fault_point("pretrain.epoch")
             bar.update(1)
             epochs_now += 1
-            bar.set_postfix(loss=f"{entry['loss']:.4f}",
-                            fields_per_s=f"{n_fields * epochs_now / max(1e-9, time.perf_counter() - started):.1f}")
+            bar.set_postfix(
+                loss=f"{entry['loss']:.4f}",
+                fields_per_s=f"{n_fields * epochs_now / max(1e-9, time.perf_counter() - started):.1f}",
+            )
             if max_seconds is not None and time.perf_counter() - started > max_seconds:
                 break
-    save_backbone(out / "backbone.pt", teacher.backbone,
-                  {"method": settings.method, "channels": channels, "epochs_done": state["epoch"],
-                   "global_size": settings.global_size})
+    save_backbone(
+        out / "backbone.pt",
+        teacher.backbone,
+        {
+            "method": settings.method,
+            "channels": channels,
+            "epochs_done": state["epoch"],
+            "global_size": settings.global_size,
+        },
+    )
     history = pd.DataFrame(state["history"])
     with atomic_path(out / "history.csv") as tmp:
         history.to_csv(tmp, index=False)
-    summary = {"epochs_done": state["epoch"], "fields": n_fields, "first_loss": float(history["loss"].iloc[0]),
-               "last_loss": float(history["loss"].iloc[-1]), "seconds": round(time.perf_counter() - started, 1)}
-    write_json_atomic(provenance("pretrain", {"pretrain": dataclasses.asdict(settings),
-                                              "field": dataclasses.asdict(field)},
-                                 inputs={"load_data": load_data}, channels=channels, summary=summary),
-                      out / "pretrain.json")
+    summary = {
+        "epochs_done": state["epoch"],
+        "fields": n_fields,
+        "first_loss": float(history["loss"].iloc[0]),
+        "last_loss": float(history["loss"].iloc[-1]),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json_atomic(
+        provenance(
+            "pretrain",
+            {"pretrain": dataclasses.asdict(settings), "field": dataclasses.asdict(field)},
+            inputs={"load_data": load_data},
+            channels=channels,
+            summary=summary,
+        ),
+        out / "pretrain.json",
+    )
     return summary
 
 
@@ -422,13 +508,33 @@ def _step_loss(student: Branch, teacher: Branch, g_views, l_views, center, patch
     s_tokens = [student.tokens(v, masks[k] if masks else None) for k, v in enumerate(g_views)]
     s_cls = [student.dino_head(t[:, 0]) for t in s_tokens]
     s_cls += [student.dino_head(student.tokens(v)[:, 0]) for v in l_views]
-    loss = dino_loss([s.float() for s in s_cls], [t.float() for t in t_cls], center, settings.student_temp,
-                     teacher_temp, settings.centering, settings.sinkhorn_iterations)
+    loss = dino_loss(
+        [s.float() for s in s_cls],
+        [t.float() for t in t_cls],
+        center,
+        settings.student_temp,
+        teacher_temp,
+        settings.centering,
+        settings.sinkhorn_iterations,
+    )
     parts = {"dino": float(loss.detach())}
     if ibot:
-        ib = sum(ibot_loss(student.ibot_head(s[:, prefix:]).float(), t.float(), m.float(), patch_center,
-                           settings.student_temp, teacher_temp, settings.centering, settings.sinkhorn_iterations)
-                 for s, t, m in zip(s_tokens, t_patch, masks)) / 2
+        ib = (
+            sum(
+                ibot_loss(
+                    student.ibot_head(s[:, prefix:]).float(),
+                    t.float(),
+                    m.float(),
+                    patch_center,
+                    settings.student_temp,
+                    teacher_temp,
+                    settings.centering,
+                    settings.sinkhorn_iterations,
+                )
+                for s, t, m in zip(s_tokens, t_patch, masks)
+            )
+            / 2
+        )
         ko = koleo_loss(s_tokens[0][:, 0].float())
         loss = loss + settings.ibot_weight * ib + settings.koleo_weight * ko
         parts.update(ibot=float(ib.detach()), koleo=float(ko.detach()))

@@ -39,17 +39,29 @@ def linear_probe(store: InstanceStore, classes: pd.Series, c: float = 1.0, folds
         raise MomilError(f"the probe needs at least two classes with {folds} wells each, got {counts.to_dict()}")
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, C=c))
     split = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    result = {"wells": len(y), "classes": int(len(counts)),
-              "accuracy": float(cross_val_score(model, x, y, cv=split, scoring="accuracy").mean()),
-              "majority": float(counts.max() / len(y))}
+    result = {
+        "wells": len(y),
+        "classes": int(len(counts)),
+        "accuracy": float(cross_val_score(model, x, y, cv=split, scoring="accuracy").mean()),
+        "majority": float(counts.max() / len(y)),
+    }
     if len(counts) == 2:
         result["roc_auc"] = float(cross_val_score(model, x, y, cv=split, scoring="roc_auc").mean())
     return result
 
 
-def compare_backbones(load_data, wells, backbones: dict[str, str], targets: dict[str, pd.Series], work,
-                      field, extract_settings, cs=(0.01, 0.1, 1.0), folds: int = 5,
-                      show_progress: bool = False) -> pd.DataFrame:
+def compare_backbones(
+    load_data,
+    wells,
+    backbones: dict[str, str],
+    targets: dict[str, pd.Series],
+    work,
+    field,
+    extract_settings,
+    cs=(0.01, 0.1, 1.0),
+    folds: int = 5,
+    show_progress: bool = False,
+) -> pd.DataFrame:
     """Extracts the fields of ``load_data`` once per backbone (name -> weights file, "" for random weights) into
     ``work``/store-<name> and probes every target (name -> class per compound) at each regularisation strength
     C. Rows: features, target, C, wells, classes, accuracy, majority, roc_auc (NaN for more than two classes)."""
@@ -62,12 +74,22 @@ def compare_backbones(load_data, wells, backbones: dict[str, str], targets: dict
     rows = []
     for name, weights in backbones.items():
         settings = dataclasses.replace(extract_settings, weights=weights, overwrite=True)
-        store = extract(load_data, wells, Path(work) / f"store-{safe_name(name, 20)}", field, settings,
-                        show_progress=show_progress)
+        store = extract(
+            load_data, wells, Path(work) / f"store-{safe_name(name, 20)}", field, settings, show_progress=show_progress
+        )
         for target, classes in targets.items():
             for c in cs:
                 result = linear_probe(store, classes, c=c, folds=folds)
-                rows.append({"features": name, "target": target, "C": c, "wells": result["wells"],
-                             "classes": result["classes"], "accuracy": result["accuracy"],
-                             "majority": result["majority"], "roc_auc": result.get("roc_auc", float("nan"))})
+                rows.append(
+                    {
+                        "features": name,
+                        "target": target,
+                        "C": c,
+                        "wells": result["wells"],
+                        "classes": result["classes"],
+                        "accuracy": result["accuracy"],
+                        "majority": result["majority"],
+                        "roc_auc": result.get("roc_auc", float("nan")),
+                    }
+                )
     return pd.DataFrame(rows)

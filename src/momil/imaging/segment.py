@@ -36,8 +36,9 @@ class SegmentSettings(Settings):
     max_cell_radius: int = setting(60, "a cell reaches at most this far from its nucleus (pixels)", low=1)
 
 
-def segment_field(field: np.ndarray, nuclei_index: int, cell_index: int, settings: SegmentSettings
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def segment_field(
+    field: np.ndarray, nuclei_index: int, cell_index: int, settings: SegmentSettings
+) -> tuple[np.ndarray, np.ndarray]:
     """Label images (H, W) of nuclei and cells with matching numbers (cell k grew from nucleus k)."""
     from scipy import ndimage
     from skimage.feature import peak_local_max
@@ -50,15 +51,19 @@ def segment_field(field: np.ndarray, nuclei_index: int, cell_index: int, setting
         return empty, empty
     mask = _drop_small(ndimage.label(dna > threshold_otsu(dna))[0], settings.min_nucleus_area) > 0
     distance = ndimage.distance_transform_edt(mask)
-    peaks = peak_local_max(distance, min_distance=settings.split_distance, labels=ndimage.label(mask)[0],
-                           exclude_border=False)
+    peaks = peak_local_max(
+        distance, min_distance=settings.split_distance, labels=ndimage.label(mask)[0], exclude_border=False
+    )
     markers = np.zeros(dna.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     nuclei = watershed(-distance, markers, mask=mask).astype(np.int32)
     nuclei = _relabel(_drop_small(nuclei, settings.min_nucleus_area))
     cell_signal = gaussian(field[cell_index], sigma=settings.smoothing)
-    foreground = cell_signal > threshold_otsu(cell_signal) if cell_signal.max() > cell_signal.min() else \
-        np.zeros(cell_signal.shape, bool)
+    foreground = (
+        cell_signal > threshold_otsu(cell_signal)
+        if cell_signal.max() > cell_signal.min()
+        else np.zeros(cell_signal.shape, bool)
+    )
     reach = ndimage.distance_transform_edt(nuclei == 0) <= settings.max_cell_radius
     cells = watershed(-cell_signal, nuclei, mask=(foreground | (nuclei > 0)) & reach).astype(np.int32)
     return nuclei, cells
@@ -82,17 +87,19 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
     return lookup[labels]
 
 
-def measure_cells(field: np.ndarray, nuclei: np.ndarray, cells: np.ndarray, channel_names: list[str]
-                  ) -> pd.DataFrame:
+def measure_cells(field: np.ndarray, nuclei: np.ndarray, cells: np.ndarray, channel_names: list[str]) -> pd.DataFrame:
     """One row per cell (ObjectNumber = its label): shape and per-channel intensity of nucleus and cell."""
     from skimage.measure import regionprops_table
 
     image = np.moveaxis(field, 0, -1)  # (H, W, C) for multichannel intensity properties
     parts = []
     for compartment, labels in (("Nuclei", nuclei), ("Cells", cells)):
-        props = regionprops_table(labels, intensity_image=image,
-                                  properties=("label",) + SHAPE + ("intensity_mean", "intensity_max"),
-                                  extra_properties=(_intensity_std,))
+        props = regionprops_table(
+            labels,
+            intensity_image=image,
+            properties=("label",) + SHAPE + ("intensity_mean", "intensity_max"),
+            extra_properties=(_intensity_std,),
+        )
         frame = pd.DataFrame({"ObjectNumber": props["label"]})
         for prop, name in zip(SHAPE, SHAPE_NAMES):
             frame[f"{compartment}_AreaShape_{name}"] = props[prop]
@@ -109,8 +116,14 @@ def _intensity_std(region, intensity):
     return np.std(intensity[region], axis=0)
 
 
-def cells_from_images(load_data, out, field: FieldSettings | None = None, settings: SegmentSettings | None = None,
-                      root=None, show_progress: bool = True) -> dict:
+def cells_from_images(
+    load_data,
+    out,
+    field: FieldSettings | None = None,
+    settings: SegmentSettings | None = None,
+    root=None,
+    show_progress: bool = True,
+) -> dict:
     """Segment and measure every field of a LoadData index; writes one per-cell instance table ``out``."""
     from momil.provenance import atomic_path
 
@@ -134,8 +147,9 @@ def cells_from_images(load_data, out, field: FieldSettings | None = None, settin
                 skipped.append(str(err))
                 bar.update(1)
                 continue
-            nuclei, cells = segment_field(image, names.index(field.nuclei_channel), names.index(settings.cell_channel),
-                                          settings)
+            nuclei, cells = segment_field(
+                image, names.index(field.nuclei_channel), names.index(settings.cell_channel), settings
+            )
             measured = measure_cells(image, nuclei, cells, names)
             measured.insert(0, SITE, row[SITE])
             measured.insert(0, WELL, row[WELL])
@@ -148,5 +162,4 @@ def cells_from_images(load_data, out, field: FieldSettings | None = None, settin
     with atomic_path(Path(out)) as tmp:
         result.to_parquet(tmp, index=False)
     features = [c for c in result.columns if not c.startswith("Metadata_")]
-    return {"cells": int(len(result)), "features": len(features), "fields": int(len(table)),
-            "skipped": skipped}
+    return {"cells": int(len(result)), "features": len(features), "fields": int(len(table)), "skipped": skipped}

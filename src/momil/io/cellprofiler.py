@@ -25,15 +25,21 @@ import pandas as pd
 
 from momil.errors import InputError, MomilError
 
-POSITIONAL = re.compile(r"(^|_)(ImageNumber|ObjectNumber|Number_Object_Number|Parent_\w+|Children_\w+|Location_\w+|"
-                        r"AreaShape_Center_\w+|AreaShape_BoundingBox\w+|Neighbors_\w*ObjectNumber\w*)$")
+POSITIONAL = re.compile(
+    r"(^|_)(ImageNumber|ObjectNumber|Number_Object_Number|Parent_\w+|Children_\w+|Location_\w+|"
+    r"AreaShape_Center_\w+|AreaShape_BoundingBox\w+|Neighbors_\w*ObjectNumber\w*)$"
+)
 IMAGE_KEYS = ("Metadata_Plate", "Metadata_Well", "Metadata_Site")
 
 
 def _read(path: Path, what: str) -> pd.DataFrame:
     if not path.exists():
-        raise InputError(path, f"the CellProfiler {what} table is missing", "point to a folder with CellProfiler's "
-                         "per-compartment CSV output (Image.csv, Cells.csv, Cytoplasm.csv, Nuclei.csv)")
+        raise InputError(
+            path,
+            f"the CellProfiler {what} table is missing",
+            "point to a folder with CellProfiler's "
+            "per-compartment CSV output (Image.csv, Cells.csv, Cytoplasm.csv, Nuclei.csv)",
+        )
     try:
         return pd.read_csv(path, low_memory=False)
     except (OSError, ValueError, pd.errors.ParserError) as err:
@@ -43,8 +49,12 @@ def _read(path: Path, what: str) -> pd.DataFrame:
 def _require(frame: pd.DataFrame, columns, path: Path) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise InputError(path, f"missing column(s) {missing}", "use CellProfiler's default object and image "
-                         "measurements (ExportToSpreadsheet with ImageNumber, ObjectNumber and parent links)")
+        raise InputError(
+            path,
+            f"missing column(s) {missing}",
+            "use CellProfiler's default object and image "
+            "measurements (ExportToSpreadsheet with ImageNumber, ObjectNumber and parent links)",
+        )
 
 
 def _features(frame: pd.DataFrame, compartment: str, **keys) -> pd.DataFrame:
@@ -67,49 +77,74 @@ def read_cellprofiler(folder, compartments=("Cells", "Cytoplasm", "Nuclei")) -> 
     if "Cytoplasm" in tables:
         anchor = tables["Cytoplasm"]
         _require(anchor, ("Parent_Cells", "Parent_Nuclei"), folder / "Cytoplasm.csv")
-        merged = _features(anchor, "Cytoplasm", ImageNumber=anchor["ImageNumber"].to_numpy(),
-                           ObjectNumber=anchor["ObjectNumber"].to_numpy(), _cell=anchor["Parent_Cells"].to_numpy(),
-                           _nucleus=anchor["Parent_Nuclei"].to_numpy())
+        merged = _features(
+            anchor,
+            "Cytoplasm",
+            ImageNumber=anchor["ImageNumber"].to_numpy(),
+            ObjectNumber=anchor["ObjectNumber"].to_numpy(),
+            _cell=anchor["Parent_Cells"].to_numpy(),
+            _nucleus=anchor["Parent_Nuclei"].to_numpy(),
+        )
     elif "Cells" in tables:
         anchor = tables["Cells"]
         _require(anchor, ("Parent_Nuclei",), folder / "Cells.csv")
-        merged = pd.DataFrame({"ImageNumber": anchor["ImageNumber"].to_numpy(),
-                               "ObjectNumber": anchor["ObjectNumber"].to_numpy(),
-                               "_cell": anchor["ObjectNumber"].to_numpy(),
-                               "_nucleus": anchor["Parent_Nuclei"].to_numpy()})
+        merged = pd.DataFrame(
+            {
+                "ImageNumber": anchor["ImageNumber"].to_numpy(),
+                "ObjectNumber": anchor["ObjectNumber"].to_numpy(),
+                "_cell": anchor["ObjectNumber"].to_numpy(),
+                "_nucleus": anchor["Parent_Nuclei"].to_numpy(),
+            }
+        )
     else:
         raise MomilError("compartments must include Cytoplasm or Cells")
     for name, key in (("Cells", "_cell"), ("Nuclei", "_nucleus")):
         if name not in tables:
             continue
         table = tables[name]
-        part = _features(table, name, ImageNumber=table["ImageNumber"].to_numpy(),
-                         **{key: table["ObjectNumber"].to_numpy()})
+        part = _features(
+            table, name, ImageNumber=table["ImageNumber"].to_numpy(), **{key: table["ObjectNumber"].to_numpy()}
+        )
         before = len(merged)
         merged = merged.merge(part, on=["ImageNumber", key], how="inner")
         if len(merged) < before:
-            warnings.warn(f"{folder / (name + '.csv')}: {before - len(merged)} object(s) have no linked {name} "
-                          "object and are left out", stacklevel=2)
+            warnings.warn(
+                f"{folder / (name + '.csv')}: {before - len(merged)} object(s) have no linked {name} "
+                "object and are left out",
+                stacklevel=2,
+            )
     meta = image[["ImageNumber", *IMAGE_KEYS]].copy()
     meta["Metadata_Well"] = [normalise_well(w) for w in meta["Metadata_Well"].astype(str)]
     merged = merged.merge(meta, on="ImageNumber", how="left")
     unknown = merged["Metadata_Plate"].isna()
     if unknown.any():
-        raise InputError(folder / "Image.csv", f"{int(unknown.sum())} cell(s) belong to images it does not list",
-                         "export Image.csv from the same CellProfiler run")
+        raise InputError(
+            folder / "Image.csv",
+            f"{int(unknown.sum())} cell(s) belong to images it does not list",
+            "export Image.csv from the same CellProfiler run",
+        )
     features = [c for c in merged.columns if c.startswith(tuple(f"{n}_" for n in compartments))]
     values = merged[features].to_numpy(dtype=np.float64)
     finite = np.isfinite(values).all(axis=0)
     dropped = [f for f, ok in zip(features, finite) if not ok]
     kept = [f for f, ok in zip(features, finite) if ok]
-    out = pd.DataFrame({"Metadata_Plate": merged["Metadata_Plate"].astype(str).to_numpy(),
-                        "Metadata_Well": merged["Metadata_Well"].to_numpy(),
-                        "Metadata_Site": merged["Metadata_Site"].to_numpy(),
-                        "Metadata_ImageNumber": merged["ImageNumber"].to_numpy(),
-                        "Metadata_ObjectNumber": merged["ObjectNumber"].to_numpy()})
+    out = pd.DataFrame(
+        {
+            "Metadata_Plate": merged["Metadata_Plate"].astype(str).to_numpy(),
+            "Metadata_Well": merged["Metadata_Well"].to_numpy(),
+            "Metadata_Site": merged["Metadata_Site"].to_numpy(),
+            "Metadata_ImageNumber": merged["ImageNumber"].to_numpy(),
+            "Metadata_ObjectNumber": merged["ObjectNumber"].to_numpy(),
+        }
+    )
     out = pd.concat([out, merged[kept].astype(np.float32).reset_index(drop=True)], axis=1)
-    report = {"cells": int(len(out)), "features": len(kept), "dropped_non_finite": len(dropped),
-              "dropped_examples": dropped[:5], "images": int(out["Metadata_ImageNumber"].nunique())}
+    report = {
+        "cells": int(len(out)),
+        "features": len(kept),
+        "dropped_non_finite": len(dropped),
+        "dropped_examples": dropped[:5],
+        "images": int(out["Metadata_ImageNumber"].nunique()),
+    }
     return out, report
 
 
@@ -129,5 +164,9 @@ def cellprofiler_to_instances(folders, out) -> dict:
     with atomic_path(Path(out)) as tmp:
         table.to_parquet(tmp, index=False)
     features = [c for c in columns if not c.startswith("Metadata_")]
-    return {"cells": int(len(table)), "features": len(features), "folders": len(frames),
-            "dropped_non_finite": int(sum(r["dropped_non_finite"] for r in reports))}
+    return {
+        "cells": int(len(table)),
+        "features": len(features),
+        "folders": len(frames),
+        "dropped_non_finite": int(sum(r["dropped_non_finite"] for r in reports)),
+    }

@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,9 +27,9 @@ from momil.errors import InputError
 from momil.io.readers import guarded_batches
 from momil.io.tables import (
     as_string_column,
-    refuse_padded,
     normalise_wells,
     read_table,
+    refuse_padded,
     require_columns,
     require_no_missing,
     rows_text,
@@ -38,7 +38,11 @@ from momil.io.tables import (
 log = logging.getLogger(__name__)
 
 PLATE, WELL, BATCH, COMPOUND, CONTROL, SITE = (
-    "Metadata_Plate", "Metadata_Well", "Metadata_Batch", "Metadata_Compound", "Metadata_ControlType",
+    "Metadata_Plate",
+    "Metadata_Well",
+    "Metadata_Batch",
+    "Metadata_Compound",
+    "Metadata_ControlType",
     "Metadata_Site",
 )
 SMILES, INCHIKEY = "Metadata_SMILES", "Metadata_InChIKey"
@@ -67,7 +71,8 @@ def validate_wells(frame: pd.DataFrame, path="wells") -> pd.DataFrame:
     if duplicated.any():
         first = frame.loc[duplicated, [PLATE, WELL]].iloc[0]
         raise InputError(
-            path, f"(Metadata_Plate, Metadata_Well) is not unique: {first[PLATE]}/{first[WELL]} and others at "
+            path,
+            f"(Metadata_Plate, Metadata_Well) is not unique: {first[PLATE]}/{first[WELL]} and others at "
             f"{rows_text(np.flatnonzero(duplicated.to_numpy()))}",
             "keep one row per well (wells written as A1 and A01 are the same well)",
         )
@@ -82,7 +87,8 @@ def validate_wells(frame: pd.DataFrame, path="wells") -> pd.DataFrame:
         if bad.any():
             values = sorted(set(frame.loc[bad, CONTROL].astype(str)))[:5]
             raise InputError(
-                path, f"column {CONTROL} has unknown values {values} at {rows_text(np.flatnonzero(bad.to_numpy()))}",
+                path,
+                f"column {CONTROL} has unknown values {values} at {rows_text(np.flatnonzero(bad.to_numpy()))}",
                 "use negcon, poscon, trt or leave it empty",
             )
         frame[CONTROL] = control.astype("string")
@@ -142,19 +148,26 @@ class InstanceSource:
             missing = [c for c in (PLATE, WELL) if c not in names]
             if missing:
                 raise InputError(
-                    file, f"missing required column(s) {', '.join(missing)} in the instance table",
+                    file,
+                    f"missing required column(s) {', '.join(missing)} in the instance table",
                     "name them Metadata_Plate and Metadata_Well",
                 )
             features = [n for n in names if not n.startswith("Metadata_")]
             if not features:
-                raise InputError(file, "no feature columns (every column starts with Metadata_)",
-                                 "add the numeric feature columns")
+                raise InputError(
+                    file, "no feature columns (every column starts with Metadata_)", "add the numeric feature columns"
+                )
             for name in features:
                 field_type = schema.field(name).type
-                if not (pa.types.is_integer(field_type) or pa.types.is_floating(field_type)
-                        or pa.types.is_null(field_type) or pa.types.is_boolean(field_type)):
+                if not (
+                    pa.types.is_integer(field_type)
+                    or pa.types.is_floating(field_type)
+                    or pa.types.is_null(field_type)
+                    or pa.types.is_boolean(field_type)
+                ):
                     raise InputError(
-                        file, f"feature column {name!r} has type {field_type}, expected numbers",
+                        file,
+                        f"feature column {name!r} has type {field_type}, expected numbers",
                         "every column not named Metadata_* is a feature and must be numeric; "
                         "prefix metadata columns with Metadata_",
                     )
@@ -163,8 +176,10 @@ class InstanceSource:
                 self.meta_names = [n for n in names if n.startswith("Metadata_") and n not in (PLATE, WELL)]
             elif features != self.feature_names:
                 raise InputError(
-                    file, f"its {len(features)} feature columns differ from the {len(self.feature_names)} of "
-                    f"{self.files[0].name}", "all instance files must have the same feature columns in the same order",
+                    file,
+                    f"its {len(features)} feature columns differ from the {len(self.feature_names)} of "
+                    f"{self.files[0].name}",
+                    "all instance files must have the same feature columns in the same order",
                 )
 
     @property
@@ -177,18 +192,22 @@ class InstanceSource:
             try:
                 handle = pq.ParquetFile(file, pre_buffer=False)
             except (pa.ArrowException, OSError) as err:
-                raise InputError(file, f"cannot read the Parquet file ({str(err).splitlines()[0]})",
-                                 "is it a valid Parquet file?") from err
-            yield from guarded_batches(handle.iter_batches(batch_size=self.chunk_rows, columns=columns,
-                                                           use_threads=False), file, "instance table")
+                raise InputError(
+                    file, f"cannot read the Parquet file ({str(err).splitlines()[0]})", "is it a valid Parquet file?"
+                ) from err
+            yield from guarded_batches(
+                handle.iter_batches(batch_size=self.chunk_rows, columns=columns, use_threads=False),
+                file,
+                "instance table",
+            )
         else:
             # bytes per block ~ rows x columns x ~10 characters: keeps memory near the Parquet path's.
             block = max(1 << 20, self.chunk_rows * (len(columns) + 2) * 10)
-            convert = pacsv.ConvertOptions(include_columns=columns,
-                                           column_types={PLATE: pa.string(), WELL: pa.string()})
+            convert = pacsv.ConvertOptions(
+                include_columns=columns, column_types={PLATE: pa.string(), WELL: pa.string()}
+            )
             try:
-                reader = pacsv.open_csv(file, read_options=pacsv.ReadOptions(block_size=block),
-                                        convert_options=convert)
+                reader = pacsv.open_csv(file, read_options=pacsv.ReadOptions(block_size=block), convert_options=convert)
             except (pa.ArrowException, OSError) as err:
                 raise InputError(file, f"cannot read the CSV table ({str(err).splitlines()[0]})") from err
             yield from guarded_batches(reader, file, "instance table")
@@ -208,8 +227,11 @@ class InstanceSource:
         for name, values in ((PLATE, plates), (WELL, wells)):
             empty = values.isna()
             if empty.any():
-                raise InputError(file, f"column {name} is empty at data row {first_row + int(np.argmax(empty)) + 1}",
-                                 "every instance needs its plate and well")
+                raise InputError(
+                    file,
+                    f"column {name} is empty at data row {first_row + int(np.argmax(empty)) + 1}",
+                    "every instance needs its plate and well",
+                )
         plates = as_string_column(plates)
         refuse_padded(plates, file, PLATE, first_row)
         wells = normalise_wells(wells, file, first_row=first_row)
@@ -222,8 +244,11 @@ class InstanceSource:
             for batch in self._batches(file, columns):
                 plates, wells = self._keys(batch, file, row)
                 features = self._features(batch, file, row)
-                meta = pd.DataFrame({n: batch.column(n).to_pandas() for n in self.meta_names}) if with_meta \
+                meta = (
+                    pd.DataFrame({n: batch.column(n).to_pandas() for n in self.meta_names})
+                    if with_meta
                     else pd.DataFrame(index=range(batch.num_rows))
+                )
                 yield InstanceChunk(plates, wells, features, meta, row)
                 row += batch.num_rows
 
@@ -240,7 +265,8 @@ class InstanceSource:
             bad_row, bad_col = np.argwhere(~finite)[0]
             count = int((~finite).any(axis=1).sum())
             raise InputError(
-                file, f"{count} instance(s) in rows {first_row + 1}..{first_row + batch.num_rows} have NaN or "
+                file,
+                f"{count} instance(s) in rows {first_row + 1}..{first_row + batch.num_rows} have NaN or "
                 f"infinite features; the first is data row {first_row + int(bad_row) + 1}, column "
                 f"{self.feature_names[bad_col]!r} = {features[bad_row, bad_col]}",
                 "drop or impute those instances before ingesting",
@@ -254,15 +280,20 @@ def read_load_data(path) -> tuple[pd.DataFrame, list[str]]:
     frame = read_table(path, dtype_str=(PLATE, WELL, SITE))
     require_columns(frame, (PLATE, WELL, SITE), path, "LoadData")
     # image channels; FileName_Illum* are CellProfiler illumination functions, not images
-    channels = [c[len("FileName_"):] for c in frame.columns
-                if c.startswith("FileName_") and not c.startswith("FileName_Illum")]
+    channels = [
+        c[len("FileName_") :] for c in frame.columns if c.startswith("FileName_") and not c.startswith("FileName_Illum")
+    ]
     if not channels:
-        raise InputError(path, "no FileName_<Channel> columns", "add FileName_<Channel> and PathName_<Channel> "
-                         "for every channel (CellProfiler LoadData convention)")
+        raise InputError(
+            path,
+            "no FileName_<Channel> columns",
+            "add FileName_<Channel> and PathName_<Channel> for every channel (CellProfiler LoadData convention)",
+        )
     missing = [f"PathName_{c}" for c in channels if f"PathName_{c}" not in frame.columns]
     if missing:
-        raise InputError(path, f"missing column(s) {', '.join(missing)}",
-                         "every FileName_<Channel> needs its PathName_<Channel>")
+        raise InputError(
+            path, f"missing column(s) {', '.join(missing)}", "every FileName_<Channel> needs its PathName_<Channel>"
+        )
     frame = frame.reset_index(drop=True).copy()
     if len(frame) == 0:
         raise InputError(path, "the LoadData table has no rows", "list one row per field of view")
@@ -270,8 +301,11 @@ def read_load_data(path) -> tuple[pd.DataFrame, list[str]]:
     frame[WELL] = normalise_wells(frame[WELL], path)
     duplicated = frame.duplicated([PLATE, WELL, SITE], keep=False)
     if duplicated.any():
-        raise InputError(path, f"(plate, well, site) is not unique at {rows_text(np.flatnonzero(duplicated))}",
-                         "keep one row per field of view")
+        raise InputError(
+            path,
+            f"(plate, well, site) is not unique at {rows_text(np.flatnonzero(duplicated))}",
+            "keep one row per field of view",
+        )
     for channel in channels:
         frame[f"PathName_{channel}"] = frame[f"PathName_{channel}"].fillna("").astype(str)
     return frame, channels
@@ -304,8 +338,9 @@ def read_compounds(path) -> pd.DataFrame:
     frame = read_table(path, dtype_str=(COMPOUND, SMILES, INCHIKEY))
     require_columns(frame, (COMPOUND,), path, "compounds")
     if SMILES not in frame.columns and INCHIKEY not in frame.columns:
-        raise InputError(path, "neither Metadata_SMILES nor Metadata_InChIKey is present",
-                         "add at least one structure column")
+        raise InputError(
+            path, "neither Metadata_SMILES nor Metadata_InChIKey is present", "add at least one structure column"
+        )
     frame = frame.reset_index(drop=True).copy()
     require_no_missing(frame, (COMPOUND,), path)
     for column in (SMILES, INCHIKEY):
@@ -317,8 +352,12 @@ def read_compounds(path) -> pd.DataFrame:
         conflicting = frame[duplicated].groupby(COMPOUND)[[SMILES, INCHIKEY]].nunique(dropna=True).max(axis=1) > 1
         if conflicting.any():
             name = conflicting[conflicting].index[0]
-            raise InputError(path, f"compound {name!r} is listed with different structures at "
-                             f"{rows_text(np.flatnonzero(frame[COMPOUND].eq(name)))}", "keep one structure per compound")
+            raise InputError(
+                path,
+                f"compound {name!r} is listed with different structures at "
+                f"{rows_text(np.flatnonzero(frame[COMPOUND].eq(name)))}",
+                "keep one structure per compound",
+            )
         frame = frame.drop_duplicates(COMPOUND).reset_index(drop=True)
     return frame
 
@@ -349,11 +388,13 @@ class LabelMatrix:
         return self.n_labels / float(c * t) if c and t else 0.0
 
     def to_long(self) -> pd.DataFrame:
-        return pd.DataFrame({
-            COMPOUND: pd.array(self.compounds[self.rows], dtype="string"),
-            "assay": pd.array(self.assays[self.cols], dtype="string"),
-            "label": self.values.astype(np.int8),
-        })
+        return pd.DataFrame(
+            {
+                COMPOUND: pd.array(self.compounds[self.rows], dtype="string"),
+                "assay": pd.array(self.assays[self.cols], dtype="string"),
+                "label": self.values.astype(np.int8),
+            }
+        )
 
     def to_dense(self) -> np.ndarray:
         """(C, T) float32 with NaN for unknown. Only for small matrices."""
@@ -373,21 +414,33 @@ class LabelMatrix:
         pos = np.bincount(self.cols, weights=self.values, minlength=len(self.assays)).astype(np.int64)
         return pd.DataFrame({"assay": self.assays, "n_labelled": n, "n_pos": pos, "n_neg": n - pos})
 
-    def subset_compounds(self, keep: Sequence[str]) -> "LabelMatrix":
+    def subset_compounds(self, keep: Sequence[str]) -> LabelMatrix:
         keep_set = set(keep)
         mask_comp = np.array([c in keep_set for c in self.compounds], dtype=bool)
         new_index = -np.ones(len(self.compounds), dtype=np.int64)
         new_index[mask_comp] = np.arange(int(mask_comp.sum()))
         mask = mask_comp[self.rows]
-        return LabelMatrix(self.compounds[mask_comp], self.assays, new_index[self.rows[mask]], self.cols[mask],
-                           self.values[mask], self.source)
+        return LabelMatrix(
+            self.compounds[mask_comp],
+            self.assays,
+            new_index[self.rows[mask]],
+            self.cols[mask],
+            self.values[mask],
+            self.source,
+        )
 
     @classmethod
-    def from_long(cls, frame: pd.DataFrame, path="labels") -> "LabelMatrix":
+    def from_long(cls, frame: pd.DataFrame, path="labels") -> LabelMatrix:
         compounds, rows = np.unique(frame[COMPOUND].to_numpy(dtype=object), return_inverse=True)
         assays, cols = np.unique(frame["assay"].to_numpy(dtype=object), return_inverse=True)
-        return cls(compounds, assays, rows.astype(np.int64), cols.astype(np.int64),
-                   frame["label"].to_numpy().astype(np.int8), str(path))
+        return cls(
+            compounds,
+            assays,
+            rows.astype(np.int64),
+            cols.astype(np.int64),
+            frame["label"].to_numpy().astype(np.int8),
+            str(path),
+        )
 
 
 def _label_values(values: pd.Series, path, column: str, allowed: dict) -> pd.Series:
@@ -397,9 +450,11 @@ def _label_values(values: pd.Series, path, column: str, allowed: dict) -> pd.Ser
     bad = mapped.isna() & values.notna()
     if bad.any():
         examples = sorted(set(values[bad].astype(str)))[:5]
-        raise InputError(path, f"column {column} has values {examples} that are not labels at "
-                         f"{rows_text(np.flatnonzero(bad.to_numpy()))}",
-                         "use 1 for active and 0 for inactive (empty = unknown in a wide table)")
+        raise InputError(
+            path,
+            f"column {column} has values {examples} that are not labels at {rows_text(np.flatnonzero(bad.to_numpy()))}",
+            "use 1 for active and 0 for inactive (empty = unknown in a wide table)",
+        )
     return mapped
 
 
@@ -414,8 +469,12 @@ def _finish_long(frame: pd.DataFrame, path) -> LabelMatrix:
     conflicts = counts[counts["min"] != counts["max"]]
     if len(conflicts):
         compound, assay = conflicts.index[0]
-        raise InputError(path, f"{len(conflicts)} conflicting duplicate label(s), e.g. compound {compound!r} in "
-                         f"assay {assay!r} is both 0 and 1", "keep one label per compound and assay")
+        raise InputError(
+            path,
+            f"{len(conflicts)} conflicting duplicate label(s), e.g. compound {compound!r} in "
+            f"assay {assay!r} is both 0 and 1",
+            "keep one label per compound and assay",
+        )
     frame = frame.drop_duplicates([COMPOUND, "assay"])
     if frame.empty:
         raise InputError(path, "holds no known labels", "add labels (1 active, 0 inactive)")
@@ -437,8 +496,11 @@ def read_labels(path, row_index=None, column_index=None) -> LabelMatrix:
         frame["label"] = _label_values(frame["label"], path, "label", _LONG_VALUES)
         missing = frame["label"].isna()
         if missing.any():
-            raise InputError(path, f"column label is empty at {rows_text(np.flatnonzero(missing.to_numpy()))}",
-                             "a long table lists known labels only: drop rows without a label")
+            raise InputError(
+                path,
+                f"column label is empty at {rows_text(np.flatnonzero(missing.to_numpy()))}",
+                "a long table lists known labels only: drop rows without a label",
+            )
         return _finish_long(frame, path)
     # wide: every column but Metadata_* is an assay
     assays = [c for c in frame.columns if not str(c).startswith("Metadata_")]
@@ -448,8 +510,15 @@ def read_labels(path, row_index=None, column_index=None) -> LabelMatrix:
     for assay in assays:
         mapped = _label_values(frame[assay], path, str(assay), _LONG_VALUES)
         known = mapped.notna()
-        long_parts.append(pd.DataFrame({COMPOUND: frame.loc[known, COMPOUND].to_numpy(),
-                                        "assay": str(assay), "label": mapped[known].to_numpy()}))
+        long_parts.append(
+            pd.DataFrame(
+                {
+                    COMPOUND: frame.loc[known, COMPOUND].to_numpy(),
+                    "assay": str(assay),
+                    "label": mapped[known].to_numpy(),
+                }
+            )
+        )
     return _finish_long(pd.concat(long_parts, ignore_index=True), path)
 
 
@@ -459,8 +528,11 @@ def _index_file(mtx: Path, given, candidates: Sequence[str], what: str) -> Path:
     for name in candidates:
         if (mtx.parent / name).exists():
             return mtx.parent / name
-    raise InputError(mtx, f"no {what} index file found beside the matrix (looked for {', '.join(candidates)})",
-                     f"pass the {what} index file explicitly")
+    raise InputError(
+        mtx,
+        f"no {what} index file found beside the matrix (looked for {', '.join(candidates)})",
+        f"pass the {what} index file explicitly",
+    )
 
 
 def read_labels_mtx(path, row_index=None, column_index=None) -> LabelMatrix:
@@ -472,9 +544,18 @@ def read_labels_mtx(path, row_index=None, column_index=None) -> LabelMatrix:
     import scipy.io
 
     path = Path(path)
-    row_path = _index_file(path, row_index, ("row-compound-index.csv", "row-compound-index.csv.gz", "rows.csv", "row-index.csv"), "row (compound)")
-    col_path = _index_file(path, column_index, ("column-assay-index.csv", "column-assay-index.csv.gz", "columns.csv", "column-index.csv"),
-                           "column (assay)")
+    row_path = _index_file(
+        path,
+        row_index,
+        ("row-compound-index.csv", "row-compound-index.csv.gz", "rows.csv", "row-index.csv"),
+        "row (compound)",
+    )
+    col_path = _index_file(
+        path,
+        column_index,
+        ("column-assay-index.csv", "column-assay-index.csv.gz", "columns.csv", "column-index.csv"),
+        "column (assay)",
+    )
     try:
         matrix = scipy.io.mmread(str(path)).tocoo()
     except (ValueError, OSError, IndexError) as err:
@@ -485,30 +566,45 @@ def read_labels_mtx(path, row_index=None, column_index=None) -> LabelMatrix:
     refuse_padded(compounds, row_path, "compound")
     refuse_padded(assays, col_path, "assay")
     if len(compounds) != matrix.shape[0]:
-        raise InputError(row_path, f"has {len(compounds)} rows but the matrix has {matrix.shape[0]}",
-                         "the row index must list every matrix row in order")
+        raise InputError(
+            row_path,
+            f"has {len(compounds)} rows but the matrix has {matrix.shape[0]}",
+            "the row index must list every matrix row in order",
+        )
     if len(assays) != matrix.shape[1]:
-        raise InputError(col_path, f"has {len(assays)} rows but the matrix has {matrix.shape[1]} columns",
-                         "the column index must list every matrix column in order")
+        raise InputError(
+            col_path,
+            f"has {len(assays)} rows but the matrix has {matrix.shape[1]} columns",
+            "the column index must list every matrix column in order",
+        )
     repeated = assays.duplicated(keep=False)
     if repeated.any():
         # distinct matrix columns that share an identifier (hti-cnn has 5 such ids): keep them apart
         occurrence = assays.groupby(assays).cumcount()
         renamed = assays.where(occurrence == 0, assays + "_" + (occurrence + 1).astype("string"))
-        warnings.warn(f"{col_path}: {int(repeated.sum())} columns share {assays[repeated].nunique()} assay "
-                      f"identifiers (e.g. {assays[repeated].iloc[0]}); later copies are named <id>_2, <id>_3",
-                      stacklevel=2)
+        warnings.warn(
+            f"{col_path}: {int(repeated.sum())} columns share {assays[repeated].nunique()} assay "
+            f"identifiers (e.g. {assays[repeated].iloc[0]}); later copies are named <id>_2, <id>_3",
+            stacklevel=2,
+        )
         assays = renamed
     raw = pd.Series(matrix.data)
-    values = _label_values(raw.astype(np.int64).astype(str) if np.all(np.mod(matrix.data, 1) == 0) else raw,
-                           path, "value", _MTX_VALUES)
-    frame = pd.DataFrame({COMPOUND: compounds.to_numpy(dtype=object)[matrix.row],
-                          "assay": assays.to_numpy(dtype=object)[matrix.col], "label": values.to_numpy()})
+    values = _label_values(
+        raw.astype(np.int64).astype(str) if np.all(np.mod(matrix.data, 1) == 0) else raw, path, "value", _MTX_VALUES
+    )
+    frame = pd.DataFrame(
+        {
+            COMPOUND: compounds.to_numpy(dtype=object)[matrix.row],
+            "assay": assays.to_numpy(dtype=object)[matrix.col],
+            "label": values.to_numpy(),
+        }
+    )
     return _finish_long(frame, path)
 
 
-def align_labels(labels: LabelMatrix, wells: pd.DataFrame, path="labels", strict: bool = False
-                 ) -> tuple[LabelMatrix, list[str]]:
+def align_labels(
+    labels: LabelMatrix, wells: pd.DataFrame, path="labels", strict: bool = False
+) -> tuple[LabelMatrix, list[str]]:
     """Keep labels of compounds that have wells; report the others (an error when ``strict``). A label for a
     compound whose wells are all controls (DMSO) is an error of the labels file."""
     if CONTROL in wells.columns:
@@ -516,22 +612,33 @@ def align_labels(labels: LabelMatrix, wells: pd.DataFrame, path="labels", strict
         controls -= set(wells.loc[wells[CONTROL] == "trt", COMPOUND].astype(str))
         labelled_controls = [c for c in labels.compounds if c in controls]
         if labelled_controls:
-            raise InputError(path, f"{len(labelled_controls)} labelled compound(s) are only in control wells "
-                             f"(e.g. {', '.join(map(str, labelled_controls[:3]))})",
-                             "remove the labels of control compounds such as DMSO; only treatments are learned")
+            raise InputError(
+                path,
+                f"{len(labelled_controls)} labelled compound(s) are only in control wells "
+                f"(e.g. {', '.join(map(str, labelled_controls[:3]))})",
+                "remove the labels of control compounds such as DMSO; only treatments are learned",
+            )
     present = set(wells[COMPOUND].astype(str))
     unknown = [c for c in labels.compounds if c not in present]
     if unknown:
-        message = (f"{len(unknown)} labelled compound(s) have no wells (e.g. {', '.join(map(str, unknown[:3]))}); "
-                   "their labels are left out")
+        message = (
+            f"{len(unknown)} labelled compound(s) have no wells (e.g. {', '.join(map(str, unknown[:3]))}); "
+            "their labels are left out"
+        )
         if strict:
-            raise InputError(path, message.replace("; their labels are left out", ""),
-                             "fix the compound identifiers or drop those labels")
+            raise InputError(
+                path,
+                message.replace("; their labels are left out", ""),
+                "fix the compound identifiers or drop those labels",
+            )
         warnings.warn(f"{path}: {message}", stacklevel=2)
         labels = labels.subset_compounds([c for c in labels.compounds if c in present])
     if labels.n_labels == 0:
-        raise InputError(path, "no labelled compound matches a compound in the wells table",
-                         "labels and wells must use the same Metadata_Compound identifiers")
+        raise InputError(
+            path,
+            "no labelled compound matches a compound in the wells table",
+            "labels and wells must use the same Metadata_Compound identifiers",
+        )
     return labels, unknown
 
 
@@ -544,15 +651,20 @@ def read_assays(path, label_assays: Sequence[str] | None = None) -> pd.DataFrame
     require_no_missing(frame, ("assay",), path)
     duplicated = frame.duplicated("assay", keep=False)
     if duplicated.any():
-        raise InputError(path, f"assay listed twice at {rows_text(np.flatnonzero(duplicated.to_numpy()))}",
-                         "keep one row per assay")
+        raise InputError(
+            path, f"assay listed twice at {rows_text(np.flatnonzero(duplicated.to_numpy()))}", "keep one row per assay"
+        )
     if "role" not in frame.columns:
         frame["role"] = "primary"
     role = frame["role"].fillna("primary").str.strip().str.lower()
     bad = ~role.isin(["primary", "secondary"])
     if bad.any():
-        raise InputError(path, f"column role has values {sorted(set(frame.loc[bad, 'role']))[:5]} at "
-                         f"{rows_text(np.flatnonzero(bad.to_numpy()))}", "use primary or secondary")
+        raise InputError(
+            path,
+            f"column role has values {sorted(set(frame.loc[bad, 'role']))[:5]} at "
+            f"{rows_text(np.flatnonzero(bad.to_numpy()))}",
+            "use primary or secondary",
+        )
     frame["role"] = role
     if "target_genes" not in frame.columns:
         frame["target_genes"] = pd.array([pd.NA] * len(frame), dtype="string")
@@ -561,10 +673,14 @@ def read_assays(path, label_assays: Sequence[str] | None = None) -> pd.DataFrame
         listed = set(frame["assay"])
         absent = [a for a in label_assays if a not in listed]
         if absent:
-            warnings.warn(f"{path}: {len(absent)} labelled assay(s) are not listed (e.g. {absent[:3]}); "
-                          "they are taken as primary", stacklevel=2)
-            frame = pd.concat([frame, pd.DataFrame({"assay": absent, "role": "primary", "target_genes": ""})],
-                              ignore_index=True)
+            warnings.warn(
+                f"{path}: {len(absent)} labelled assay(s) are not listed (e.g. {absent[:3]}); "
+                "they are taken as primary",
+                stacklevel=2,
+            )
+            frame = pd.concat(
+                [frame, pd.DataFrame({"assay": absent, "role": "primary", "target_genes": ""})], ignore_index=True
+            )
     return frame
 
 
@@ -573,8 +689,10 @@ def default_assays(assays: Sequence[str]) -> pd.DataFrame:
 
 
 def assay_genes(assays: pd.DataFrame) -> dict[str, list[str]]:
-    return {a: [g.strip() for g in str(genes).split("|") if g.strip()]
-            for a, genes in zip(assays["assay"], assays["target_genes"].fillna(""))}
+    return {
+        a: [g.strip() for g in str(genes).split("|") if g.strip()]
+        for a, genes in zip(assays["assay"], assays["target_genes"].fillna(""))
+    }
 
 
 # -------------------------------------------------------------------------------------- protein associations
@@ -601,8 +719,11 @@ def _read_string_links(path: Path, info) -> pd.DataFrame:
     if info is None:
         candidate = Path(str(path).replace("protein.links", "protein.info"))
         if not candidate.exists():
-            raise InputError(path, "STRING links need the matching protein.info file to map proteins to genes",
-                             "pass it with --string-info")
+            raise InputError(
+                path,
+                "STRING links need the matching protein.info file to map proteins to genes",
+                "pass it with --string-info",
+            )
         info = candidate
     try:
         links = pd.read_csv(path, sep=r"\s+", dtype={"protein1": str, "protein2": str})
@@ -617,8 +738,13 @@ def _read_string_links(path: Path, info) -> pd.DataFrame:
     id_col = "string_protein_id" if "string_protein_id" in names.columns else names.columns[0]
     sym_col = "preferred_name" if "preferred_name" in names.columns else names.columns[1]
     mapping = dict(zip(names[id_col], names[sym_col]))
-    frame = pd.DataFrame({"gene_a": links["protein1"].map(mapping), "gene_b": links["protein2"].map(mapping),
-                          "score": links["combined_score"]})
+    frame = pd.DataFrame(
+        {
+            "gene_a": links["protein1"].map(mapping),
+            "gene_b": links["protein2"].map(mapping),
+            "score": links["combined_score"],
+        }
+    )
     unmapped = frame["gene_a"].isna() | frame["gene_b"].isna()
     if unmapped.all():
         raise InputError(info, "maps none of the proteins in the links file", "use the info file of the same release")
@@ -631,8 +757,11 @@ def _finish_associations(frame: pd.DataFrame, path, scale: float) -> pd.DataFram
     score = pd.to_numeric(frame["score"], errors="coerce") / scale
     bad = score.isna() | (score < 0) | (score > 1)
     if bad.any():
-        raise InputError(path, f"score is missing or outside [0, {scale:g}] at {rows_text(np.flatnonzero(bad))}",
-                         "scores are confidences between 0 and 1 (STRING: 0-1000)")
+        raise InputError(
+            path,
+            f"score is missing or outside [0, {scale:g}] at {rows_text(np.flatnonzero(bad))}",
+            "scores are confidences between 0 and 1 (STRING: 0-1000)",
+        )
     frame["score"] = score.astype(np.float64)
     for column in ("gene_a", "gene_b"):
         frame[column] = as_string_column(frame[column])

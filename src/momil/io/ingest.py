@@ -26,8 +26,12 @@ from momil.provenance import provenance
 
 @dataclasses.dataclass
 class IngestSettings(Settings):
-    dtype: str = setting("float32", "float16 halves the store; float32 keeps every digit", choices=['float16', 'float32'])
-    memory_mb: int = setting(256, "bound on the feature rows held at once (plus one Parquet row group being decoded)", low=1)
+    dtype: str = setting(
+        "float32", "float16 halves the store; float32 keeps every digit", choices=["float16", "float32"]
+    )
+    memory_mb: int = setting(
+        256, "bound on the feature rows held at once (plus one Parquet row group being decoded)", low=1
+    )
     drop_empty_wells: bool = setting(False, "wells listed without instances: error (default) or drop with a warning")
     overwrite: bool = setting(False)
 
@@ -43,18 +47,26 @@ def _check_range(chunk, source: InstanceSource, dtype: str) -> None:
     too_big = np.abs(chunk.features) > limit
     if too_big.any():
         row, column = np.argwhere(too_big)[0]
-        raise InputError(source.path, f"{int(too_big.sum())} feature value(s) exceed {dtype}'s range (+-{limit:g}); "
-                         f"the first is data row {chunk.first_row + int(row) + 1}, column "
-                         f"{source.feature_names[column]!r} = {chunk.features[row, column]:g}",
-                         "ingest with --dtype float32, or rescale the features")
+        raise InputError(
+            source.path,
+            f"{int(too_big.sum())} feature value(s) exceed {dtype}'s range (+-{limit:g}); "
+            f"the first is data row {chunk.first_row + int(row) + 1}, column "
+            f"{source.feature_names[column]!r} = {chunk.features[row, column]:g}",
+            "ingest with --dtype float32, or rescale the features",
+        )
 
 
 def _well_keys(well_table: pd.DataFrame) -> pd.Index:
     return pd.Index(well_table[PLATE].astype(str) + "\x1f" + well_table[WELL].astype(str))
 
 
-def count_instances(source: InstanceSource, well_table: pd.DataFrame, wells_path, drop_empty_wells: bool = False,
-                    show_progress: bool = False) -> np.ndarray:
+def count_instances(
+    source: InstanceSource,
+    well_table: pd.DataFrame,
+    wells_path,
+    drop_empty_wells: bool = False,
+    show_progress: bool = False,
+) -> np.ndarray:
     """Instances per well of ``well_table`` (ingest's first pass, and what ``momil validate`` checks).
 
     Refuses instances of wells the table does not list, an instance table without rows, and wells without
@@ -67,10 +79,13 @@ def count_instances(source: InstanceSource, well_table: pd.DataFrame, wells_path
             unknown = index < 0
             if unknown.any():
                 row = int(np.argmax(unknown))
-                raise InputError(file, f"instance row {first_row + row + 1} belongs to well {plates[row]}/"
-                                 f"{well_names[row]}, which {Path(wells_path).name} does not list "
-                                 f"({int(unknown.sum())} such rows in this block)",
-                                 "add the well to the wells table or drop its instances")
+                raise InputError(
+                    file,
+                    f"instance row {first_row + row + 1} belongs to well {plates[row]}/"
+                    f"{well_names[row]}, which {Path(wells_path).name} does not list "
+                    f"({int(unknown.sum())} such rows in this block)",
+                    "add the well to the wells table or drop its instances",
+                )
             counts += np.bincount(index, minlength=len(keys))
             bar.update(len(index))
     if counts.sum() == 0:
@@ -78,16 +93,14 @@ def count_instances(source: InstanceSource, well_table: pd.DataFrame, wells_path
     empty = counts == 0
     if empty.any():
         names = ", ".join((well_table[PLATE] + "/" + well_table[WELL])[empty].head(5))
-        message = (f"{int(empty.sum())} well(s) listed in {Path(wells_path).name} have no instance (empty bags: "
-                   f"{names})")
+        message = f"{int(empty.sum())} well(s) listed in {Path(wells_path).name} have no instance (empty bags: {names})"
         if not drop_empty_wells:
             raise InputError(source.path, message, "remove them from the wells table or pass --drop-empty-wells")
         warnings.warn(f"{source.path}: {message}; they are dropped", stacklevel=2)
     return counts
 
 
-def ingest(instances, wells, out, settings: IngestSettings | None = None, show_progress: bool = True
-           ) -> InstanceStore:
+def ingest(instances, wells, out, settings: IngestSettings | None = None, show_progress: bool = True) -> InstanceStore:
     settings = settings or IngestSettings()
     started = time.perf_counter()
     check_output(out, "dir", {"--instances": instances, "--wells": wells}, settings.overwrite)
@@ -103,10 +116,16 @@ def ingest(instances, wells, out, settings: IngestSettings | None = None, show_p
     table = well_table.assign(count=counts, _key=np.arange(len(keys)))[keep]
     table = table.sort_values([PLATE, WELL], kind="stable").reset_index(drop=True)
 
-    record = provenance("ingest", settings, inputs={"instances": instances, "wells": wells},
-                        rows=int(total_rows), dropped_empty_wells=int(empty.sum()))
-    writer = StoreWriter.create(out, dim=source.dim, dtype=settings.dtype, feature_names=source.feature_names,
-                                overwrite=settings.overwrite)
+    record = provenance(
+        "ingest",
+        settings,
+        inputs={"instances": instances, "wells": wells},
+        rows=int(total_rows),
+        dropped_empty_wells=int(empty.sum()),
+    )
+    writer = StoreWriter.create(
+        out, dim=source.dim, dtype=settings.dtype, feature_names=source.feature_names, overwrite=settings.overwrite
+    )
     with writer:
         offsets = writer.reserve(table.drop(columns="_key"), source=wells)
         offset_of_key = np.full(len(keys), -1, dtype=np.int64)
@@ -115,8 +134,9 @@ def ingest(instances, wells, out, settings: IngestSettings | None = None, show_p
         with progress(total=total_rows, desc="ingest: writing", unit="rows", enabled=show_progress) as bar:
             for chunk in source.iter_chunks():
                 _check_range(chunk, source, settings.dtype)
-                index = keys.get_indexer(pd.Index(chunk.plates.astype(str)) + "\x1f"
-                                         + pd.Index(chunk.wells.astype(str)))
+                index = keys.get_indexer(
+                    pd.Index(chunk.plates.astype(str)) + "\x1f" + pd.Index(chunk.wells.astype(str))
+                )
                 within = pd.Series(index).groupby(index).cumcount().to_numpy()
                 positions = offset_of_key[index] + cursor[index] + within
                 cursor += np.bincount(index, minlength=len(keys))

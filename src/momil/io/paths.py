@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
 
 from momil.errors import MomilError
 
@@ -59,14 +59,19 @@ def check_output(
         for single in path if isinstance(path, (list, tuple)) else [path]:
             source = _resolved(single)
             if target == source:
-                raise MomilError(f"{flag} {out} is also the input {name} -- writing would replace the input; "
-                                 "choose another output")
+                raise MomilError(
+                    f"{flag} {out} is also the input {name} -- writing would replace the input; choose another output"
+                )
             if _inside(source, target):
-                raise MomilError(f"{flag} {out} holds the input {name} ({single}) -- writing would delete it; "
-                                 "choose an output outside the inputs")
+                raise MomilError(
+                    f"{flag} {out} holds the input {name} ({single}) -- writing would delete it; "
+                    "choose an output outside the inputs"
+                )
             if Path(single).is_dir() and _inside(target, source):
-                raise MomilError(f"{flag} {out} lies inside the input folder {name} ({single}) -- choose an "
-                                 "output outside the inputs")
+                raise MomilError(
+                    f"{flag} {out} lies inside the input folder {name} ({single}) -- choose an "
+                    "output outside the inputs"
+                )
     if out.exists() or out.is_symlink():
         if kind == "dir" and not out.is_dir():
             raise MomilError(f"{flag} {out} is an existing file, not a folder -- name a folder to create")
@@ -79,8 +84,9 @@ def check_output(
     if suffixes is not None:
         accepted = tuple(suffixes)
         if not out.name.lower().endswith(accepted):
-            raise MomilError(f"{flag} {out}: this output is written as {' or '.join(accepted)} -- name it "
-                             f"with that ending")
+            raise MomilError(
+                f"{flag} {out}: this output is written as {' or '.join(accepted)} -- name it with that ending"
+            )
     return out
 
 
@@ -119,8 +125,10 @@ def output_lock(out) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise OutputLocked(f"{out}: another momil run ({holder}) is writing to this output -- wait for it to "
-                             "finish or choose another --out") from None
+            raise OutputLocked(
+                f"{out}: another momil run ({holder}) is writing to this output -- wait for it to "
+                "finish or choose another --out"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}")

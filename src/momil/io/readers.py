@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import pickle
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from momil.errors import InputError
 
@@ -41,18 +42,23 @@ def load_torch(path, what: str = "checkpoint", map_location="cpu") -> Any:
         text = str(err)
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
         if found:
-            raise InputError(path, f"refused to load this {what}: it holds the Python object {found.group(1)}, not "
-                             "only tensors, numbers and plain containers, and unpickling it could run code from the "
-                             "file", "save only the weights (torch.save(model.state_dict(), path)) from code you "
-                             "trust, and name that file") from err
+            raise InputError(
+                path,
+                f"refused to load this {what}: it holds the Python object {found.group(1)}, not "
+                "only tensors, numbers and plain containers, and unpickling it could run code from the "
+                "file",
+                "save only the weights (torch.save(model.state_dict(), path)) from code you trust, and name that file",
+            ) from err
         cause = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text) or re.search(r"(invalid load key[^\n]*)", text)
         reason = cause.group(1).strip() if cause else text.splitlines()[0]
-        raise InputError(path, f"not a readable {what} ({reason})",
-                         "the file is damaged or not a torch checkpoint; write it again") from err
+        raise InputError(
+            path, f"not a readable {what} ({reason})", "the file is damaged or not a torch checkpoint; write it again"
+        ) from err
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as err:
         reason = str(err).split("\n")[0] or type(err).__name__
-        raise InputError(path, f"not a readable {what} ({reason})",
-                         "the file is damaged or not a torch checkpoint; write it again") from err
+        raise InputError(
+            path, f"not a readable {what} ({reason})", "the file is damaged or not a torch checkpoint; write it again"
+        ) from err
 
 
 def read_json(path, what: str = "JSON file") -> Any:
@@ -67,8 +73,11 @@ def read_json(path, what: str = "JSON file") -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise InputError(path, f"the {what} is not valid JSON ({err.msg} at line {err.lineno})",
-                         "the file is damaged; write it again with the command that makes it") from err
+        raise InputError(
+            path,
+            f"the {what} is not valid JSON ({err.msg} at line {err.lineno})",
+            "the file is damaged; write it again with the command that makes it",
+        ) from err
 
 
 def read_parquet_frame(path, what: str = "table"):
@@ -80,8 +89,11 @@ def read_parquet_frame(path, what: str = "table"):
     try:
         return pq.read_table(path).to_pandas()
     except (pa.ArrowException, OSError, ValueError) as err:
-        raise InputError(path, f"cannot read the {what} ({str(err).splitlines()[0]})",
-                         "the file is damaged or not Parquet; write it again") from err
+        raise InputError(
+            path,
+            f"cannot read the {what} ({str(err).splitlines()[0]})",
+            "the file is damaged or not Parquet; write it again",
+        ) from err
 
 
 def guarded_batches(batches: Iterator, path, what: str = "Parquet file") -> Iterator:
@@ -97,8 +109,10 @@ def guarded_batches(batches: Iterator, path, what: str = "Parquet file") -> Iter
         except StopIteration:
             return
         except (pa.ArrowException, OSError, ValueError) as err:
-            raise InputError(path, f"cannot read the {what} after data row {rows} "
-                             f"({str(err).splitlines()[0]})",
-                             "the file is damaged; write it again or drop it from the input") from err
+            raise InputError(
+                path,
+                f"cannot read the {what} after data row {rows} ({str(err).splitlines()[0]})",
+                "the file is damaged; write it again or drop it from the input",
+            ) from err
         rows += batch.num_rows
         yield batch

@@ -22,8 +22,8 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,9 +31,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from momil.errors import InputError, MomilError
+from momil.faults import fault_point
 from momil.io.contract import BATCH, COMPOUND, CONTROL, PLATE, WELL
 from momil.io.readers import read_json, read_parquet_frame
-from momil.faults import fault_point
 from momil.provenance import remove_stale_temporaries, write_json_atomic
 
 FORMAT = "momil-instance-store"
@@ -49,14 +49,22 @@ class InstanceStore:
         self.path = Path(path)
         manifest_path = self.path / "manifest.json"
         if not manifest_path.exists():
-            hint = "it was never completed (interrupted write?) or is not a store" if self.path.exists() \
+            hint = (
+                "it was never completed (interrupted write?) or is not a store"
+                if self.path.exists()
                 else "the folder does not exist"
+            )
             raise MomilError(f"{self.path}: not an instance store ({hint}) -- run `momil ingest` to make one")
         self.manifest = read_json(manifest_path, "store manifest")
-        if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT \
-                or not self.manifest.get("complete"):
-            raise MomilError(f"{self.path}: manifest.json does not describe a complete instance store -- "
-                             "write the store again (momil ingest, correct or extract)")
+        if (
+            not isinstance(self.manifest, dict)
+            or self.manifest.get("format") != FORMAT
+            or not self.manifest.get("complete")
+        ):
+            raise MomilError(
+                f"{self.path}: manifest.json does not describe a complete instance store -- "
+                "write the store again (momil ingest, correct or extract)"
+            )
         try:
             self.dim = int(self.manifest["dim"])
             self.n_instances = int(self.manifest["n_instances"])
@@ -64,18 +72,26 @@ class InstanceStore:
             self.feature_names: list[str] = list(self.manifest["feature_names"])
             wells_file = str(self.manifest["wells_file"])
         except (KeyError, TypeError, ValueError) as err:
-            raise InputError(manifest_path, f"the store manifest lacks or garbles the entry {err}",
-                             "the store is damaged; write it again") from err
+            raise InputError(
+                manifest_path,
+                f"the store manifest lacks or garbles the entry {err}",
+                "the store is damaged; write it again",
+            ) from err
         need = self.n_instances * self.dim * self.dtype.itemsize
         have = (self.path / "features.bin").stat().st_size if (self.path / "features.bin").exists() else -1
         if have < need:
-            raise MomilError(f"{self.path}: features.bin holds {have} bytes, the manifest needs {need} -- "
-                             "the store is damaged; ingest again")
+            raise MomilError(
+                f"{self.path}: features.bin holds {have} bytes, the manifest needs {need} -- "
+                "the store is damaged; ingest again"
+            )
         self.wells = read_parquet_frame(self.path / wells_file, "store's well index")
         missing = [c for c in WELL_COLUMNS + ["offset", "count"] if c not in self.wells.columns]
         if missing:
-            raise InputError(self.path / wells_file, f"the store's well index lacks column(s) {missing}",
-                             "the store is damaged; write it again")
+            raise InputError(
+                self.path / wells_file,
+                f"the store's well index lacks column(s) {missing}",
+                "the store is damaged; write it again",
+            )
         self._features: np.memmap | None = None
         self._meta: pd.DataFrame | None = None
         self._finite_checked = np.zeros(len(self.wells), dtype=bool)  # wells whose bags were seen to be finite
@@ -87,8 +103,9 @@ class InstanceStore:
             if self.n_instances == 0:
                 self._features = np.zeros((0, self.dim), dtype=self.dtype)
             else:
-                self._features = np.memmap(self.path / "features.bin", dtype=self.dtype, mode="r",
-                                           shape=(self.n_instances, self.dim))
+                self._features = np.memmap(
+                    self.path / "features.bin", dtype=self.dtype, mode="r", shape=(self.n_instances, self.dim)
+                )
         return self._features
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
@@ -115,7 +132,7 @@ class InstanceStore:
     def bag(self, well: int) -> np.ndarray:
         """Instances of the well at row ``well`` of :attr:`wells`: (count, dim), a view into the memmap."""
         offset, count = int(self.offsets[well]), int(self.counts[well])
-        return self.features[offset:offset + count]
+        return self.features[offset : offset + count]
 
     def require_finite(self, wells: np.ndarray, bags: np.ndarray) -> None:
         """Refuse NaN or infinite features in the bags of ``wells`` (``bags``: (B, N, D), padded with zeros).
@@ -131,9 +148,11 @@ class InstanceStore:
         if not finite.all():
             first = int(wells[new][np.argmin(finite)])
             row = self.wells.iloc[first]
-            raise InputError(self.path, f"well {row[PLATE]}/{row[WELL]} (compound {row[COMPOUND]}) holds NaN or "
-                             "infinite features", "write the store again with momil ingest / correct, which refuse "
-                             "such values")
+            raise InputError(
+                self.path,
+                f"well {row[PLATE]}/{row[WELL]} (compound {row[COMPOUND]}) holds NaN or infinite features",
+                "write the store again with momil ingest / correct, which refuse such values",
+            )
         self._finite_checked[wells[new]] = True
 
     def well_index(self, plate: str, well: str) -> int:
@@ -145,9 +164,15 @@ class InstanceStore:
     def instance_meta(self, well: int | None = None) -> pd.DataFrame:
         """Per-instance metadata (e.g. Metadata_Site, tile position), all or one well's, in bag order."""
         if self._meta is None:
-            parts = [pd.read_parquet(self.path / name) for name in self.manifest.get("meta_files", [])]
-            self._meta = pd.concat(parts, ignore_index=True).sort_values("_row").reset_index(drop=True) \
-                if parts else pd.DataFrame({"_row": np.zeros(0, np.int64)})
+            parts = [
+                read_parquet_frame(self.path / name, "store's instance metadata")
+                for name in self.manifest.get("meta_files", [])
+            ]
+            self._meta = (
+                pd.concat(parts, ignore_index=True).sort_values("_row").reset_index(drop=True)
+                if parts
+                else pd.DataFrame({"_row": np.zeros(0, np.int64)})
+            )
             self._meta = self._meta[self._meta["_row"] < self.n_instances]
         if well is None:
             return self._meta
@@ -160,25 +185,33 @@ class InstanceStore:
         return list(pd.unique(self.wells[PLATE]))
 
     def iter_plates(self) -> Iterator[tuple[str, pd.DataFrame]]:
-        for plate, group in self.wells.groupby(PLATE, sort=False):
-            yield plate, group
+        yield from self.wells.groupby(PLATE, sort=False)
 
     def summary(self) -> dict:
         wells = self.wells
         return {
-            "path": str(self.path), "wells": int(len(wells)), "instances": self.n_instances, "dim": self.dim,
-            "dtype": self.manifest["dtype"], "plates": int(wells[PLATE].nunique()),
-            "batches": int(wells[BATCH].nunique()), "compounds": int(wells[COMPOUND].nunique()),
+            "path": str(self.path),
+            "wells": int(len(wells)),
+            "instances": self.n_instances,
+            "dim": self.dim,
+            "dtype": self.manifest["dtype"],
+            "plates": int(wells[PLATE].nunique()),
+            "batches": int(wells[BATCH].nunique()),
+            "compounds": int(wells[COMPOUND].nunique()),
             "negcon_wells": int((wells[CONTROL] == "negcon").sum()),
-            "instances_per_well": {"min": int(wells["count"].min()) if len(wells) else 0,
-                                   "median": float(wells["count"].median()) if len(wells) else 0.0,
-                                   "max": int(wells["count"].max()) if len(wells) else 0},
+            "instances_per_well": {
+                "min": int(wells["count"].min()) if len(wells) else 0,
+                "median": float(wells["count"].median()) if len(wells) else 0.0,
+                "max": int(wells["count"].max()) if len(wells) else 0,
+            },
             "bytes": self.n_instances * self.dim * self.dtype.itemsize,
         }
 
     def __repr__(self) -> str:
-        return (f"InstanceStore({str(self.path)!r}: {self.n_wells} wells, {self.n_instances} instances x "
-                f"{self.dim} {self.manifest['dtype']})")
+        return (
+            f"InstanceStore({str(self.path)!r}: {self.n_wells} wells, {self.n_instances} instances x "
+            f"{self.dim} {self.manifest['dtype']})"
+        )
 
 
 class StoreWriter:
@@ -191,8 +224,9 @@ class StoreWriter:
         # or: offsets = writer.reserve(wells_with_counts); writer.write_rows(positions, rows)
     """
 
-    def __init__(self, final_path: Path, work_path: Path, manifest: dict, wells: pd.DataFrame, new: bool,
-                 overwrite: bool = False):
+    def __init__(
+        self, final_path: Path, work_path: Path, manifest: dict, wells: pd.DataFrame, new: bool, overwrite: bool = False
+    ):
         self.final_path = final_path
         self.work_path = work_path
         self.manifest = manifest
@@ -214,8 +248,9 @@ class StoreWriter:
 
     # -- construction
     @classmethod
-    def create(cls, path, dim: int, dtype: str = "float32", feature_names: Sequence[str] | None = None,
-               overwrite: bool = False) -> "StoreWriter":
+    def create(
+        cls, path, dim: int, dtype: str = "float32", feature_names: Sequence[str] | None = None, overwrite: bool = False
+    ) -> StoreWriter:
         path = Path(path)
         if dtype not in DTYPES:
             raise MomilError(f"dtype must be one of {sorted(DTYPES)}, not {dtype!r}")
@@ -230,16 +265,27 @@ class StoreWriter:
         names = list(feature_names) if feature_names is not None else [f"f{i}" for i in range(dim)]
         if len(names) != dim:
             raise MomilError(f"{len(names)} feature names for dim {dim}")
-        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "complete": False, "dtype": dtype,
-                    "dim": int(dim), "n_instances": 0, "n_wells": 0, "feature_names": names,
-                    "wells_file": None, "meta_files": [], "generation": 0, "history": []}
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "complete": False,
+            "dtype": dtype,
+            "dim": int(dim),
+            "n_instances": 0,
+            "n_wells": 0,
+            "feature_names": names,
+            "wells_file": None,
+            "meta_files": [],
+            "generation": 0,
+            "history": [],
+        }
         empty = pd.DataFrame({c: pd.array([], dtype="string") for c in WELL_COLUMNS})
         empty["offset"] = np.zeros(0, np.int64)
         empty["count"] = np.zeros(0, np.int64)
         return cls(path, work, manifest, empty, new=True, overwrite=overwrite)
 
     @classmethod
-    def append_to(cls, path) -> "StoreWriter":
+    def append_to(cls, path) -> StoreWriter:
         store = InstanceStore(path)
         manifest = dict(store.manifest)
         return cls(Path(path), Path(path), manifest, store.wells, new=False)
@@ -259,8 +305,11 @@ class StoreWriter:
             self._keys = set(committed[PLATE].astype(str) + "/" + committed[WELL].astype(str))
         clash = [k for k in keys if k in self._keys]
         if clash:
-            raise InputError(source, f"well {clash[0]} is already in the store {self.final_path}",
-                             "a store holds each well once; write the new wells to a new store")
+            raise InputError(
+                source,
+                f"well {clash[0]} is already in the store {self.final_path}",
+                "a store holds each well once; write the new wells to a new store",
+            )
         self._keys.update(keys)
 
     def reserve(self, wells: pd.DataFrame, source="wells") -> np.ndarray:
@@ -284,10 +333,12 @@ class StoreWriter:
         row, column = np.argwhere(~finite)[0]
         name = self.manifest["feature_names"][column]
         limit = float(np.finfo(self.dtype).max)
-        raise MomilError(f"{self.final_path}: {int((~finite).sum())} value(s) would be NaN or infinite in the "
-                         f"{self.dtype.name} store (first: instance row {int(positions[row])}, feature {name!r}) -- "
-                         f"{self.dtype.name} holds magnitudes up to {limit:g}: write float32 (--dtype float32) or "
-                         "rescale the features, and remove NaN or infinite inputs")
+        raise MomilError(
+            f"{self.final_path}: {int((~finite).sum())} value(s) would be NaN or infinite in the "
+            f"{self.dtype.name} store (first: instance row {int(positions[row])}, feature {name!r}) -- "
+            f"{self.dtype.name} holds magnitudes up to {limit:g}: write float32 (--dtype float32) or "
+            "rescale the features, and remove NaN or infinite inputs"
+        )
 
     def write_rows(self, positions: np.ndarray, rows: np.ndarray) -> None:
         """Write ``rows`` (n, dim) at instance row ``positions`` (n,) inside reserved space."""
@@ -341,8 +392,9 @@ class StoreWriter:
         """Append one well's bag (streaming). ``well`` holds the well columns; returns the well's offset."""
         features = np.asarray(features)
         if features.ndim != 2 or features.shape[1] != self.dim:
-            raise MomilError(f"well {well.get(PLATE)}/{well.get(WELL)}: bag of shape {features.shape}, "
-                             f"expected (n, {self.dim})")
+            raise MomilError(
+                f"well {well.get(PLATE)}/{well.get(WELL)}: bag of shape {features.shape}, expected (n, {self.dim})"
+            )
         if not np.isfinite(features).all():
             raise MomilError(f"well {well.get(PLATE)}/{well.get(WELL)}: NaN or infinite features")
         record = {c: well.get(c) for c in WELL_COLUMNS}
@@ -384,8 +436,15 @@ class StoreWriter:
         manifest = dict(self.manifest)
         old_wells_file = manifest.get("wells_file")
         manifest["meta_files"] = list(manifest.get("meta_files", [])) + list(manifest.pop("pending_meta", []))
-        manifest.update({"complete": True, "n_instances": int(self.n_rows), "n_wells": int(len(wells)),
-                         "wells_file": wells_file, "generation": generation})
+        manifest.update(
+            {
+                "complete": True,
+                "n_instances": int(self.n_rows),
+                "n_wells": int(len(wells)),
+                "wells_file": wells_file,
+                "generation": generation,
+            }
+        )
         if provenance is not None:
             manifest["history"] = list(manifest.get("history", [])) + [provenance]
         write_json_atomic(manifest, self.work_path / "manifest.json")
@@ -413,7 +472,7 @@ class StoreWriter:
             for name in self.manifest.pop("pending_meta", []):
                 (self.work_path / name).unlink(missing_ok=True)
 
-    def __enter__(self) -> "StoreWriter":
+    def __enter__(self) -> StoreWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

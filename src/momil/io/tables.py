@@ -6,8 +6,8 @@ Every check raises :class:`momil.errors.InputError` naming the file, the column 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -44,8 +44,12 @@ def read_table(path, columns: Sequence[str] | None = None, dtype_str: Iterable[s
         elif suffix in (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz"):
             sep = "," if suffix.startswith(".csv") else "\t"
             frame = pd.read_csv(
-                path, sep=sep, usecols=list(columns) if columns else None,
-                dtype={c: str for c in dtype_str}, keep_default_na=True, low_memory=False,
+                path,
+                sep=sep,
+                usecols=list(columns) if columns else None,
+                dtype={c: str for c in dtype_str},
+                keep_default_na=True,
+                low_memory=False,
             )
         else:
             raise InputError(path, f"unknown table format '{suffix}'", "give a .parquet, .csv or .tsv file")
@@ -79,9 +83,12 @@ def refuse_padded(values: pd.Series, path, column: str, first_row: int = 0) -> N
     padded = (text != text.str.strip()).fillna(False).to_numpy(dtype=bool)
     if padded.any():
         rows = np.flatnonzero(padded) + first_row
-        raise InputError(path, f"column {column} has values with leading or trailing whitespace at {rows_text(rows)} "
-                         f"(first: {text.iloc[int(np.argmax(padded))]!r})",
-                         "remove the spaces: identifiers are matched exactly, never trimmed")
+        raise InputError(
+            path,
+            f"column {column} has values with leading or trailing whitespace at {rows_text(rows)} "
+            f"(first: {text.iloc[int(np.argmax(padded))]!r})",
+            "remove the spaces: identifiers are matched exactly, never trimmed",
+        )
 
 
 def require_columns(frame: pd.DataFrame, required: Sequence[str], path, what: str) -> None:
@@ -89,7 +96,8 @@ def require_columns(frame: pd.DataFrame, required: Sequence[str], path, what: st
     if missing:
         shown = ", ".join(map(str, list(frame.columns)[:12]))
         raise InputError(
-            path, f"missing required column(s) {', '.join(missing)} in the {what} table (it has: {shown})",
+            path,
+            f"missing required column(s) {', '.join(missing)} in the {what} table (it has: {shown})",
             "add or rename the column(s); names are exact (see docs/input-contract.md)",
         )
 
@@ -111,7 +119,8 @@ def require_no_missing(frame: pd.DataFrame, columns: Sequence[str], path) -> Non
             missing |= values.astype("string").str.strip().fillna("") == ""
         if missing.any():
             raise InputError(
-                path, f"column {column} is empty at {rows_text(np.flatnonzero(missing.to_numpy()))}",
+                path,
+                f"column {column} is empty at {rows_text(np.flatnonzero(missing.to_numpy()))}",
                 "every row needs a value there",
             )
 
@@ -138,7 +147,8 @@ def normalise_wells(values: pd.Series, path, column: str = "Metadata_Well", firs
     if bad:
         mask = values.astype("string").isin([b for b in bad if b is not pd.NA]) | values.isna()
         raise InputError(
-            path, f"column {column} has values that are not well positions ({', '.join(map(repr, bad[:5]))}) "
+            path,
+            f"column {column} has values that are not well positions ({', '.join(map(repr, bad[:5]))}) "
             f"at {rows_text(np.flatnonzero(mask.to_numpy()))}",
             "use a row letter and a column number such as A01 or A1 (rows A..AF, columns 1..48)",
         )

@@ -29,8 +29,14 @@ class PairModel(nn.Module):
         if not assays:
             raise MomilError("a model needs at least one assay")
         self.assays = list(assays)
-        self.hparams = {"model": self.kind, "in_dim": in_dim, "assays": self.assays, "projector_dim": projector_dim,
-                        "head_dim": head_dim, "dropout": dropout}
+        self.hparams = {
+            "model": self.kind,
+            "in_dim": in_dim,
+            "assays": self.assays,
+            "projector_dim": projector_dim,
+            "head_dim": head_dim,
+            "dropout": dropout,
+        }
 
     def well_outputs(self, bags: torch.Tensor, mask: torch.Tensor) -> dict:
         raise NotImplementedError
@@ -77,11 +83,18 @@ class PairModel(nn.Module):
 class MeanMLP(PairModel):
     kind = "mean-mlp"
 
-    def __init__(self, in_dim: int, assays: list[str], projector_dim: int = 128, head_dim: int = 64,
-                 dropout: float = 0.5, **_):
+    def __init__(
+        self, in_dim: int, assays: list[str], projector_dim: int = 128, head_dim: int = 64, dropout: float = 0.5, **_
+    ):
         super().__init__(in_dim, assays, projector_dim, head_dim, dropout)
-        self.mlp = nn.Sequential(nn.Linear(in_dim, projector_dim), nn.ReLU(), FastDropout(dropout),
-                                 nn.Linear(projector_dim, head_dim), nn.ReLU(), FastDropout(dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, projector_dim),
+            nn.ReLU(),
+            FastDropout(dropout),
+            nn.Linear(projector_dim, head_dim),
+            nn.ReLU(),
+            FastDropout(dropout),
+        )
         self.out = nn.Linear(head_dim, len(self.assays))
 
     def well_outputs(self, bags, mask) -> dict:
@@ -94,8 +107,9 @@ class MeanMLP(PairModel):
 class MultiLabelMIL(PairModel):
     kind = "multilabel-mil"
 
-    def __init__(self, in_dim: int, assays: list[str], projector_dim: int = 128, head_dim: int = 64,
-                 dropout: float = 0.5, **_):
+    def __init__(
+        self, in_dim: int, assays: list[str], projector_dim: int = 128, head_dim: int = 64, dropout: float = 0.5, **_
+    ):
         super().__init__(in_dim, assays, projector_dim, head_dim, dropout)
         self.projector = nn.Sequential(nn.Linear(in_dim, projector_dim), nn.ReLU(), FastDropout(dropout))
         self.v = nn.Linear(projector_dim, head_dim)

@@ -116,7 +116,7 @@ class PairPlan:
     in_order: bool
 
     @classmethod
-    def build(cls, assay, device=None) -> "PairPlan":
+    def build(cls, assay, device=None) -> PairPlan:
         values = assay.detach().cpu().numpy() if isinstance(assay, torch.Tensor) else np.asarray(assay)
         if device is None:
             device = assay.device if isinstance(assay, torch.Tensor) else torch.device("cpu")
@@ -133,8 +133,14 @@ class PairPlan:
         sizes, firsts = np.unique(sorted_counts, return_index=True)
         heads = np.diff(np.append(firsts, len(sorted_counts)))
         as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
-        return cls(as_tensor(order), as_tensor(inverse), as_tensor(unique[by_count]), as_tensor(pair_rank[order]),
-                   tuple((int(n), int(c)) for n, c in zip(heads, sizes)), bool((order == np.arange(len(order))).all()))
+        return cls(
+            as_tensor(order),
+            as_tensor(inverse),
+            as_tensor(unique[by_count]),
+            as_tensor(pair_rank[order]),
+            tuple((int(n), int(c)) for n, c in zip(heads, sizes)),
+            bool((order == np.arange(len(order))).all()),
+        )
 
     @property
     def sizes(self) -> list[int]:
@@ -203,7 +209,7 @@ class FastDropout(nn.Module):
         if not self.training or self.threshold == 0:
             return None
         n = math.prod(shape)
-        words = torch.empty((n + 7) // 8, dtype=torch.int64, device=device).random_(-2 ** 63, None)
+        words = torch.empty((n + 7) // 8, dtype=torch.int64, device=device).random_(-(2**63), None)
         return words.view(torch.uint8)[:n].view(shape) >= self.threshold
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -250,11 +256,18 @@ class _FusedDSMIL(torch.autograd.Function):
         z = x.new_empty(pairs_total, n, h)
         qi = x.new_empty(pairs_total, n, q + 1)
         # per group: its heads' weights and its pairs' inputs and outputs, as (heads, pairs x N, ...) views
-        groups = [(table[r0:r1, g0:g1].view(heads, d, h), table[r0:r1, gb0:gb1].unsqueeze(1),
-                   table[r0:r1, q0:q1].view(heads, h, q + 1), table[r0:r1, qb0:qb1].unsqueeze(1),
-                   x[p0:p1].view(heads, pairs * n, d), z[p0:p1].view(heads, pairs * n, h),
-                   qi[p0:p1].view(heads, pairs * n, q + 1))
-                  for r0, r1, p0, p1, heads, pairs in spans]
+        groups = [
+            (
+                table[r0:r1, g0:g1].view(heads, d, h),
+                table[r0:r1, gb0:gb1].unsqueeze(1),
+                table[r0:r1, q0:q1].view(heads, h, q + 1),
+                table[r0:r1, qb0:qb1].unsqueeze(1),
+                x[p0:p1].view(heads, pairs * n, d),
+                z[p0:p1].view(heads, pairs * n, h),
+                qi[p0:p1].view(heads, pairs * n, q + 1),
+            )
+            for r0, r1, p0, p1, heads, pairs in spans
+        ]
         for w_g, b_g, _, _, x_g, z_g, _ in groups:
             torch.baddbmm(b_g, x_g, w_g, out=z_g)
         hidden = z.clamp_min_(0)  # in place: z is not needed again
@@ -273,8 +286,7 @@ class _FusedDSMIL(torch.autograd.Function):
         pooled = attention_pool(attention, hidden)
         classifier = table[:, c0:c1].index_select(0, pair_head)  # (P, h): small, gathered per pair
         logit = (pooled * classifier).sum(-1) + table[:, cb0].index_select(0, pair_head)
-        ctx.save_for_backward(x, table, hidden, queries, q_critical, attention, pooled, critical, classifier,
-                              pair_head)
+        ctx.save_for_backward(x, table, hidden, queries, q_critical, attention, pooled, critical, classifier, pair_head)
         ctx.spans, ctx.groups, ctx.cols = spans, groups, cols
         ctx.q, ctx.scale = q, (scale if keep is not None else 1.0)
         ctx.mark_non_differentiable(critical)
@@ -344,8 +356,7 @@ class StackedHeads(nn.Module):
         self.n_assays, self.in_dim, self.hidden = n_assays, in_dim, hidden
         self.dropout = FastDropout(dropout)
 
-    def _build(self, parts: list[tuple[str, tuple[int, ...], int]], aliases: dict[str, tuple[str, int, int]]
-               ) -> None:
+    def _build(self, parts: list[tuple[str, tuple[int, ...], int]], aliases: dict[str, tuple[str, int, int]]) -> None:
         """``parts``: (name, per-head shape, fan_in) stored in this order in a row of ``flat``, each initialised
         as nn.Linear initialises a layer with that fan_in; ``aliases``: name -> (part, start, stop) along the
         part's last axis (the separate layers a merged part holds, and the names earlier versions saved)."""
@@ -364,9 +375,11 @@ class StackedHeads(nn.Module):
 
     def weights(self, table: torch.Tensor, name: str) -> torch.Tensor:
         """The view of one named weight in ``table`` (rows of ``flat``-shaped data): (rows, *shape)."""
+
         def part(stored: str) -> torch.Tensor:
             start, stop, shape = self._layout[stored]
             return table[:, start:stop].view((table.shape[0],) + tuple(shape))
+
         return self._named(name, part)
 
     def _named(self, name: str, part) -> torch.Tensor:
@@ -386,8 +399,9 @@ class StackedHeads(nn.Module):
         plan = PairPlan.build(assay, x.device)
         return plan.unpermute(self.forward_planned(plan.permute(x), plan.permute(mask), plan))
 
-    def forward_planned(self, x: torch.Tensor, mask: torch.Tensor, plan: PairPlan,
-                        table: torch.Tensor | None = None) -> dict:
+    def forward_planned(
+        self, x: torch.Tensor, mask: torch.Tensor, plan: PairPlan, table: torch.Tensor | None = None
+    ) -> dict:
         """Outputs in ``plan``'s order for ``x`` and ``mask`` given in that order. ``table``: the rows of
         ``flat`` for ``plan.assays``, in that order (a training step's copy of the rows it updates); by default
         they are gathered from ``flat``."""
@@ -397,13 +411,14 @@ class StackedHeads(nn.Module):
         """Per group of ``plan``, a function name -> (heads of the group, *shape) view of their weights."""
         layout, row = [], 0
         for heads, _pairs in plan.groups:
-            layout += [(row, row + heads, start, stop, (heads,) + tuple(shape))
-                       for start, stop, shape in self._layout.values()]
+            layout += [
+                (row, row + heads, start, stop, (heads,) + tuple(shape)) for start, stop, shape in self._layout.values()
+            ]
             row += heads
         source, index = (self.flat, plan.assays) if table is None else (table, None)
         views = _Blocks.apply(source, index, tuple(layout))
         width = len(self._layout)
-        groups = [dict(zip(self._layout, views[g * width:(g + 1) * width])) for g in range(len(plan.groups))]
+        groups = [dict(zip(self._layout, views[g * width : (g + 1) * width])) for g in range(len(plan.groups))]
         return [lambda name, parts=parts: self._named(name, parts.__getitem__) for parts in groups]
 
     @staticmethod
@@ -422,6 +437,7 @@ class StackedHeads(nn.Module):
             w, b = ws[g](weight), ws[g](bias)
             out = torch.baddbmm(b.unsqueeze(1), part.reshape(heads, pairs * n, part.shape[-1]), w)
             return out.view(heads * pairs, n, w.shape[-1])
+
         return self._per_group(x, plan, one)
 
     def project(self, x: torch.Tensor, plan: PairPlan, ws: list) -> torch.Tensor:
@@ -429,10 +445,12 @@ class StackedHeads(nn.Module):
 
     def classify(self, pooled: torch.Tensor, plan: PairPlan, ws: list) -> torch.Tensor:
         """F_alpha on the pooled representation (P, h) -> logits (P,)."""
+
         def one(g: int, part: torch.Tensor) -> torch.Tensor:
             heads, pairs = plan.groups[g]
             w, b = ws[g]("c_w"), ws[g]("c_b")  # (heads, h, 1), (heads, 1)
             return torch.baddbmm(b.unsqueeze(1), part.reshape(heads, pairs, part.shape[-1]), w).reshape(-1)
+
         return self._per_group(pooled, plan, one)
 
     def probability(self, out: dict) -> torch.Tensor:
@@ -452,8 +470,9 @@ class StackedHeads(nn.Module):
         if prefix + "flat" not in state_dict and prefix + "gamma_w" in state_dict:
             rows = []
             for name, _shape, _fan_in in self._parts:
-                pieces = [state_dict.pop(prefix + alias) for alias, (part, _, _) in self._aliases.items()
-                          if part == name] or [state_dict.pop(prefix + name)]
+                pieces = [
+                    state_dict.pop(prefix + alias) for alias, (part, _, _) in self._aliases.items() if part == name
+                ] or [state_dict.pop(prefix + name)]
                 merged = torch.cat(pieces, dim=-1) if len(pieces) > 1 else pieces[0]
                 rows.append(merged.reshape(merged.shape[0], -1))
             state_dict[prefix + "flat"] = torch.cat(rows, dim=1)
@@ -469,14 +488,23 @@ class GatedAttentionHeads(StackedHeads):
     def __init__(self, n_assays: int, in_dim: int, hidden: int, dropout: float = 0.5, attention_dim: int | None = None):
         super().__init__(n_assays, in_dim, hidden, dropout)
         a = self.attention_dim = attention_dim or hidden
-        self._build([("gamma_w", (in_dim, hidden), in_dim), ("gamma_b", (hidden,), in_dim),  # F_gamma
-                     ("vu_w", (hidden, 2 * a), hidden), ("vu_b", (2 * a,), hidden),  # F_beta: tanh | sigmoid
-                     ("w_w", (a, 1), a), ("w_b", (1,), a),  # F_beta: score
-                     ("c_w", (hidden, 1), hidden), ("c_b", (1,), hidden)],  # F_alpha: classifier
-                    {"v_w": ("vu_w", 0, a), "u_w": ("vu_w", a, 2 * a), "v_b": ("vu_b", 0, a), "u_b": ("vu_b", a, 2 * a)})
+        self._build(
+            [
+                ("gamma_w", (in_dim, hidden), in_dim),
+                ("gamma_b", (hidden,), in_dim),  # F_gamma
+                ("vu_w", (hidden, 2 * a), hidden),
+                ("vu_b", (2 * a,), hidden),  # F_beta: tanh | sigmoid
+                ("w_w", (a, 1), a),
+                ("w_b", (1,), a),  # F_beta: score
+                ("c_w", (hidden, 1), hidden),
+                ("c_b", (1,), hidden),
+            ],  # F_alpha: classifier
+            {"v_w": ("vu_w", 0, a), "u_w": ("vu_w", a, 2 * a), "v_b": ("vu_b", 0, a), "u_b": ("vu_b", a, 2 * a)},
+        )
 
-    def forward_planned(self, x: torch.Tensor, mask: torch.Tensor, plan: PairPlan,
-                        table: torch.Tensor | None = None) -> dict:
+    def forward_planned(
+        self, x: torch.Tensor, mask: torch.Tensor, plan: PairPlan, table: torch.Tensor | None = None
+    ) -> dict:
         ws = self.planned_weights(plan, table)
         h = self.project(x, plan, ws)  # (P, N, h)
         a = self.attention_dim
@@ -495,14 +523,21 @@ class DSMILHeads(StackedHeads):
         super().__init__(n_assays, in_dim, hidden, dropout)
         q = self.query_dim = query_dim or hidden
         self.fused = True  # the hand-written forward and backward on CPU (False: autograd, the reference)
-        self._build([("gamma_w", (in_dim, hidden), in_dim), ("gamma_b", (hidden,), in_dim),  # F_gamma
-                     ("qi_w", (hidden, q + 1), hidden), ("qi_b", (q + 1,), hidden),  # queries (F_beta) | instance cls
-                     ("c_w", (hidden, 1), hidden), ("c_b", (1,), hidden)],  # bag classifier (F_alpha)
-                    {"q_w": ("qi_w", 0, q), "inst_w": ("qi_w", q, q + 1),
-                     "q_b": ("qi_b", 0, q), "inst_b": ("qi_b", q, q + 1)})
+        self._build(
+            [
+                ("gamma_w", (in_dim, hidden), in_dim),
+                ("gamma_b", (hidden,), in_dim),  # F_gamma
+                ("qi_w", (hidden, q + 1), hidden),
+                ("qi_b", (q + 1,), hidden),  # queries (F_beta) | instance cls
+                ("c_w", (hidden, 1), hidden),
+                ("c_b", (1,), hidden),
+            ],  # bag classifier (F_alpha)
+            {"q_w": ("qi_w", 0, q), "inst_w": ("qi_w", q, q + 1), "q_b": ("qi_b", 0, q), "inst_b": ("qi_b", q, q + 1)},
+        )
 
-    def forward_planned(self, x: torch.Tensor, mask: torch.Tensor, plan: PairPlan,
-                        table: torch.Tensor | None = None) -> dict:
+    def forward_planned(
+        self, x: torch.Tensor, mask: torch.Tensor, plan: PairPlan, table: torch.Tensor | None = None
+    ) -> dict:
         if self.fused and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and mask.shape[1]:
             return self._forward_fused(x, mask, plan, table)
         ws = self.planned_weights(plan, table)
@@ -518,8 +553,13 @@ class DSMILHeads(StackedHeads):
         scores = (queries * (q_critical / math.sqrt(q)).unsqueeze(1)).sum(-1)
         attention = masked_softmax(scores, mask)
         pooled = attention_pool(attention, h)  # (P, h)
-        return {"logit": self.classify(pooled, plan, ws), "max_logit": max_logit, "attention": attention,
-                "embedding": pooled, "critical": critical}
+        return {
+            "logit": self.classify(pooled, plan, ws),
+            "max_logit": max_logit,
+            "attention": attention,
+            "embedding": pooled,
+            "critical": critical,
+        }
 
     def _forward_fused(self, x, mask, plan, table) -> dict:
         if table is None:
@@ -527,10 +567,23 @@ class DSMILHeads(StackedHeads):
         cols = tuple(self._layout[name][:2] for name in ("gamma_w", "gamma_b", "qi_w", "qi_b", "c_w", "c_b"))
         keep = self.dropout.keep_mask((x.shape[0], x.shape[1], self.hidden), x.device)
         logit, max_logit, attention, pooled, critical = _FusedDSMIL.apply(
-            x.contiguous(), table.contiguous(), mask, keep, self.dropout.scale, plan.spans, cols, self.query_dim,
-            plan.pair_head)
-        return {"logit": logit, "max_logit": max_logit, "attention": attention, "embedding": pooled,
-                "critical": critical}
+            x.contiguous(),
+            table.contiguous(),
+            mask,
+            keep,
+            self.dropout.scale,
+            plan.spans,
+            cols,
+            self.query_dim,
+            plan.pair_head,
+        )
+        return {
+            "logit": logit,
+            "max_logit": max_logit,
+            "attention": attention,
+            "embedding": pooled,
+            "critical": critical,
+        }
 
     def probability(self, out: dict) -> torch.Tensor:
         return 0.5 * (torch.sigmoid(full(out["logit"])) + torch.sigmoid(full(out["max_logit"])))
@@ -538,8 +591,9 @@ class DSMILHeads(StackedHeads):
     def pair_loss(self, out: dict, target: torch.Tensor) -> torch.Tensor:
         bce = nn.functional.binary_cross_entropy_with_logits
         target = target.to(full(out["logit"]).dtype)
-        return 0.5 * (bce(full(out["logit"]), target, reduction="none")
-                      + bce(full(out["max_logit"]), target, reduction="none"))
+        return 0.5 * (
+            bce(full(out["logit"]), target, reduction="none") + bce(full(out["max_logit"]), target, reduction="none")
+        )
 
 
 class MeanPoolHeads(StackedHeads):
@@ -549,11 +603,19 @@ class MeanPoolHeads(StackedHeads):
 
     def __init__(self, n_assays: int, in_dim: int, hidden: int, dropout: float = 0.5):
         super().__init__(n_assays, in_dim, hidden, dropout)
-        self._build([("gamma_w", (in_dim, hidden), in_dim), ("gamma_b", (hidden,), in_dim),
-                     ("c_w", (hidden, 1), hidden), ("c_b", (1,), hidden)], {})
+        self._build(
+            [
+                ("gamma_w", (in_dim, hidden), in_dim),
+                ("gamma_b", (hidden,), in_dim),
+                ("c_w", (hidden, 1), hidden),
+                ("c_b", (1,), hidden),
+            ],
+            {},
+        )
 
-    def forward_planned(self, x: torch.Tensor, mask: torch.Tensor, plan: PairPlan,
-                        table: torch.Tensor | None = None) -> dict:
+    def forward_planned(
+        self, x: torch.Tensor, mask: torch.Tensor, plan: PairPlan, table: torch.Tensor | None = None
+    ) -> dict:
         ws = self.planned_weights(plan, table)
         h = self.project(x, plan, ws)
         weights = mask.to(h.dtype) / mask.sum(dim=1, keepdim=True).clamp(min=1).to(h.dtype)

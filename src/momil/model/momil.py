@@ -13,16 +13,32 @@ class MoMIL(nn.Module):
     """``F_phi`` (Linear D -> d, ReLU, dropout; identity when ``shared_projector`` is False, as in the
     single-assay models of assay selection) followed by stacked heads, one per assay in ``assays``."""
 
-    def __init__(self, in_dim: int, assays: list[str], head: str = "dsmil", projector_dim: int = 128,
-                 head_dim: int = 64, dropout: float = 0.5, shared_projector: bool = True):
+    def __init__(
+        self,
+        in_dim: int,
+        assays: list[str],
+        head: str = "dsmil",
+        projector_dim: int = 128,
+        head_dim: int = 64,
+        dropout: float = 0.5,
+        shared_projector: bool = True,
+    ):
         super().__init__()
         if head not in HEADS:
             raise MomilError(f"head must be one of {sorted(HEADS)}, not {head!r}")
         if not assays:
             raise MomilError("a model needs at least one assay")
         self.assays = list(assays)
-        self.hparams = {"model": "momil", "in_dim": in_dim, "assays": self.assays, "head": head, "projector_dim": projector_dim,
-                        "head_dim": head_dim, "dropout": dropout, "shared_projector": shared_projector}
+        self.hparams = {
+            "model": "momil",
+            "in_dim": in_dim,
+            "assays": self.assays,
+            "head": head,
+            "projector_dim": projector_dim,
+            "head_dim": head_dim,
+            "dropout": dropout,
+            "shared_projector": shared_projector,
+        }
         if shared_projector:
             self.projector = nn.Sequential(nn.Linear(in_dim, projector_dim), nn.ReLU(), FastDropout(dropout))
             head_in = projector_dim
@@ -40,19 +56,25 @@ class MoMIL(nn.Module):
         out[mask] = real
         return out
 
-    def forward(self, bags: torch.Tensor, mask: torch.Tensor, pair_well: torch.Tensor, pair_assay: torch.Tensor
-                ) -> dict:
+    def forward(
+        self, bags: torch.Tensor, mask: torch.Tensor, pair_well: torch.Tensor, pair_assay: torch.Tensor
+    ) -> dict:
         """Logits for (well, assay) pairs: ``pair_well`` indexes rows of ``bags``, ``pair_assay`` heads."""
         plan = PairPlan.build(pair_assay, bags.device)
         return plan.unpermute(self.forward_planned(bags, mask, plan.permute(pair_well), plan))
 
-    def forward_planned(self, bags: torch.Tensor, mask: torch.Tensor, pair_well: torch.Tensor, plan: PairPlan,
-                        table: torch.Tensor | None = None) -> dict:
+    def forward_planned(
+        self,
+        bags: torch.Tensor,
+        mask: torch.Tensor,
+        pair_well: torch.Tensor,
+        plan: PairPlan,
+        table: torch.Tensor | None = None,
+    ) -> dict:
         """Outputs in ``plan``'s order; ``pair_well`` is given in that order (see ``StackedHeads.forward_planned``
         for ``table``)."""
         encoded = self.encode(bags, mask)
-        return self.heads.forward_planned(gather_rows(encoded, pair_well), mask.index_select(0, pair_well), plan,
-                                          table)
+        return self.heads.forward_planned(gather_rows(encoded, pair_well), mask.index_select(0, pair_well), plan, table)
 
     def loss(self, out: dict, target: torch.Tensor) -> torch.Tensor:
         """Summed BCE over the pairs in ``out`` (unknown labels are never pairs, so they add nothing)."""
@@ -65,8 +87,9 @@ class MoMIL(nn.Module):
         return self.heads.probability(out)
 
     @torch.no_grad()
-    def predict(self, bags: torch.Tensor, mask: torch.Tensor, assays: list[int] | None = None,
-                max_pairs: int = 4096) -> torch.Tensor:
+    def predict(
+        self, bags: torch.Tensor, mask: torch.Tensor, assays: list[int] | None = None, max_pairs: int = 4096
+    ) -> torch.Tensor:
         """Probabilities (B, len(assays)) for every well and the given assay indices (all by default)."""
         assays = list(range(len(self.assays))) if assays is None else list(assays)
         encoded = self.encode(bags, mask)
@@ -75,7 +98,7 @@ class MoMIL(nn.Module):
         heads = torch.tensor(assays, device=bags.device).repeat(b)
         probs = []
         for start in range(0, len(wells), max_pairs):
-            w, t = wells[start:start + max_pairs], heads[start:start + max_pairs]
+            w, t = wells[start : start + max_pairs], heads[start : start + max_pairs]
             probs.append(self.heads.probability(self.heads(encoded[w], mask[w], t)))
         return torch.cat(probs).reshape(b, len(assays))
 
@@ -83,14 +106,22 @@ class MoMIL(nn.Module):
     def attention(self, bag: torch.Tensor, assay: int) -> torch.Tensor:
         """Attention weights of one well (N, D) for one assay index: (N,), summing to 1."""
         mask = torch.ones(1, bag.shape[0], dtype=torch.bool, device=bag.device)
-        out = self.forward(bag.unsqueeze(0), mask, torch.zeros(1, dtype=torch.long, device=bag.device),
-                           torch.tensor([assay], device=bag.device))
+        out = self.forward(
+            bag.unsqueeze(0),
+            mask,
+            torch.zeros(1, dtype=torch.long, device=bag.device),
+            torch.tensor([assay], device=bag.device),
+        )
         return out["attention"][0]
 
     @torch.no_grad()
     def embed(self, bags: torch.Tensor, mask: torch.Tensor, assay: int) -> torch.Tensor:
         """Attention-pooled well representations from one assay's head: (B, head_dim)."""
         b = bags.shape[0]
-        out = self.forward(bags, mask, torch.arange(b, device=bags.device),
-                           torch.full((b,), assay, dtype=torch.long, device=bags.device))
+        out = self.forward(
+            bags,
+            mask,
+            torch.arange(b, device=bags.device),
+            torch.full((b,), assay, dtype=torch.long, device=bags.device),
+        )
         return out["embedding"]
