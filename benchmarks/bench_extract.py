@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from momil.device import resolve_device
 from momil.imaging.backbone import make_backbone  # noqa: E402
 from momil.imaging.extract import ExtractSettings, extract  # noqa: E402
 from momil.imaging.fields import FieldSettings, channel_map, read_field, tile_field  # noqa: E402
 from momil.io.contract import read_load_data  # noqa: E402
-from momil.simulate import SimulateSettings, simulate  # noqa: E402
-from momil.train import resolve_device  # noqa: E402
+from momil.simulate.screen import SimulateSettings, simulate
 
 from _util import print_table  # noqa: E402
 

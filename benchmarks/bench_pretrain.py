@@ -26,7 +26,7 @@ from momil.imaging.extract import ExtractSettings  # noqa: E402
 from momil.imaging.fields import FieldSettings  # noqa: E402
 from momil.imaging.pretrain import PretrainSettings, pretrain  # noqa: E402
 from momil.imaging.probe import compare_backbones  # noqa: E402
-from momil.simulate import SimulateSettings, compound_classes, simulate  # noqa: E402
+from momil.simulate.screen import SimulateSettings, compound_classes, simulate
 
 from _util import print_table  # noqa: E402
 

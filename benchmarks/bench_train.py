@@ -28,8 +28,10 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
+from momil.device import keep_freed_memory
 from momil.model.momil import MoMIL  # noqa: E402
-from momil.train import keep_freed_memory, make_optimizers, training_step  # noqa: E402
+from momil.training.fit import training_step
+from momil.training.optim import make_optimizers
 
 from _util import print_table  # noqa: E402
 
@@ -180,7 +182,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (training runs bf16 autocast on CUDA)")
     args = parser.parse_args()
     global DEVICE
-    from momil.train import resolve_device
+    from momil.device import resolve_device
 
     DEVICE = resolve_device(args.device)
     torch.manual_seed(0)
@@ -298,10 +300,11 @@ def main() -> None:
     if args.store:
         import pandas as pd
 
-        from momil.data import WellPairs
+        from momil.data.pairs import WellPairs
         from momil.io.contract import LabelMatrix
         from momil.io.store import InstanceStore
-        from momil.train import TrainSettings, fit
+        from momil.training.fit import fit
+        from momil.training.settings import TrainSettings
 
         store = InstanceStore(args.store)
         trt = store.wells[store.wells["Metadata_ControlType"] == "trt"]

@@ -63,7 +63,7 @@ def tiny_instances(wells: pd.DataFrame, per_well=3, dim=4, seed=0, shuffle=False
 
 def render_screen(path, **overrides):
     """A tiny simulated screen with rendered 5-channel fields and a LoadData index; returns its folder."""
-    from momil.simulate import SimulateSettings, simulate
+    from momil.simulate.screen import SimulateSettings, simulate
 
     settings = dict(
         n_compounds=4,

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import momil.evaluate as evaluate
-from momil.benchmark import BenchmarkSettings, run_benchmark
+import momil.protocol.cv as evaluate
 from momil.errors import MomilError
-from momil.evaluate import CVSettings
-from momil.selection import SelectSettings
-from momil.train import TrainSettings
+from momil.protocol.benchmark import BenchmarkSettings, run_benchmark
+from momil.protocol.cv import CVSettings
+from momil.protocol.selection import SelectSettings
+from momil.training.settings import TrainSettings
 from test_selection import ASSOCIATIONS, planted_screen
 
 from conftest import render_screen
@@ -119,12 +119,12 @@ def test_attention_drawn_on_the_fields_of_an_image_store(tmp_path):
     import warnings
     import zlib
 
-    from momil.benchmark import attention_examples
     from momil.imaging.extract import ExtractSettings, extract
     from momil.imaging.fields import FieldSettings
     from momil.model.momil import MoMIL
-    from momil.report import png_bytes, render_report
-    from momil.train import save_model
+    from momil.protocol.benchmark import attention_examples
+    from momil.report.html import png_bytes, render_report
+    from momil.training.checkpoints import save_model
 
     render_screen(tmp_path / "s", n_compounds=2)
     with warnings.catch_warnings():
@@ -163,8 +163,8 @@ def test_attention_drawn_on_the_fields_of_an_image_store(tmp_path):
 
 
 def test_table_cells_keep_their_pipes():
-    from momil.benchmark import _md
-    from momil.report import markdown_table_to_html
+    from momil.protocol.benchmark import _md
+    from momil.report.html import markdown_table_to_html
 
     row = f"| {_md('MoMIL (|T| = all)')} | **0.812** |"
     page = markdown_table_to_html("| method | a |\n|---|---|\n" + row + "\n")

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from momil.correct import CorrectSettings, correct, load_correction_stats, mad_robustize, plate_variance_fraction
 from momil.errors import MomilError
 from momil.io.store import InstanceStore, StoreWriter
+from momil.prep.correct import CorrectSettings, correct, load_correction_stats, mad_robustize, plate_variance_fraction
 
 from conftest import shared
 
@@ -135,7 +135,7 @@ def test_plate_without_negcon(tmp_path):
 
 def test_correction_removes_simulated_plate_effects(tmp_path):
     from momil.io.ingest import ingest
-    from momil.simulate import SimulateSettings, simulate
+    from momil.simulate.screen import SimulateSettings, simulate
 
     simulate(
         tmp_path / "screen",

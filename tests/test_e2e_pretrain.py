@@ -12,7 +12,7 @@ from momil.imaging.extract import ExtractSettings
 from momil.imaging.fields import FieldSettings
 from momil.imaging.pretrain import PretrainSettings, pretrain
 from momil.imaging.probe import compare_backbones
-from momil.simulate import SimulateSettings, compound_classes, simulate
+from momil.simulate.screen import SimulateSettings, compound_classes, simulate
 
 
 @pytest.mark.slow

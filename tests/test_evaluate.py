@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import momil.evaluate as evaluate
+import momil.protocol.cv as evaluate
 from momil.errors import MomilError
-from momil.evaluate import CVSettings, assay_metrics, compound_predictions, cross_validate, grid, summarise
-from momil.train import TrainSettings
+from momil.protocol.cv import CVSettings, cross_validate, grid
+from momil.protocol.scoring import assay_metrics, compound_predictions, summarise
+from momil.training.settings import TrainSettings
 from test_train import needle_screen
 
 
@@ -143,11 +144,11 @@ def test_no_primary_with_labels_refused(tmp_path):
 
 
 def test_select_and_impute_inside_cv_never_see_test_compounds(tmp_path, monkeypatch):
-    import momil.imputation as imputation
-    import momil.selection as selection
-    import momil.train as train_module
-    from momil.imputation import ImputeSettings
-    from momil.selection import SelectSettings
+    import momil.protocol.imputation as imputation
+    import momil.protocol.selection as selection
+    import momil.training.fit as train_module
+    from momil.protocol.imputation import ImputeSettings
+    from momil.protocol.selection import SelectSettings
     from test_selection import ASSOCIATIONS, planted_screen
 
     store, labels, assays, _ = planted_screen(tmp_path / "store", n_compounds=50, density=0.7)
@@ -207,7 +208,7 @@ def test_select_and_impute_inside_cv_never_see_test_compounds(tmp_path, monkeypa
 
 
 def test_paired_bootstrap_by_hand():
-    from momil.evaluate import paired_bootstrap
+    from momil.protocol.scoring import paired_bootstrap
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 80)
@@ -233,9 +234,9 @@ def test_paired_bootstrap_by_hand():
 
 
 def test_instance_count_baseline_reads_only_counts(tmp_path):
-    from momil.evaluate import instance_count_predictions
     from momil.io.contract import LabelMatrix
     from momil.io.store import InstanceStore, StoreWriter
+    from momil.protocol.cv import instance_count_predictions
 
     rng = np.random.default_rng(0)
     active = rng.random(60) < 0.5

@@ -343,7 +343,7 @@ def test_reader_error_message_names_the_field(work, monkeypatch, capsys):
 
 
 def test_ctrl_c_leaves_no_model_and_the_rerun_resumes(work, monkeypatch, capsys):
-    import momil.train as train_module
+    import momil.training.fit as train_module
 
     argv = ["train", *MODEL, "--epochs", 3, *SMALL]
     assert run(*argv, "--out", "clean") == 0
@@ -398,7 +398,7 @@ def test_stale_temporaries_of_killed_runs_are_cleaned(work):
 
 
 def test_an_undefined_probe_auc_reads_undefined():
-    from momil.benchmark import table3_markdown
+    from momil.protocol.benchmark import table3_markdown
 
     table3 = pd.DataFrame(
         {

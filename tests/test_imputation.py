@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from momil.data import WellPairs
+from momil.data.pairs import WellPairs
 from momil.errors import MomilError
-from momil.imputation import ImputeSettings, conformal_thresholds, impute_round, imputed_counts, self_train
 from momil.io.contract import LabelMatrix
 from momil.io.store import InstanceStore, StoreWriter
-from momil.train import TrainSettings
+from momil.protocol.imputation import ImputeSettings, conformal_thresholds, impute_round, imputed_counts, self_train
+from momil.training.settings import TrainSettings
 from test_selection import planted_screen, split
 
 

@@ -285,7 +285,7 @@ def test_unknown_head_refused():
 @pytest.mark.parametrize("kind", ["mean-mlp", "multilabel-mil"])
 def test_baselines_share_the_pair_interface(kind, tmp_path):
     from momil.model.baselines import BASELINES
-    from momil.train import load_model, save_model
+    from momil.training.checkpoints import load_model, save_model
 
     torch.manual_seed(0)
     model = BASELINES[kind](6, ["a", "b", "c"], projector_dim=8, head_dim=4, dropout=0.0).eval()

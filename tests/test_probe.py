@@ -9,7 +9,7 @@ import pytest
 from momil.errors import MomilError
 from momil.imaging.probe import linear_probe, well_means
 from momil.io.store import InstanceStore, StoreWriter
-from momil.simulate import SimulateSettings, compound_classes, simulate
+from momil.simulate.screen import SimulateSettings, compound_classes, simulate
 
 
 def _store(path, informative: bool):
@@ -69,7 +69,7 @@ def test_compare_backbones_extracts_once_per_backbone_and_probes_every_target(tm
     from momil.imaging.extract import ExtractSettings
     from momil.imaging.fields import FieldSettings
     from momil.imaging.probe import compare_backbones
-    from momil.provenance import safe_name
+    from momil.io.atomic import safe_name
 
     from conftest import render_screen
 

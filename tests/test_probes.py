@@ -6,11 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from momil.data import WellPairs, wells_of
+from momil.data.pairs import WellPairs, wells_of
 from momil.errors import MomilError
-from momil.probes import ProbeSettings, choose_unseen, probe_unseen, shot_counts
-from momil.splits import rotation, rotation_compounds
-from momil.train import TrainSettings, fit, save_model
+from momil.prep.splits import rotation, rotation_compounds
+from momil.protocol.fewshot import ProbeSettings, choose_unseen, probe_unseen, shot_counts
+from momil.training.checkpoints import save_model
+from momil.training.fit import fit
+from momil.training.settings import TrainSettings
 from test_selection import planted_screen
 
 TRAIN = TrainSettings(

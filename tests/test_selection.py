@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from momil.data import wells_of
+from momil.data.pairs import wells_of
 from momil.errors import MomilError
 from momil.io.contract import LabelMatrix
 from momil.io.store import InstanceStore, StoreWriter
-from momil.selection import SelectSettings, biological_similarity, load_selection, select_assays
-from momil.train import TrainSettings
+from momil.protocol.selection import SelectSettings, biological_similarity, load_selection, select_assays
+from momil.training.settings import TrainSettings
 
 # which latent target (or none) each planted assay reads, its role and target genes
 PLANTED = {
@@ -167,8 +167,8 @@ def test_stages_run_alone(tmp_path):
 
 
 def test_selection_sees_only_training_and_validation_wells(tmp_path, monkeypatch):
-    import momil.selection as selection
-    import momil.train as train_module
+    import momil.protocol.selection as selection
+    import momil.training.fit as train_module
 
     store, labels, assays, _ = planted_screen(tmp_path / "store", n_compounds=40)
     train, val, test = split(labels, store)

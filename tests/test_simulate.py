@@ -15,7 +15,7 @@ from momil.io.contract import (
     read_load_data,
     read_wells,
 )
-from momil.simulate import SimulateSettings, hti_cnn_labels, real_platemap, simulate
+from momil.simulate.screen import SimulateSettings, hti_cnn_labels, real_platemap, simulate
 
 
 def small(**kw) -> SimulateSettings:

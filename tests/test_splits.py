@@ -10,7 +10,7 @@ import pytest
 
 from momil.errors import MomilError
 from momil.io.contract import LabelMatrix
-from momil.splits import (
+from momil.prep.splits import (
     SplitSettings,
     butina_clusters,
     make_folds,
@@ -141,7 +141,7 @@ def test_bad_settings():
 @pytest.mark.slow
 def test_fifty_thousand_compounds_in_minutes():
     """50,000 analogue compounds (the simulator's chemical series) split with exact Butina."""
-    from momil.simulate import analogue_smiles
+    from momil.simulate.screen import analogue_smiles
 
     parents = real_smiles()["smiles"].tolist()
     series = analogue_smiles(parents, 16, np.random.default_rng(0))

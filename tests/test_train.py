@@ -10,11 +10,16 @@ import pandas as pd
 import pytest
 import torch
 
-from momil.data import WellPairs, load_bags, wells_of
+from momil.data.bags import load_bags
+from momil.data.pairs import WellPairs, wells_of
 from momil.errors import MomilError
 from momil.io.contract import LabelMatrix
 from momil.io.store import InstanceStore, StoreWriter
-from momil.train import TrainSettings, fit, load_model, lr_factor, roc_auc, save_model
+from momil.training.checkpoints import load_model, save_model
+from momil.training.fit import fit
+from momil.training.metrics import roc_auc
+from momil.training.optim import lr_factor
+from momil.training.settings import TrainSettings
 
 
 def test_warmup_then_cosine():
@@ -195,7 +200,8 @@ def test_no_labels_refused(tmp_path):
 
 def test_lazy_head_adamw_equals_adamw_when_every_head_is_used():
     from momil.model.momil import MoMIL
-    from momil.train import LazyHeadAdamW, training_step
+    from momil.training.fit import training_step
+    from momil.training.optim import LazyHeadAdamW
 
     torch.manual_seed(0)
     bags = torch.randn(6, 5, 4)
@@ -224,7 +230,7 @@ def test_lazy_head_adamw_equals_adamw_when_every_head_is_used():
 def test_fused_and_vectorised_lazy_updates_agree():
     """The per-row fused kernel and the vectorised fallback (torch < 2.4) give the same AdamW step, with each head's
     own bias-correction count."""
-    from momil.train import LazyHeadAdamW, _has_fused_adamw
+    from momil.training.optim import LazyHeadAdamW, _has_fused_adamw
 
     if not _has_fused_adamw(torch.device("cpu")):
         pytest.skip("this torch has no fused AdamW kernel on the CPU: only the vectorised form runs")
@@ -245,7 +251,8 @@ def test_fused_and_vectorised_lazy_updates_agree():
 
 def test_lazy_heads_leave_unused_heads_untouched():
     from momil.model.momil import MoMIL
-    from momil.train import LazyHeadAdamW, training_step
+    from momil.training.fit import training_step
+    from momil.training.optim import LazyHeadAdamW
 
     torch.manual_seed(0)
     model = MoMIL(4, ["a", "b", "c"], "abmil", 6, 5, dropout=0.0)
@@ -270,7 +277,7 @@ def test_lazy_heads_leave_unused_heads_untouched():
 
 
 def test_amtl_loss_and_weights_by_hand():
-    from momil.train import amtl_weights, balanced_loss
+    from momil.training.losses import amtl_weights, balanced_loss
 
     pair_loss = torch.tensor([1.0, 3.0, 4.0])
     task = torch.tensor([0, 0, 1])
@@ -320,7 +327,7 @@ def test_amtl_training_runs_and_needs_potentials(tmp_path):
 
 
 def test_smoothed_amtl_gradient_by_hand():
-    from momil.train import smoothed_balanced_loss
+    from momil.training.losses import smoothed_balanced_loss
 
     losses = torch.tensor([1.0, 3.0, 4.0], requires_grad=True)
     task = torch.tensor([0, 0, 1])
@@ -338,7 +345,7 @@ def test_smoothed_amtl_gradient_by_hand():
 def test_keep_freed_memory_sets_glibc_thresholds_and_training_still_runs():
     import platform
 
-    from momil.train import keep_freed_memory
+    from momil.device import keep_freed_memory
 
     kept = keep_freed_memory()
     assert kept == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")

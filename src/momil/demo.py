@@ -22,13 +22,13 @@ DEMO_GRID = dict(projector_dims="64", head_dims="32", lrs="1e-3,3e-4")
 def run_demo(
     out: Path, n_compounds: int = 600, show_progress: bool = True, rotations: str = "all", epochs: int | None = None
 ) -> dict:
-    from momil.correct import CorrectSettings, correct, plate_variance_fraction
     from momil.io.contract import COMPOUND, CONTROL, align_labels, read_compounds, read_labels, read_wells
     from momil.io.ingest import IngestSettings, ingest
+    from momil.io.provenance import provenance
     from momil.io.tables import write_table_atomic
-    from momil.provenance import provenance
-    from momil.simulate import SimulateSettings, simulate
-    from momil.splits import SplitSettings, split
+    from momil.prep.correct import CorrectSettings, correct, plate_variance_fraction
+    from momil.prep.splits import SplitSettings, split
+    from momil.simulate.screen import SimulateSettings, simulate
 
     out = Path(out)
     if out.exists():
@@ -102,9 +102,10 @@ def run_demo(
     for warning in caught:
         print(f"   note: {warning.message}")
     print("   " + fold_table.to_string(index=False).replace("\n", "\n   "))
-    from momil.evaluate import CVSettings, cross_validate, metrics_table
     from momil.io.contract import read_assays
-    from momil.train import TrainSettings
+    from momil.protocol.cv import CVSettings, cross_validate
+    from momil.protocol.scoring import metrics_table
+    from momil.training.settings import TrainSettings
 
     assays = read_assays(out / "screen" / "assays.parquet")
     primary = list(assays.loc[assays["role"] == "primary", "assay"])

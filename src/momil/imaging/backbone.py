@@ -86,7 +86,7 @@ def load_weights(model: torch.nn.Module, path) -> None:
 
 
 def save_backbone(path, model: torch.nn.Module, extra: dict | None = None) -> Path:
-    from momil.provenance import atomic_path
+    from momil.io.atomic import atomic_path
 
     payload = {"format": "momil-backbone", "state_dict": model.state_dict(), "extra": extra or {}}
     with atomic_path(Path(path)) as tmp:

@@ -30,11 +30,12 @@ from momil.errors import InputError, MomilError
 from momil.faults import fault_point
 from momil.imaging.backbone import make_backbone
 from momil.imaging.fields import FieldSettings, channel_map, read_field, tile_field
+from momil.io.atomic import atomic_path, remove_stale_temporaries
 from momil.io.contract import PLATE, SITE, WELL, read_load_data, read_wells
 from momil.io.paths import check_output
+from momil.io.provenance import provenance
 from momil.io.readers import read_json
 from momil.progress import progress
-from momil.provenance import atomic_path, provenance, remove_stale_temporaries
 
 
 @dataclasses.dataclass
@@ -140,8 +141,8 @@ def extract(
 
     ``wells`` is the contract's wells table (compound and control type of every plate/well); ``root`` resolves
     relative PathName_ columns (default: the LoadData file's folder)."""
+    from momil.device import resolve_device
     from momil.io.store import InstanceStore, StoreWriter
-    from momil.train import resolve_device
 
     field = field or FieldSettings()
     settings = settings or ExtractSettings()

@@ -36,10 +36,11 @@ from momil.errors import MomilError
 from momil.faults import fault_point
 from momil.imaging.backbone import NAMES, save_backbone
 from momil.imaging.fields import FieldSettings, channel_map, read_field
+from momil.io.atomic import atomic_path, write_json_atomic
 from momil.io.contract import read_load_data
+from momil.io.provenance import provenance
 from momil.io.readers import load_torch
 from momil.progress import progress
-from momil.provenance import atomic_path, provenance, write_json_atomic
 
 
 @dataclasses.dataclass
@@ -311,7 +312,7 @@ def pretrain(
     """Pretrain on every field of ``load_data``; writes ``out``/backbone.pt, checkpoint.pt, history.csv,
     pretrain.json. ``max_seconds`` stops after the epoch in which the time runs out (the checkpoint stays, so
     running again continues)."""
-    from momil.train import resolve_device
+    from momil.device import resolve_device
 
     field = field or FieldSettings()
     settings = settings or PretrainSettings()

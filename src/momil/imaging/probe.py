@@ -69,7 +69,7 @@ def compare_backbones(
     from pathlib import Path
 
     from momil.imaging.extract import extract
-    from momil.provenance import safe_name
+    from momil.io.atomic import safe_name
 
     rows = []
     for name, weights in backbones.items():

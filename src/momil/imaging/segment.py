@@ -125,7 +125,7 @@ def cells_from_images(
     show_progress: bool = True,
 ) -> dict:
     """Segment and measure every field of a LoadData index; writes one per-cell instance table ``out``."""
-    from momil.provenance import atomic_path
+    from momil.io.atomic import atomic_path
 
     field = field or FieldSettings()
     settings = settings or SegmentSettings()

@@ -151,7 +151,7 @@ def read_cellprofiler(folder, compartments=("Cells", "Cytoplasm", "Nuclei")) -> 
 def cellprofiler_to_instances(folders, out) -> dict:
     """Several CellProfiler output folders (e.g. one per plate or site) -> one instance Parquet file at ``out``.
     Only features every folder has and that are finite everywhere are kept."""
-    from momil.provenance import atomic_path
+    from momil.io.atomic import atomic_path
 
     frames, reports = [], []
     for folder in folders:

@@ -19,9 +19,9 @@ from momil.config import Settings, setting
 from momil.errors import InputError
 from momil.io.contract import PLATE, WELL, InstanceSource, read_wells
 from momil.io.paths import check_output
+from momil.io.provenance import provenance
 from momil.io.store import InstanceStore, StoreWriter
 from momil.progress import progress
-from momil.provenance import provenance
 
 
 @dataclasses.dataclass

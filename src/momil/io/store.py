@@ -32,9 +32,9 @@ import pyarrow.parquet as pq
 
 from momil.errors import InputError, MomilError
 from momil.faults import fault_point
+from momil.io.atomic import remove_stale_temporaries, write_json_atomic
 from momil.io.contract import BATCH, COMPOUND, CONTROL, PLATE, WELL
 from momil.io.readers import read_json, read_parquet_frame
-from momil.provenance import remove_stale_temporaries, write_json_atomic
 
 FORMAT = "momil-instance-store"
 FORMAT_VERSION = 1

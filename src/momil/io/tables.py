@@ -170,7 +170,7 @@ def well_row_col(well: str) -> tuple[int, int]:
 
 def write_table_atomic(frame: pd.DataFrame, path, metadata: dict | None = None) -> Path:
     """Write a Parquet table under a temporary name, then rename it into place."""
-    from momil.provenance import atomic_path  # local import: provenance imports this module
+    from momil.io.atomic import atomic_path
 
     path = Path(path)
     table = pa.Table.from_pandas(frame, preserve_index=False)

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from momil.errors import MomilError
+from momil.io.atomic import atomic_path
 from momil.io.readers import read_json, read_parquet_frame
 from momil.io.tables import read_table
-from momil.provenance import atomic_path
 
 PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"]
 
@@ -211,8 +211,8 @@ code { background: #f4f4f4; padding: 1px 4px; }
 """
 
 
-def _field_file(plate, well, site) -> str:
-    from momil.provenance import safe_name
+def field_file_name(plate, well, site) -> str:
+    from momil.io.atomic import safe_name
 
     return safe_name(f"{plate}_{well}_{site}")
 
@@ -282,8 +282,8 @@ def render_report(folder, out=None) -> Path:
             )
             body.append(attention_svg(frame))
             for site, tiles in frame.groupby("Metadata_Site") if "Metadata_TileY" in frame else []:
-                png = folder / "fields" / f"{_field_file(plate, well, site)}.png"
-                info = folder / "fields" / f"{_field_file(plate, well, site)}.json"
+                png = folder / "fields" / f"{field_file_name(plate, well, site)}.png"
+                info = folder / "fields" / f"{field_file_name(plate, well, site)}.json"
                 if png.exists() and info.exists():
                     meta = read_json(info, "simulation record")
                     body.append(f"<p class='note'>site {_esc(site)}: tiles outlined by attention</p>")

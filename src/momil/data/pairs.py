@@ -1,8 +1,4 @@
-"""Training bags: wells of the store with their labelled (assay, label) pairs, loaded as padded batches.
-
-A compound's label is copied to each of its replicate wells (paper section 3). Only known labels become pairs,
-so unknown labels cost nothing and change nothing.
-"""
+"""Training bags: wells of the store with their labelled (assay, label) pairs."""
 
 from __future__ import annotations
 
@@ -10,10 +6,8 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
-import torch
 
 from momil.io.contract import COMPOUND, LabelMatrix
-from momil.io.store import InstanceStore
 
 
 @dataclasses.dataclass
@@ -107,22 +101,6 @@ class WellPairs:
         return rows, self.assay[index], self.label[index]
 
 
-def load_bags(
-    store: InstanceStore, wells: np.ndarray, device: torch.device | str = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Padded float32 bags (B, N_max, D) and mask (B, N_max) for store wells; reads only their rows."""
-    counts = store.counts[wells]
-    n_max = int(counts.max()) if len(wells) else 0
-    bags = np.zeros((len(wells), n_max, store.dim), dtype=np.float32)
-    mask = np.zeros((len(wells), n_max), dtype=bool)
-    for row, well in enumerate(wells):
-        bag = store.bag(int(well))
-        bags[row, : len(bag)] = bag
-        mask[row, : len(bag)] = True
-    store.require_finite(wells, bags)
-    return torch.from_numpy(bags).to(device), torch.from_numpy(mask).to(device)
-
-
 def labelled_wells_of(
     store_wells: pd.DataFrame, labels: LabelMatrix, assay: str, wells: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -135,9 +113,9 @@ def labelled_wells_of(
 
 def rotation_wells(store_wells: pd.DataFrame, folds: pd.DataFrame, test_fold: int):
     """The 3-1-1 rotation of ``test_fold`` and its treatment wells: (Rotation, {"train", "val", "test"} -> rows)."""
-    from momil.splits import rotation, rotation_compounds
+    from momil.prep.splits import n_folds, rotation, rotation_compounds
 
-    rot = rotation(test_fold, int(folds["fold"].max()) + 1)
+    rot = rotation(test_fold, n_folds(folds))
     parts = rotation_compounds(folds, rot)
     return rot, {name: wells_of(store_wells, compounds) for name, compounds in parts.items()}
 

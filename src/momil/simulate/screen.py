@@ -45,9 +45,10 @@ import pyarrow.parquet as pq
 
 from momil.config import Settings, setting
 from momil.errors import MomilError
+from momil.io.atomic import atomic_dir, write_json_atomic
 from momil.io.contract import BATCH, COMPOUND, CONTROL, INCHIKEY, PLATE, SITE, SMILES, WELL, read_labels_mtx
+from momil.io.provenance import provenance
 from momil.progress import progress
-from momil.provenance import atomic_dir, provenance, write_json_atomic
 
 DMSO = "DMSO"
 
@@ -102,7 +103,7 @@ class SimulateSettings(Settings):
 
 # --------------------------------------------------------------------------------------------- shipped data
 def data_path(*parts: str) -> Path:
-    return Path(str(resources.files("momil").joinpath("data", *parts)))
+    return Path(str(resources.files("momil").joinpath("resources", *parts)))
 
 
 def real_platemap() -> pd.DataFrame:

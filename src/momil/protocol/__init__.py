@@ -1,0 +1,1 @@
+"""The paper's protocol: cross-validation, assay selection, label imputation, few-shot probes, the benchmark."""

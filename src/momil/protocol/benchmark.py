@@ -1,0 +1,517 @@
+"""`momil benchmark`: the paper's Table 2 on one dataset -- every method through the same protocol.
+
+Each method is a `momil cv` run on the same store, labels and folds (3-1-1 rotation, the same grid chosen on
+validation, compound-level test AUCs pooled over rotations). Assay selection runs once per rotation and is shared
+by the methods that use it. The report folder holds:
+
+* ``table2.md`` / ``table2.csv``: per-assay compound-level ROC-AUC of the primary assays and their mean, one row
+  per method, and p-values of a paired one-sided bootstrap (the same compound draws for both methods) of the
+  focus method (default MoMIL + AS + LI) against the reference (default FM -> Multi-label-MIL), as in the paper;
+* ``pvalues.csv``: the focus method against every other method, per assay and for the mean;
+* ``runs/<method>/``: each method's cross-validation folder (reused when the command runs again);
+* ``benchmark.json``: settings, inputs, version, seconds per method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from momil.config import Settings, setting
+from momil.errors import MomilError
+from momil.io.atomic import atomic_path, write_json_atomic
+from momil.io.contract import LabelMatrix
+from momil.io.provenance import provenance
+from momil.io.readers import read_json, read_parquet_frame
+from momil.io.store import InstanceStore
+
+# name -> (label in the table, train settings, cv settings)
+METHODS: dict[str, tuple[str, dict, dict]] = {
+    "instance-count": ("Instance count -> LR", {"model": "instance-count"}, {"configuration": "mtl-primary"}),
+    "mean-mlp": ("FM -> Mean -> MLP", {"model": "mean-mlp"}, {"configuration": "mtl-all"}),
+    "multilabel-mil": ("FM -> Multi-label-MIL (|T| = all)", {"model": "multilabel-mil"}, {"configuration": "mtl-all"}),
+    "mil-amtl": ("FM -> MIL + AMTL (|T| = all)", {"balancing": "amtl"}, {"configuration": "mtl-all"}),
+    "momil-stl": ("MoMIL STL (|T| = 1)", {}, {"configuration": "stl"}),
+    "momil-primary": ("MoMIL MTL (primary)", {}, {"configuration": "mtl-primary"}),
+    "momil-all": ("MoMIL (|T| = all)", {}, {"configuration": "mtl-all"}),
+    "momil-as": ("MoMIL + AS", {}, {"configuration": "mtl-all", "select": True}),
+    "momil-as-li": ("MoMIL + AS + LI", {}, {"configuration": "mtl-all", "select": True, "impute": True}),
+}
+
+
+@dataclasses.dataclass
+class BenchmarkSettings(Settings):
+    methods: str = setting(
+        ",".join(METHODS),
+        "comma-separated, from: instance-count, mean-mlp, multilabel-mil, mil-amtl, momil-stl, momil-primary, "
+        "momil-all, momil-as, momil-as-li",
+    )
+    focus: str = setting("momil-as-li", "the method tested against the others (falls back to the last method run)")
+    reference: str = setting("multilabel-mil", "the method Table 2's p-values compare the focus with")
+    n_boot: int = setting(1000, "bootstrap draws per test", low=100)
+    probes: int = setting(12, "unseen assays probed for Table 3 (needs momil-as and momil-stl; 0: none)", low=0)
+    shots: str = setting("5,10,all", "actives and inactives per fold for the probes")
+    probe_repeats: int = setting(10, "random draws per shot count", low=1)
+    overwrite: bool = setting(False)
+
+    def method_list(self) -> list[str]:
+        chosen = [m.strip() for m in str(self.methods).split(",") if m.strip()]
+        unknown = [m for m in chosen if m not in METHODS]
+        if unknown or not chosen:
+            raise MomilError(f"unknown method(s) {unknown} -- choose from {', '.join(METHODS)}")
+        return chosen
+
+
+@dataclasses.dataclass
+class BenchmarkResult:
+    table: pd.DataFrame  # methods x (assays, mean)
+    pvalues: pd.DataFrame  # focus vs every other method
+    scored: dict[str, pd.DataFrame]  # method -> compound predictions with labels
+    seconds: dict[str, float]
+    table3: pd.DataFrame | None = None  # few-shot probes on unseen assays
+
+
+def _finished(folder: Path) -> bool:
+    return (folder / "summary.json").exists() and (folder / "compound_predictions.parquet").exists()
+
+
+def run_benchmark(
+    store: InstanceStore,
+    labels: LabelMatrix,
+    folds: pd.DataFrame,
+    assays: pd.DataFrame,
+    associations: pd.DataFrame | None,
+    out,
+    settings: BenchmarkSettings | None = None,
+    cv=None,
+    train=None,
+    select=None,
+    impute=None,
+    show_progress: bool = True,
+) -> BenchmarkResult:
+    """Run every method (reusing finished runs) and write the report folder ``out``."""
+    from momil.protocol.cv import CVSettings, cross_validate
+    from momil.protocol.scoring import attach_labels, paired_bootstrap
+    from momil.training.settings import TrainSettings
+
+    settings = settings or BenchmarkSettings()
+    methods = settings.method_list()
+    cv = cv or CVSettings()
+    train = train or TrainSettings()
+    out = Path(out)
+    if settings.overwrite and out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    primary = list(assays.loc[assays["role"] == "primary", "assay"])
+    needs_selection = [m for m in methods if METHODS[m][2].get("select")]
+    if needs_selection and associations is None and "biology" in (select.stage_list() if select else ["biology"]):
+        raise MomilError(
+            f"{', '.join(needs_selection)} select assays and need protein associations "
+            "(--associations) -- pass them or leave those methods out of --methods"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    if needs_selection and not cv.selection:
+        cv = dataclasses.replace(
+            cv,
+            selection=str(
+                _select_once(store, labels, folds, assays, associations, out, cv, train, select, show_progress)
+            ),
+        )
+    scored, seconds = {}, {}
+    for name in methods:
+        label, train_over, cv_over = METHODS[name]
+        folder = out / "runs" / name
+        started = time.perf_counter()
+        if not _finished(folder):
+            if show_progress:
+                print(f"benchmark: {name} ({label})", flush=True)
+            method_cv = dataclasses.replace(cv, **cv_over, overwrite=False)
+            if method_cv.select:  # the shared selection made above
+                method_cv = dataclasses.replace(method_cv, select=False)
+            else:
+                method_cv = dataclasses.replace(method_cv, selection="")
+            cross_validate(
+                store,
+                labels,
+                folds,
+                primary,
+                folder,
+                method_cv,
+                dataclasses.replace(train, **train_over),
+                show_progress=show_progress,
+                assays_frame=assays,
+                associations=associations,
+                select=select,
+                impute=impute,
+            )
+        compounds = read_parquet_frame(folder / "compound_predictions.parquet", "compound predictions")
+        scored[name] = attach_labels(compounds, labels)
+        with atomic_path(out / "scored" / f"{name}.parquet") as tmp:
+            scored[name].to_parquet(tmp, index=False)
+        summary = read_json(folder / "summary.json", "cross-validation summary")
+        seconds[name] = float(summary.get("summary", {}).get("seconds", time.perf_counter() - started))
+
+    table = auc_table(scored, primary, methods)
+    focus = settings.focus if settings.focus in scored else methods[-1]
+    tests = []
+    for other in methods:
+        if other == focus:
+            continue
+        test = paired_bootstrap(scored[focus], scored[other], primary, settings.n_boot, seed=0)
+        tests.append(test.assign(focus=focus, other=other))
+    pvalues = pd.concat(tests, ignore_index=True) if tests else pd.DataFrame()
+    write_report(out, table, pvalues, focus, settings.reference, methods, seconds)
+    table3 = None
+    if settings.probes and {"momil-as", "momil-stl"} <= set(methods):
+        table3 = run_probes(store, labels, folds, out, settings, cv, train, show_progress)
+    attention_examples(store, out / "runs" / focus / "models", scored[focus], primary, out / "attention.parquet")
+    record = provenance(
+        "benchmark",
+        {"benchmark": dataclasses.asdict(settings), "cv": dataclasses.asdict(cv), "train": dataclasses.asdict(train)},
+        inputs={"store": store.path},
+        methods=methods,
+        focus=focus,
+        seconds=seconds,
+    )
+    write_json_atomic(record, out / "benchmark.json")
+    from momil.report.html import render_report
+
+    render_report(out)
+    return BenchmarkResult(table, pvalues, scored, seconds, table3)
+
+
+def _select_once(store, labels, folds, assays, associations, out: Path, cv, train, select, show_progress) -> Path:
+    """Assay selection in every rotation, shared by the methods that use it (reused when already made)."""
+    from momil.data.pairs import rotation_wells
+    from momil.prep.splits import n_folds, test_folds
+    from momil.protocol.selection import load_selection, select_assays
+
+    root = out / "selection"
+    for k in test_folds(cv.rotations, n_folds(folds)):
+        _, wells = rotation_wells(store.wells, folds, k)
+        train_wells, val_wells = wells["train"], wells["val"]
+        try:
+            load_selection(root / f"rot{k}", train_wells, val_wells)
+            continue
+        except MomilError:
+            pass
+        if show_progress:
+            print(f"benchmark: assay selection, rotation {k}", flush=True)
+        select_assays(
+            store,
+            labels,
+            assays,
+            associations,
+            train_wells,
+            val_wells,
+            root / f"rot{k}",
+            select,
+            train,
+            show_progress=show_progress,
+        )
+    return root
+
+
+def attention_examples(
+    store: InstanceStore,
+    models: Path,
+    scored: pd.DataFrame,
+    primary: list[str],
+    path: Path,
+    per_assay: int = 2,
+    assays: int = 3,
+) -> pd.DataFrame | None:
+    """Attention of the focus method's first-rotation model over the instances of the top-scored active test
+    wells of a few primary assays (one row per instance, with the store's instance metadata)."""
+    import torch
+
+    from momil.io.contract import COMPOUND
+    from momil.training.checkpoints import load_model
+
+    files = sorted(models.glob("rot*_model0.pt")) if models.exists() else []
+    if not files or "fold" not in scored:
+        return None
+    model, _ = load_model(files[0])
+    k = int(files[0].name[3 : files[0].name.index("_")])
+    wells = store.wells
+    rows = []
+    for assay in [a for a in primary if a in model.assays][:assays]:
+        mine = scored[(scored["assay"] == assay) & (scored["fold"] == k) & (scored["label"] == 1)]
+        for compound, probability in mine.nlargest(per_assay, "probability")[[COMPOUND, "probability"]].itertuples(
+            index=False
+        ):
+            where = np.flatnonzero(
+                (wells[COMPOUND].astype(str) == str(compound)).to_numpy()
+                & (wells["Metadata_ControlType"] == "trt").to_numpy()
+            )
+            if not len(where):
+                continue
+            well = int(where[0])
+            bag = torch.from_numpy(np.array(store.bag(well), dtype=np.float32))
+            weights = model.attention(bag, model.assays.index(assay)).float().numpy()
+            frame = store.instance_meta(well).drop(columns=["_row"], errors="ignore").reset_index(drop=True)
+            frame = frame.reindex(range(len(weights)))
+            frame["instance"] = np.arange(len(weights))
+            frame["attention"] = weights
+            frame["Metadata_Plate"] = wells["Metadata_Plate"].iat[well]
+            frame["Metadata_Well"] = wells["Metadata_Well"].iat[well]
+            frame[COMPOUND] = compound
+            frame["assay"] = assay
+            frame["probability"] = float(probability)
+            rows.append(frame)
+    if not rows:
+        return None
+    table = pd.concat(rows, ignore_index=True)
+    with atomic_path(path) as tmp:
+        table.to_parquet(tmp, index=False)
+    if "Metadata_TileY" in table.columns:
+        field_views(store, table, path.parent / "fields")
+    return table
+
+
+def find_record(history, stage: str) -> dict | None:
+    """The newest provenance record of ``stage`` in a store's history (searching the records it came from)."""
+    found = None
+    stack = list(history) if isinstance(history, list) else [history]
+    while stack:
+        item = stack.pop(0)
+        if isinstance(item, dict):
+            if item.get("stage") == stage:
+                found = item
+            stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def field_views(store: InstanceStore, attention: pd.DataFrame, folder: Path) -> int:
+    """RGB views (PNG) of the fields behind the attention examples of an image-derived store, for the report;
+    returns how many were written (none when the store's extraction record or images cannot be found)."""
+    from momil.imaging.fields import FieldSettings, read_field
+    from momil.io.contract import PLATE, SITE, WELL, read_load_data
+    from momil.report.html import field_composite, field_file_name, png_bytes
+
+    record = find_record(store.manifest.get("history", []), "extract")
+    if not record:
+        return 0
+    try:
+        load = Path(record["inputs"]["load_data"]["path"])
+        table, _ = read_load_data(load)
+        field = FieldSettings(**record["settings"]["field"])
+        channels = [tuple(c) for c in record["channels"]]
+        root = Path(record.get("root") or load.parent)
+    except (KeyError, TypeError, MomilError, OSError):
+        return 0
+    written = 0
+    folder.mkdir(parents=True, exist_ok=True)
+    for (plate, well, site), _ in attention.groupby(["Metadata_Plate", "Metadata_Well", "Metadata_Site"]):
+        rows = table[(table[PLATE] == str(plate)) & (table[WELL] == str(well)) & (table[SITE].astype(str) == str(site))]
+        if rows.empty:
+            continue
+        try:
+            image = read_field(rows.iloc[0], channels, field, root)
+        except MomilError:
+            continue
+        rgb, scale = field_composite(image, [m for m, _ in channels])
+        name = field_file_name(plate, well, site)
+        with atomic_path(folder / f"{name}.png") as tmp:
+            tmp.write_bytes(png_bytes(rgb))
+        with atomic_path(folder / f"{name}.json") as tmp:
+            tmp.write_text(json.dumps({"scale": scale, "tile": field.tile}))
+        written += 1
+    return written
+
+
+def run_probes(store, labels, folds, out: Path, settings: BenchmarkSettings, cv, train, show_progress) -> pd.DataFrame:
+    """Table 3: unseen assays (selected in no rotation, associated with a primary) probed on the primary's head of
+    the MoMIL + AS models (MTL) and of the STL models, against a single-task model on the unseen assay."""
+    from momil.prep.splits import n_folds, test_folds
+    from momil.protocol.cv import grid
+    from momil.protocol.fewshot import ProbeSettings, choose_unseen, probe_unseen
+    from momil.training.checkpoints import load_model
+
+    rotations = test_folds(cv.rotations, n_folds(folds))
+    tables = [
+        pd.read_csv(out / "selection" / f"rot{k}" / "selection.csv", dtype={"assay": str, "bio_primary": str})
+        for k in rotations
+    ]
+    unseen = choose_unseen(tables, labels, settings.probes)
+    if not unseen:
+        return pd.DataFrame()
+    if show_progress:
+        print(f"benchmark: probes on {len(unseen)} unseen assays", flush=True)
+    mtl = {k: out / "runs" / "momil-as" / "models" / f"rot{k}_model0.pt" for k in rotations}
+    stl_models: dict[str, dict[int, Path]] = {}
+    for path in sorted((out / "runs" / "momil-stl" / "models").glob("rot*_model*.pt")):
+        k = int(path.name[3 : path.name.index("_")])
+        model, _ = load_model(path)
+        stl_models.setdefault(model.assays[0], {})[k] = path
+    point = grid(cv)[0]
+    stl_train = dataclasses.replace(train, **point)
+    probe = ProbeSettings(shots=settings.shots, repeats=settings.probe_repeats)
+    frames = [
+        probe_unseen(
+            store,
+            labels,
+            folds,
+            mtl,
+            unseen,
+            probe,
+            stl_train,
+            out / "probes",
+            rotations,
+            label="MoMIL + AS head (MTL)",
+            show_progress=show_progress,
+        )
+    ]
+    by_primary: dict[str, dict[str, str]] = {}
+    for assay, primary in unseen.items():
+        by_primary.setdefault(primary, {})[assay] = primary
+    for primary, mine in by_primary.items():
+        if set(stl_models.get(primary, {})) >= set(rotations):
+            frames.append(
+                probe_unseen(
+                    store,
+                    labels,
+                    folds,
+                    stl_models[primary],
+                    mine,
+                    probe,
+                    None,
+                    None,
+                    rotations,
+                    label="STL head of the primary",
+                    show_progress=show_progress,
+                )
+            )
+    table3 = pd.concat(frames, ignore_index=True)
+    with atomic_path(out / "table3.csv") as tmp:
+        table3.to_csv(tmp, index=False)
+    with atomic_path(out / "table3.md") as tmp:
+        tmp.write_text(table3_markdown(table3))
+    return table3
+
+
+def _auc_cell(row: pd.DataFrame, with_sd: bool = False) -> str:
+    """One Table 3 cell: mean (± sd) AUC, "undefined" where the AUC is (one class among the test compounds), "-"
+    where nothing was probed; the same words as Table 2."""
+    if not len(row):
+        return "-"
+    mean = float(row["auc_mean"].iloc[0])
+    if math.isnan(mean):
+        return "undefined"
+    if not with_sd:
+        return f"{mean:.3f}"
+    sd = float(row["auc_sd"].iloc[0])
+    return f"{mean:.3f} ± {sd:.3f}" if not math.isnan(sd) else f"{mean:.3f}"
+
+
+def table3_markdown(table3: pd.DataFrame) -> str:
+    """One row per unseen assay: the single-task model, then probe AUCs (mean +- sd) per source and shots."""
+    if table3.empty:
+        return "No unseen assay to probe.\n"
+    columns = []
+    for source, shots in (
+        table3.loc[table3["source"] != "single-task model on the assay", ["source", "shots"]]
+        .drop_duplicates()
+        .itertuples(index=False)
+    ):
+        columns.append((source, shots))
+    head = ["assay", "primary", "single-task model"] + [f"{_md(source)}, {shots} shots" for source, shots in columns]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for (assay, primary), group in table3.groupby(["assay", "primary"], sort=False):
+        single = group[group["source"] == "single-task model on the assay"]
+        cells = [str(assay), str(primary), _auc_cell(single)]
+        for source, shots in columns:
+            row = group[(group["source"] == source) & (group["shots"].astype(str) == str(shots))]
+            cells.append(_auc_cell(row, with_sd=True))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + (
+        "\n\nCompound-level test ROC-AUC pooled over rotations; probes: logistic regression on "
+        "the primary head's well embeddings, mean ± sd over random draws of n actives and n "
+        "inactives per fold.\n"
+    )
+
+
+def auc_table(scored: dict[str, pd.DataFrame], primary: list[str], methods: list[str]) -> pd.DataFrame:
+    """Methods x primary assays compound-level ROC-AUC (NaN where undefined) and the mean over defined ones."""
+    from momil.protocol.scoring import assay_metrics
+
+    rows = []
+    for name in methods:
+        metrics = assay_metrics(scored[name]).set_index("assay")
+        row = {"method": name, "label": METHODS[name][0]}
+        for assay in primary:
+            row[assay] = float(metrics.loc[assay, "roc_auc"]) if assay in metrics.index else float("nan")
+        values = [row[a] for a in primary if not np.isnan(row[a])]
+        row["mean"] = float(np.mean(values)) if values else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _md(text: str) -> str:
+    """A table cell's text with its pipes escaped (labels such as "|T| = all")."""
+    return str(text).replace("|", "\\|")
+
+
+def _stars(p: float) -> str:
+    """The paper's marks: * p < 0.001, † p < 0.05, ‡ p < 0.1."""
+    if np.isnan(p):
+        return ""
+    return "*" if p < 0.001 else "†" if p < 0.05 else "‡" if p < 0.1 else ""
+
+
+def write_report(
+    out: Path,
+    table: pd.DataFrame,
+    pvalues: pd.DataFrame,
+    focus: str,
+    reference: str,
+    methods: list[str],
+    seconds: dict[str, float],
+) -> None:
+    assays = [c for c in table.columns if c not in ("method", "label", "mean")]
+    against_reference = (
+        pvalues[pvalues["other"] == reference].set_index("assay")["p_value"]
+        if len(pvalues) and reference in set(pvalues["other"])
+        else pd.Series(dtype=float)
+    )
+    best = {c: table[c].max() for c in assays + ["mean"]}
+    lines = [f"| method | {' | '.join(assays)} | mean |", "|---" * (len(assays) + 2) + "|"]
+    for _, row in table.iterrows():
+        cells = []
+        for c in assays + ["mean"]:
+            value = row[c]
+            text = "undef." if np.isnan(value) else f"{value:.3f}"
+            if not np.isnan(value) and value == best[c]:
+                text = f"**{text}**"
+            if row["method"] == focus and c in against_reference.index:
+                text += _stars(float(against_reference[c]))
+            cells.append(text)
+        lines.append(f"| {_md(row['label'])} | " + " | ".join(cells) + " |")
+    if len(against_reference):
+        lines.append(
+            "| p-value, "
+            + f"{_md(METHODS[focus][0])} > {_md(METHODS.get(reference, (reference,))[0])} | "
+            + " | ".join(f"{against_reference.get(c, float('nan')):.3g}" for c in assays + ["mean"])
+            + " |"
+        )
+    text = "\n".join(lines)
+    text += (
+        "\n\nCompound-level test ROC-AUC of the primary assays (predictions pooled over the fold rotations); "
+        "bold: best per column. Marks on the focus row: paired one-sided bootstrap against "
+        f"{METHODS.get(reference, (reference,))[0]} (* p < 0.001, † p < 0.05, ‡ p < 0.1).\n"
+    )
+    with atomic_path(out / "table2.md") as tmp:
+        tmp.write_text(text)
+    with atomic_path(out / "table2.csv") as tmp:
+        table.assign(seconds=table["method"].map(seconds)).to_csv(tmp, index=False)
+    with atomic_path(out / "pvalues.csv") as tmp:
+        pvalues.to_csv(tmp, index=False)

@@ -1,0 +1,1 @@
+"""Training one model: settings, the fit loop, optimisers and schedules, losses, metrics, checkpoints, devices."""

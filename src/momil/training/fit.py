@@ -1,0 +1,289 @@
+"""Training one model: the step, the epoch loop with early stopping, checkpoints and resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from momil.data.bags import load_bags
+from momil.data.pairs import WellPairs
+from momil.device import autocast_for, keep_freed_memory, resolve_device
+from momil.errors import MomilError
+from momil.faults import fault_point
+from momil.io.readers import load_torch
+from momil.io.store import InstanceStore
+from momil.model.heads import PairPlan
+from momil.model.momil import MoMIL
+from momil.model.registry import build_model
+from momil.progress import progress
+from momil.training.checkpoints import save_training_checkpoint, state_from_checkpoint
+from momil.training.losses import amtl_weights, balanced_loss, mean_bce, smoothed_balanced_loss
+from momil.training.metrics import validation_score
+from momil.training.optim import LazyHeadAdamW, lr_factor, make_optimizers
+from momil.training.settings import TrainSettings
+
+
+def training_step(
+    model: MoMIL,
+    bags,
+    mask,
+    rows,
+    assay,
+    label,
+    optimizer,
+    lazy: LazyHeadAdamW | None,
+    lr: float,
+    device,
+    task_weights: torch.Tensor | None = None,
+    running_loss: np.ndarray | None = None,
+) -> float:
+    """One optimisation step over the labelled pairs; returns the summed loss.
+
+    The objective is the mean BCE over pairs, or with ``task_weights`` (T,) AMTL's weighted geometric mean of
+    the per-task losses (:func:`balanced_loss`; with ``running_loss`` its smoothed form,
+    :func:`smoothed_balanced_loss`)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    rows_t, target = torch.from_numpy(rows).to(device), torch.from_numpy(label).to(device)
+    with autocast_for(device):
+        if lazy is None:
+            task, ids = torch.from_numpy(assay).to(device), np.arange(len(model.assays))
+            out = model(bags, mask, rows_t, task)
+        else:  # the rows of the heads in use, in the plan's order: updated by the lazy optimizer
+            plan = PairPlan.build(assay, device)
+            tables = {
+                name: param.detach().index_select(0, plan.assays).requires_grad_(True)
+                for name, param in lazy.params.items()
+            }
+            out = model.forward_planned(bags, mask, plan.permute(rows_t), plan, tables["flat"])
+            target = plan.permute(target)
+            task, ids = plan.pair_head, plan.assays.cpu().numpy()
+        pair_loss = model.pair_loss(out, target)
+        loss_sum = pair_loss.sum()
+        if task_weights is None:
+            objective = loss_sum / len(rows)
+        else:
+            weights = task_weights.to(pair_loss.device)[torch.from_numpy(ids).to(pair_loss.device)]
+            objective = (
+                balanced_loss(pair_loss, task, weights)
+                if running_loss is None
+                else smoothed_balanced_loss(pair_loss, task, weights, running_loss, ids)
+            )
+    objective.backward()
+    if optimizer.param_groups[0]["params"]:
+        optimizer.step()
+    if lazy is not None:
+        lazy.step(plan.assays, {name: table.grad for name, table in tables.items()}, lr)
+    return float(loss_sum.detach())
+
+
+@dataclasses.dataclass
+class FitResult:
+    model: MoMIL
+    best_epoch: int
+    best_score: float
+    history: list[dict]
+    seconds: float
+
+
+def _signature(settings: TrainSettings, pairs: WellPairs, train_wells: np.ndarray, val_wells: np.ndarray) -> str:
+    digest = hashlib.sha1()
+    digest.update(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
+    digest.update("\x1f".join(pairs.assays).encode())
+    digest.update(pairs.digest().encode())
+    digest.update(np.asarray(train_wells, np.int64).tobytes())
+    digest.update(np.asarray(val_wells, np.int64).tobytes())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def predict_pairs(
+    model: MoMIL, store: InstanceStore, wells: np.ndarray, pairs: WellPairs, device, batch_wells: int = 64
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Probabilities for the labelled pairs of ``wells``: (well, assay, label, probability) arrays."""
+    model.eval()
+    out_w, out_a, out_y, out_p = [], [], [], []
+    for start in range(0, len(wells), batch_wells):
+        batch = wells[start : start + batch_wells]
+        rows, assay, label = pairs.pairs(batch)
+        if len(rows) == 0:
+            continue
+        bags, mask = load_bags(store, batch, device)
+        with autocast_for(device):
+            out = model(bags, mask, torch.from_numpy(rows).to(device), torch.from_numpy(assay).to(device))
+        out_w.append(batch[rows])
+        out_a.append(assay)
+        out_y.append(label)
+        out_p.append(model.probability(out).float().cpu().numpy())
+    if not out_w:
+        empty = np.zeros(0)
+        return empty.astype(np.int64), empty.astype(np.int64), empty, empty
+    return np.concatenate(out_w), np.concatenate(out_a), np.concatenate(out_y), np.concatenate(out_p)
+
+
+def fit(
+    store: InstanceStore,
+    pairs: WellPairs,
+    train_wells: np.ndarray,
+    val_wells: np.ndarray,
+    primary: np.ndarray,
+    settings: TrainSettings | None = None,
+    checkpoint_dir=None,
+    show_progress: bool = True,
+    on_epoch_end: Callable[[int], None] | None = None,
+    potentials: np.ndarray | None = None,
+) -> FitResult:
+    """Train on ``train_wells`` (store rows), select on ``val_wells``. ``primary`` (T,) bool marks the
+    assays whose validation AUC selects the model. ``on_epoch_end`` is called after each checkpoint.
+
+    With ``settings.balancing == "amtl"``, ``potentials`` (T,) are the single-task validation AUCs: after each
+    epoch a task's achievement is its validation AUC / potential (clipped to [0, 1]) and its weight
+    (1 - achievement) ** amtl_gamma (tasks without an AUC or a potential get the mean weight); the next epoch
+    minimises the weighted geometric mean of the task losses, in the smoothed form of
+    :func:`smoothed_balanced_loss` (labels are sparse: a task has few pairs per step). All weights start at 1."""
+    settings = settings or TrainSettings()
+    started = time.perf_counter()
+    device = resolve_device(settings.device)
+    if device.type == "cpu":
+        keep_freed_memory()
+    train_wells = pairs.labelled_wells(np.asarray(train_wells, np.int64))
+    val_wells = pairs.labelled_wells(np.asarray(val_wells, np.int64))
+    if len(train_wells) == 0:
+        raise MomilError("no training well carries a label for the model's assays")
+    torch.manual_seed(settings.seed)
+    model = build_model(store.dim, pairs.assays, settings).to(device)
+    optimizer, lazy = make_optimizers(model, settings.lr, settings.weight_decay, settings.lazy_heads, device)
+    steps_per_epoch = math.ceil(len(train_wells) / settings.batch_wells)
+    total_steps = steps_per_epoch * settings.epochs
+    warmup_steps = steps_per_epoch * min(settings.warmup_epochs, settings.epochs)
+    rng = np.random.default_rng(settings.seed)
+    state = {
+        "epoch": 0,
+        "step": 0,
+        "best_score": -math.inf,
+        "best_epoch": -1,
+        "bad_epochs": 0,
+        "history": [],
+        "best_state": None,
+    }
+    if settings.balancing not in ("none", "amtl"):
+        raise MomilError(f"balancing must be 'none' or 'amtl', not {settings.balancing!r}")
+    amtl = settings.balancing == "amtl"
+    if amtl and (potentials is None or len(potentials) != len(pairs.assays)):
+        raise MomilError(
+            "AMTL balancing needs each assay's single-task validation AUC (its potential); `momil cv` computes them"
+        )
+    state["task_weights"] = np.ones(len(pairs.assays)) if amtl else None
+    state["running_loss"] = np.full(len(pairs.assays), np.nan) if amtl else None
+    signature = _signature(settings, pairs, train_wells, val_wells)
+    if amtl:
+        signature += hashlib.sha1(np.nan_to_num(np.asarray(potentials, np.float64), nan=-1).tobytes()).hexdigest()[:8]
+
+    checkpoint = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    if checkpoint is not None and checkpoint.exists():
+        saved = load_torch(checkpoint, "training checkpoint", map_location=device)
+        if saved.get("signature") != signature:
+            raise MomilError(
+                f"{checkpoint}: was written by a run with other settings or data -- use another "
+                "checkpoint folder or delete it to start again"
+            )
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if lazy is not None:
+            lazy.load_state_dict(saved["lazy"])
+        rng.bit_generator.state = saved["numpy_rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        if device.type == "cuda" and saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng"])
+        state = state_from_checkpoint(saved["state"])
+
+    bar = progress(total=settings.epochs, desc="train", unit="epoch", enabled=show_progress, initial=state["epoch"])
+    with bar:
+        while state["epoch"] < settings.epochs and state["bad_epochs"] < settings.patience:
+            model.train()
+            order = rng.permutation(train_wells)
+            total_loss, total_pairs = 0.0, 0
+            for start in range(0, len(order), settings.batch_wells):
+                batch = order[start : start + settings.batch_wells]
+                rows, assay, label = pairs.pairs(batch)
+                bags, mask = load_bags(store, batch, device)
+                lr = settings.lr * lr_factor(state["step"], total_steps, warmup_steps)
+                weights = torch.as_tensor(state["task_weights"], dtype=torch.float32) if amtl else None
+                step_loss = training_step(
+                    model,
+                    bags,
+                    mask,
+                    rows,
+                    assay,
+                    label,
+                    optimizer,
+                    lazy,
+                    lr,
+                    device,
+                    weights,
+                    state["running_loss"] if amtl else None,
+                )
+                if not math.isfinite(step_loss):
+                    raise MomilError(
+                        f"training diverged: the loss became {step_loss} in epoch {state['epoch']}, "
+                        f"step {state['step']} (learning rate {lr:g}) -- lower --lr (now "
+                        f"{settings.lr:g}); no model was written"
+                    )
+                total_loss += step_loss
+                total_pairs += len(rows)
+                state["step"] += 1
+            _, v_assay, v_label, v_prob = predict_pairs(model, store, val_wells, pairs, device)
+            score, per_assay = validation_score(v_assay, v_label, v_prob, primary)
+            if amtl:
+                state["task_weights"] = amtl_weights(per_assay, np.asarray(potentials, np.float64), settings.amtl_gamma)
+            val_loss = mean_bce(v_label, v_prob)
+            epoch = state["epoch"]
+            state["history"].append(
+                {
+                    "epoch": epoch,
+                    "train_loss": total_loss / max(1, total_pairs),
+                    "val_auc": score,
+                    "val_loss": val_loss,
+                    "lr": optimizer.param_groups[0]["lr"],
+                }
+            )
+            comparable = score if not math.isnan(score) else -total_loss / max(1, total_pairs)
+            # validation AUCs tie often on small validation sets: the lower validation loss breaks the tie
+            better = comparable > state["best_score"] + 1e-12 or (
+                abs(comparable - state["best_score"]) <= 1e-12 and val_loss < state.get("best_val_loss", math.inf)
+            )
+            if better:
+                state.update(
+                    best_score=comparable,
+                    best_epoch=epoch,
+                    bad_epochs=0,
+                    best_val_loss=val_loss,
+                    best_state={k: v.detach().clone().cpu() for k, v in model.state_dict().items()},
+                )
+            else:
+                state["bad_epochs"] += 1
+            state["epoch"] = epoch + 1
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{total_loss / max(1, total_pairs):.4f}",
+                val_auc=f"{score:.3f}",
+                best=f"{state['best_score']:.3f}",
+            )
+            if checkpoint is not None:
+                save_training_checkpoint(checkpoint, model, optimizer, lazy, rng, state, signature, device)
+                fault_point("train.epoch")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"])
+    model.eval()
+    return FitResult(model, state["best_epoch"], state["best_score"], state["history"], time.perf_counter() - started)

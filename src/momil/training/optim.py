@@ -1,0 +1,159 @@
+"""Optimisers and the learning-rate schedule (linear warm-up, cosine annealing)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from momil.model.momil import MoMIL
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Linear warm-up to 1, then cosine annealing to 0."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    remaining = max(1, total_steps - warmup_steps)
+    progress_ = min(1.0, (step - warmup_steps) / remaining)
+    return 0.5 * (1.0 + math.cos(math.pi * progress_))
+
+
+class LazyHeadAdamW:
+    """AdamW for the stacked head parameters that updates only the heads (rows) used in a step.
+
+    Like TensorFlow's LazyAdam: a head's weights, moments and bias-correction step count change only in steps
+    where it has labelled pairs, so a step costs the same with 200 or 2,000 assays. When every head has pairs in
+    every step it is exactly AdamW (decoupled weight decay, bias correction), which ``tests/test_train.py``
+    checks. ``lazy_heads=False`` trains the heads with plain AdamW instead.
+
+    Each used row is handed to torch's fused AdamW kernel as a tensor of its own, with its own step count, so
+    the update is one pass over the used rows, in place, with no gather or scatter (about 5x faster than the
+    vectorised form on CPU). Where the kernel is missing (torch < 2.4 on CPU) the vectorised form is used.
+    """
+
+    def __init__(
+        self,
+        params: dict[str, torch.nn.Parameter],
+        weight_decay: float,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        fused: bool | None = None,
+    ):
+        self.params = params
+        self.weight_decay, self.betas, self.eps = weight_decay, betas, eps
+        self.exp_avg = {n: torch.zeros_like(p) for n, p in params.items()}
+        self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in params.items()}
+        first = next(iter(params.values()))
+        self.steps = torch.zeros(first.shape[0], dtype=torch.float32, device=first.device)
+        self.fused = _has_fused_adamw(first.device) if fused is None else fused
+        # row views, made once: the kernel updates them, and so the tables, in place
+        self._rows = {
+            n: (p.detach().unbind(0), self.exp_avg[n].unbind(0), self.exp_avg_sq[n].unbind(0))
+            for n, p in params.items()
+        }
+        self._step_rows = self.steps.unbind(0)
+
+    @torch.no_grad()
+    def step(self, rows: torch.Tensor, grads: dict[str, torch.Tensor], lr: float) -> None:
+        """``rows``: the used heads, unique, in any order; ``grads[name]``: their gradients, row i for rows[i]."""
+        if self.fused:
+            self._step_fused(rows, grads, lr)
+        else:
+            self._step_vectorised(rows, grads, lr)
+
+    def _step_fused(self, rows: torch.Tensor, grads: dict[str, torch.Tensor], lr: float) -> None:
+        beta1, beta2 = self.betas
+        self.steps.index_add_(0, rows, torch.ones(len(rows), dtype=self.steps.dtype, device=self.steps.device))
+        used = rows.tolist()
+        params, gs, ms, vs, steps = [], [], [], [], []
+        for name, (p_rows, m_rows, v_rows) in self._rows.items():
+            params += [p_rows[i] for i in used]
+            ms += [m_rows[i] for i in used]
+            vs += [v_rows[i] for i in used]
+            gs += list(grads[name].unbind(0))
+            steps += [self._step_rows[i] for i in used]
+        torch._fused_adamw_(
+            params,
+            gs,
+            ms,
+            vs,
+            [],
+            steps,
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=self.weight_decay,
+            eps=self.eps,
+            amsgrad=False,
+            maximize=False,
+        )
+
+    def _step_vectorised(self, rows: torch.Tensor, grads: dict[str, torch.Tensor], lr: float) -> None:
+        beta1, beta2 = self.betas
+        self.steps[rows] += 1
+        count = self.steps[rows].to(torch.float64)
+        correction1 = (1 - beta1**count).float()
+        correction2 = (1 - beta2**count).float()
+        for name, param in self.params.items():
+            grad = grads[name]
+            shape = (-1,) + (1,) * (param.dim() - 1)
+            value = param.index_select(0, rows) * (1 - lr * self.weight_decay)
+            m = self.exp_avg[name].index_select(0, rows).lerp_(grad, 1 - beta1)
+            v = self.exp_avg_sq[name].index_select(0, rows).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (v / correction2.view(shape)).sqrt_().add_(self.eps)
+            value.addcdiv_(m / correction1.view(shape), denom, value=-lr)
+            param.index_copy_(0, rows, value)
+            self.exp_avg[name].index_copy_(0, rows, m)
+            self.exp_avg_sq[name].index_copy_(0, rows, v)
+
+    def state_dict(self) -> dict:
+        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self.params:
+            self.exp_avg[name].copy_(state["exp_avg"][name])
+            self.exp_avg_sq[name].copy_(state["exp_avg_sq"][name])
+        self.steps.copy_(state["steps"])
+
+
+def _has_fused_adamw(device: torch.device) -> bool:
+    """Whether torch's fused AdamW kernel runs on ``device`` (CPU from torch 2.4, CUDA earlier)."""
+    if not hasattr(torch, "_fused_adamw_"):
+        return False
+    try:
+        p, g = torch.zeros(2, device=device), torch.ones(2, device=device)
+        torch._fused_adamw_(
+            [p],
+            [g],
+            [torch.zeros_like(p)],
+            [torch.zeros_like(p)],
+            [],
+            [torch.ones((), device=device)],
+            lr=1e-3,
+            beta1=0.9,
+            beta2=0.999,
+            weight_decay=0.0,
+            eps=1e-8,
+            amsgrad=False,
+            maximize=False,
+        )
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+def make_optimizers(
+    model: torch.nn.Module, lr: float, weight_decay: float, lazy_heads: bool, device
+) -> tuple[torch.optim.AdamW, LazyHeadAdamW | None]:
+    """AdamW for the dense parameters (torch's fused kernel where it runs) and, with ``lazy_heads`` on a MoMIL
+    model, :class:`LazyHeadAdamW` for the head table (else None: the heads are dense parameters too)."""
+    device = torch.device(device)
+    if lazy_heads and isinstance(model, MoMIL):
+        lazy = LazyHeadAdamW(dict(model.heads.named_parameters()), weight_decay)
+        dense_params = list(model.projector.parameters())
+    else:
+        lazy, dense_params = None, list(model.parameters())
+    if not dense_params:  # lazy heads without a shared projector: a placeholder keeps the schedule's bookkeeping
+        dense_params = [torch.nn.Parameter(torch.zeros(0, device=device))]
+    fused = _has_fused_adamw(device) and all(p.dtype in (torch.float32, torch.float64) for p in dense_params)
+    return torch.optim.AdamW(dense_params, lr=lr, weight_decay=weight_decay, fused=fused or None), lazy
