@@ -159,3 +159,70 @@ def test_bad_settings(tmp_path):
     with pytest.raises(MomilError, match="n_primary"):
         simulate(tmp_path / "y", small(n_primary=9, n_targets=4), show_progress=False)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_hidden_signal_leaves_the_well_mean_and_shows_in_cells():
+    """signal="hidden": responders move by +-shift, so a responder's distance from its state grows as with
+    "shift" while the mean over responders stays near the state mean."""
+    from momil.simulate.screen import World, well_instances
+
+    rng = np.random.default_rng(0)
+    signature = np.zeros((1, 8))
+    signature[0, 0] = 1.0
+    world = World(
+        np.array(["c"]),
+        [None],
+        [None],
+        np.array([[1.0]]),
+        np.array(["a"]),
+        np.array([0]),
+        np.array(["primary"]),
+        np.array(["primary"]),
+        [["G"]],
+        [["G"]],
+        signature,
+        np.zeros((1, 8)),
+    )
+    shift = SimulateSettings(dim=8, n_states=1, responder_fraction=0.5, effect_size=4.0)
+    x, responders = well_instances(world, 0, 4000, shift, rng)
+    assert x[responders, 0].mean() > 3.5
+    hidden = SimulateSettings(dim=8, n_states=1, responder_fraction=0.5, effect_size=4.0, signal="hidden")
+    x, responders = well_instances(world, 0, 4000, hidden, rng)
+    assert abs(x[responders, 0].mean()) < 0.4 and np.abs(x[responders, 0]).mean() > 3.5
+
+
+def test_per_target_subpopulations_put_each_target_in_its_own_cell_state():
+    from momil.simulate.screen import World, well_instances
+
+    rng = np.random.default_rng(1)
+    states = np.eye(4, 8) * 20  # far apart: a cell's state is readable from its position
+    signatures = np.zeros((2, 8))
+    signatures[:, 7] = 1.0
+    world = World(
+        np.array(["c"]),
+        [None],
+        [None],
+        np.array([[1.0, 0.0]]),
+        np.array(["a"]),
+        np.array([0]),
+        np.array(["primary"]),
+        np.array(["primary"]),
+        [["G"], ["H"]],
+        [["G"]],
+        signatures,
+        states,
+    )
+    settings = SimulateSettings(dim=8, n_states=4, responder_fraction=0.5, effect_size=5.0, subpopulations="per-target")
+    x, responders = well_instances(world, 0, 2000, settings, rng)
+    state = np.argmax(x[:, :4], axis=1)
+    assert responders.any() and (state[responders] == 0).all()  # target 0 acts on cell state 0 only
+    assert x[responders, 7].mean() > 4.0 and abs(x[~responders, 7].mean()) < 0.2
+
+
+def test_default_regime_is_unchanged_by_the_new_settings(tmp_path):
+    """The defaults (shift, shared) draw the same random numbers as before the regime settings existed."""
+    simulate(tmp_path / "a", small(), show_progress=False)
+    simulate(tmp_path / "b", small(signal="shift", subpopulations="shared"), show_progress=False)
+    a = pd.read_parquet(tmp_path / "a" / "instances.parquet")
+    b = pd.read_parquet(tmp_path / "b" / "instances.parquet")
+    pd.testing.assert_frame_equal(a, b)

@@ -12,7 +12,14 @@ from momil.model.momil import MoMIL
 if TYPE_CHECKING:  # settings belong to training, which imports this module
     from momil.training.settings import TrainSettings
 
-MODELS = ("momil", "mean-mlp", "multilabel-mil", "instance-count")  # every model name TrainSettings.model takes
+LINEAR_MODELS = ("mean-lr", "instance-count")  # scikit-learn baselines: fitted by the protocol, no checkpoint
+MODELS = (
+    "momil",
+    "mean-mlp",
+    "multilabel-mil",
+    "mean-lr",
+    "instance-count",
+)  # every model name TrainSettings.model takes
 
 
 def model_from_hparams(hp: dict) -> torch.nn.Module:
@@ -32,8 +39,8 @@ def model_from_hparams(hp: dict) -> torch.nn.Module:
         )
     if kind in BASELINES:
         return BASELINES[kind](hp["in_dim"], hp["assays"], hp["projector_dim"], hp["head_dim"], hp["dropout"])
-    if kind == "instance-count":
-        raise MomilError("the instance-count baseline is a logistic regression, not a network: run it with `momil cv`")
+    if kind in LINEAR_MODELS:
+        raise MomilError(f"the {kind} baseline is a logistic regression, not a network: run it with `momil cv`")
     raise MomilError(f"model must be one of {MODELS}, not {kind!r}")
 
 

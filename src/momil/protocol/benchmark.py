@@ -34,6 +34,7 @@ from momil.io.store import InstanceStore
 # name -> (label in the table, train settings, cv settings)
 METHODS: dict[str, tuple[str, dict, dict]] = {
     "instance-count": ("Instance count -> LR", {"model": "instance-count"}, {"configuration": "mtl-primary"}),
+    "mean-lr": ("FM -> Mean -> LR", {"model": "mean-lr"}, {"configuration": "mtl-primary"}),
     "mean-mlp": ("FM -> Mean -> MLP", {"model": "mean-mlp"}, {"configuration": "mtl-all"}),
     "multilabel-mil": ("FM -> Multi-label-MIL (|T| = all)", {"model": "multilabel-mil"}, {"configuration": "mtl-all"}),
     "mil-amtl": ("FM -> MIL + AMTL (|T| = all)", {"balancing": "amtl"}, {"configuration": "mtl-all"}),
@@ -452,6 +453,9 @@ def auc_table(scored: dict[str, pd.DataFrame], primary: list[str], methods: list
             row[assay] = float(metrics.loc[assay, "roc_auc"]) if assay in metrics.index else float("nan")
         values = [row[a] for a in primary if not np.isnan(row[a])]
         row["mean"] = float(np.mean(values)) if values else float("nan")
+        defined = metrics[metrics.index.isin(primary) & metrics["defined"]] if len(metrics) else metrics
+        row["mean_per_rotation"] = float(defined["roc_auc_per_rotation"].mean()) if len(defined) else float("nan")
+        row["mean_pr_auc"] = float(defined["pr_auc"].mean()) if len(defined) else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -477,17 +481,20 @@ def write_report(
     methods: list[str],
     seconds: dict[str, float],
 ) -> None:
-    assays = [c for c in table.columns if c not in ("method", "label", "mean")]
+    summaries = ["mean", "mean_per_rotation", "mean_pr_auc"]
+    assays = [c for c in table.columns if c not in ("method", "label", *summaries)]
     against_reference = (
         pvalues[pvalues["other"] == reference].set_index("assay")["p_value"]
         if len(pvalues) and reference in set(pvalues["other"])
         else pd.Series(dtype=float)
     )
-    best = {c: table[c].max() for c in assays + ["mean"]}
-    lines = [f"| method | {' | '.join(assays)} | mean |", "|---" * (len(assays) + 2) + "|"]
+    columns = assays + [c for c in summaries if c in table.columns]
+    best = {c: table[c].max() for c in columns}
+    names = {"mean": "mean", "mean_per_rotation": "mean per rotation", "mean_pr_auc": "mean PR-AUC"}
+    lines = [f"| method | {' | '.join(names.get(c, c) for c in columns)} |", "|---" * (len(columns) + 1) + "|"]
     for _, row in table.iterrows():
         cells = []
-        for c in assays + ["mean"]:
+        for c in columns:
             value = row[c]
             text = "undef." if np.isnan(value) else f"{value:.3f}"
             if not np.isnan(value) and value == best[c]:
@@ -500,12 +507,13 @@ def write_report(
         lines.append(
             "| p-value, "
             + f"{_md(METHODS[focus][0])} > {_md(METHODS.get(reference, (reference,))[0])} | "
-            + " | ".join(f"{against_reference.get(c, float('nan')):.3g}" for c in assays + ["mean"])
+            + " | ".join(f"{against_reference.get(c, float('nan')):.3g}" for c in columns)
             + " |"
         )
     text = "\n".join(lines)
     text += (
-        "\n\nCompound-level test ROC-AUC of the primary assays (predictions pooled over the fold rotations); "
+        "\n\nCompound-level test ROC-AUC of the primary assays (predictions pooled over the fold rotations); mean "
+        "per rotation: the mean over assays of the mean of each rotation's ROC-AUC; mean PR-AUC: pooled; "
         "bold: best per column. Marks on the focus row: paired one-sided bootstrap against "
         f"{METHODS.get(reference, (reference,))[0]} (* p < 0.001, † p < 0.05, ‡ p < 0.1).\n"
     )

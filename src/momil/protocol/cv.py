@@ -31,6 +31,8 @@ from momil.training.settings import TrainSettings
 if TYPE_CHECKING:  # pragma: no cover
     from momil.protocol.imputation import ImputeSettings
     from momil.protocol.selection import SelectSettings
+from momil.model.linear import mean_lr_predictions
+from momil.model.registry import LINEAR_MODELS
 from momil.protocol.scoring import assay_metrics, attach_labels, compound_predictions, predict_wells, summarise
 
 CONFIGURATIONS = ("mtl-all", "mtl-primary", "stl")
@@ -197,8 +199,8 @@ def cross_validate(
             "assay selection chooses secondary assays for the mtl-all model -- use --configuration "
             "mtl-all with --select"
         )
-    if train.model == "instance-count" and (selecting or cv.impute):
-        raise MomilError("the instance-count baseline takes neither --select nor --impute")
+    if train.model in LINEAR_MODELS and (selecting or cv.impute):
+        raise MomilError(f"the {train.model} baseline takes neither --select nor --impute")
     if cv.impute:
         impute.check()
     if cv.select and "biology" in select.stage_list() and associations is None:
@@ -262,8 +264,9 @@ def cross_validate(
                 rotation_sets = [[a for a in assays if a in chosen_set]]
                 info["selected_secondary"] = len(chosen)
                 bar.set_postfix(rotation=k, selected=len(chosen))
-            if train.model == "instance-count":
-                frame = instance_count_predictions(
+            if train.model in LINEAR_MODELS:
+                linear = instance_count_predictions if train.model == "instance-count" else mean_lr_predictions
+                frame = linear(
                     store,
                     labels,
                     [a for a in assays if a in set(primary)] if cv.configuration != "mtl-all" else assays,

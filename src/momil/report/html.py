@@ -230,7 +230,9 @@ def render_report(folder, out=None) -> Path:
         path = folder / "scored" / f"{method}.parquet"
         if path.exists():
             scored[method] = read_parquet_frame(path, "scored predictions")
-    primary = [c for c in table.columns if c not in ("method", "label", "mean", "seconds")]
+    primary = [
+        c for c in table.columns if c not in ("method", "label", "mean", "mean_per_rotation", "mean_pr_auc", "seconds")
+    ]
 
     body = [
         f"<h1>momil benchmark</h1><p class='note'>{_esc(folder.resolve())} &mdash; momil "
@@ -256,7 +258,9 @@ def render_report(folder, out=None) -> Path:
                 )
             body.append("</table>")
     body.append("<h2>Per-assay AUC</h2>")
-    body.append(auc_bars_svg(table.drop(columns=[c for c in ("seconds",) if c in table])))
+    body.append(
+        auc_bars_svg(table.drop(columns=[c for c in ("seconds", "mean_per_rotation", "mean_pr_auc") if c in table]))
+    )
     if scored:
         body.append("<h2>ROC curves (test predictions pooled over rotations)</h2><div class='grid'>")
         body += [roc_svg(scored, assay, labels_of) for assay in primary]

@@ -92,6 +92,20 @@ class SimulateSettings(Settings):
     state_scale: float = setting(1.5, low=0)
     responder_fraction: float = setting(0.15, low=0, high=1)
     effect_size: float = setting(3.0, low=0)
+    signal: str = setting(
+        "shift",
+        'how responding cells change: "shift" (along the compound\'s signature, so the well mean moves by about '
+        'responder_fraction x effect_size) or "hidden" (the same shift with a random sign per cell: the well mean '
+        "hardly moves, only single cells show it)",
+        choices=["shift", "hidden"],
+    )
+    subpopulations: str = setting(
+        "shared",
+        '"shared" (every target acts on the same responding cells) or "per-target" (target k acts on the '
+        "responding cells of cell state k mod n_states, so assays on different targets read different cells; "
+        "responder_fraction is then the fraction within that state)",
+        choices=["shared", "per-target"],
+    )
     plate_effect: float = setting(2.0, "sd of plate offsets (noise sd units)", low=0)
     batch_effect: float = setting(2.0, low=0)
     gain_effect: float = setting(0.3, "sd of per-feature multiplicative plate gains", low=0)
@@ -424,11 +438,24 @@ def well_instances(
     responders = np.zeros(count, dtype=bool)
     if compound_index >= 0:
         potency = world.potency[compound_index]
-        if potency.any():
+        if potency.any() and settings.subpopulations == "shared":
             responders = rng.random(count) < settings.responder_fraction
             shift = settings.effect_size * (potency @ world.signatures)  # (D,)
-            x[responders] += shift
+            x[responders] += _signs(int(responders.sum()), settings, rng)[:, None] * shift
+        elif potency.any():
+            for target in np.flatnonzero(potency):
+                mine = (state == target % settings.n_states) & (rng.random(count) < settings.responder_fraction)
+                shift = settings.effect_size * potency[target] * world.signatures[target]
+                x[mine] += _signs(int(mine.sum()), settings, rng)[:, None] * shift
+                responders |= mine
     return x, responders
+
+
+def _signs(n: int, settings: SimulateSettings, rng) -> np.ndarray:
+    """+1 for every responding cell ("shift"), or a random sign per cell ("hidden"; draws only then)."""
+    if settings.signal == "shift":
+        return np.ones(n)
+    return rng.choice(np.array([-1.0, 1.0]), size=n)
 
 
 def _instance_counts(n_wells: int, settings: SimulateSettings, rng) -> np.ndarray:

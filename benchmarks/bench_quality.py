@@ -1,0 +1,254 @@
+"""Prediction quality on the simulator panel (`benchmarks/quality_panel.toml`): regime x method mean primary ROC-AUC.
+
+Each regime is simulated, ingested, corrected and split, then run through `momil benchmark` with the README's
+2-core settings (projector 64, head 32, lr {1e-3, 3e-4}, 25 epochs, warm-up 3, patience 6, 32 wells per step,
+2 imputation rounds). Everything lives under ``--out`` and is reused when the script runs again (a killed run
+loses at most the fit in flight). Printed: the mean compound-level test ROC-AUC over the primary assays (pooled
+over the rotations, and the mean of the per-rotation AUCs), its standard deviation over seeds, the simulator's
+ceiling (the true latent activity as the score) and attention oracle (a logistic regression on the mean of the
+truly responding cells), and MoMIL all minus mean-LR and minus multi-label MIL.
+
+    python benchmarks/bench_quality.py --quick          # seed 0, rotations 0 and 1: iterate
+    python benchmarks/bench_quality.py                  # the panel: every regime x every seed
+    python benchmarks/bench_quality.py --large          # the large regime, once, at the end
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from momil.cli import main as momil
+from momil.config import tomllib  # the standard library's, or tomli before Python 3.11
+
+PANEL = Path(__file__).with_name("quality_panel.toml")
+METHODS = "mean-lr,mean-mlp,multilabel-mil,momil-all"
+AB = ",momil-as,momil-as-li"
+TWO_CORE = [
+    "--projector-dims",
+    "64",
+    "--head-dims",
+    "32",
+    "--lrs",
+    "1e-3,3e-4",
+    "--epochs",
+    "25",
+    "--warmup-epochs",
+    "3",
+    "--patience",
+    "6",
+    "--batch-wells",
+    "32",
+    "--rounds",
+    "2",
+    "--probes",
+    "0",
+    "--n-boot",
+    "200",
+]
+NOT_SIMULATE = {"seeds", "ab"}
+
+
+def regimes(large: bool) -> list[tuple[str, dict]]:
+    panel = tomllib.loads(PANEL.read_text())
+    table = panel["large"] if large else panel["regime"]
+    return [(name, {**panel["defaults"], **spec}) for name, spec in table.items()]
+
+
+def run(*argv) -> None:
+    code = momil([str(a) for a in argv] + ["--quiet"])
+    if code != 0:
+        raise SystemExit(f"momil {argv[0]} failed ({code})")
+
+
+def prepare(folder: Path, spec: dict, seed: int) -> None:
+    if not (folder / "screen" / "simulation.json").exists():
+        flags = []
+        for key, value in spec.items():
+            if key not in NOT_SIMULATE:
+                flags += [f"--{key.replace('_', '-')}", value]
+        run("simulate", "--out", folder / "screen", *flags, "--seed", seed)
+    if not (folder / "raw" / "manifest.json").exists():
+        run(
+            "ingest",
+            "--instances",
+            folder / "screen" / "instances.parquet",
+            "--wells",
+            folder / "screen" / "wells.parquet",
+            "--out",
+            folder / "raw",
+        )
+    if not (folder / "store" / "manifest.json").exists():
+        run("correct", "--store", folder / "raw", "--out", folder / "store")
+    if not (folder / "folds.parquet").exists():
+        screen = folder / "screen"
+        run(
+            "split",
+            "--wells",
+            screen / "wells.parquet",
+            "--labels",
+            screen / "labels.parquet",
+            "--compounds",
+            screen / "compounds.parquet",
+            "--out",
+            folder / "folds.parquet",
+        )
+
+
+def benchmark(folder: Path, spec: dict, rotations: str) -> pd.DataFrame:
+    screen = folder / "screen"
+    methods = METHODS + (AB if spec.get("ab") else "")
+    run(
+        "benchmark",
+        "--store",
+        folder / "store",
+        "--labels",
+        screen / "labels.parquet",
+        "--folds",
+        folder / "folds.parquet",
+        "--assays",
+        screen / "assays.parquet",
+        "--associations",
+        screen / "associations.parquet",
+        "--out",
+        folder / f"bench-{rotations.replace(',', '')}",
+        "--methods",
+        methods,
+        "--focus",
+        "momil-all",
+        "--reference",
+        "mean-lr",
+        "--rotations",
+        rotations,
+        *TWO_CORE,
+    )
+    return pd.read_csv(folder / f"bench-{rotations.replace(',', '')}" / "table2.csv")
+
+
+def ceilings(folder: Path, rotations: list[int]) -> dict:
+    """The simulator's ceiling (true latent activity of the assay's target as the score) and attention oracle
+    (mean-LR on the mean of each well's truly responding cells), mean over the primary assays, test compounds of
+    ``rotations`` pooled."""
+    from sklearn.metrics import roc_auc_score
+
+    from momil.io.contract import read_labels
+    from momil.io.store import InstanceStore
+    from momil.model.linear import fit_assay
+    from momil.prep.splits import n_folds, read_folds, rotation
+
+    screen = folder / "screen"
+    truth = pd.read_parquet(screen / "truth" / "assays.parquet").set_index("assay")
+    potency = pd.read_parquet(screen / "truth" / "compound_potency.parquet").set_index("Metadata_Compound")
+    labels = read_labels(screen / "labels.parquet").to_long()
+    folds = read_folds(folder / "folds.parquet").set_index("Metadata_Compound")["fold"]
+    store = InstanceStore(folder / "store")
+    responders = pd.read_parquet(screen / "truth" / "responders.parquet")
+    chosen = {(p, w): g["instance"].to_numpy() for (p, w), g in responders.groupby(["Metadata_Plate", "Metadata_Well"])}
+    rows = []
+    trt = np.flatnonzero((store.wells["Metadata_ControlType"] == "trt").to_numpy())
+    for i in trt:
+        bag = store.bag(int(i)).astype(np.float64)
+        key = (store.wells["Metadata_Plate"].iat[i], store.wells["Metadata_Well"].iat[i])
+        picked = chosen.get(key)
+        rows.append(bag[picked].mean(axis=0) if picked is not None and len(picked) else bag.mean(axis=0))
+    oracle = pd.DataFrame(rows).assign(c=store.wells["Metadata_Compound"].iloc[trt].astype(str).to_numpy())
+    oracle = oracle.groupby("c").mean()
+    k_folds = n_folds(folds.reset_index())
+    ceiling, attention = [], []
+    for assay in truth.index[truth["role"] == "primary"]:
+        mine = labels[labels["assay"] == assay].set_index("Metadata_Compound")["label"]
+        mine = mine[mine.index.isin(folds.index)]
+        target = int(truth.loc[assay, "latent_target"])
+        test = mine[folds.reindex(mine.index).isin(rotations).to_numpy()]
+        if test.nunique() == 2 and target >= 0:
+            score = potency.reindex(test.index)[f"target_{target}"].fillna(0).to_numpy()
+            ceiling.append(roc_auc_score(test.to_numpy(), score))
+        pooled_y, pooled_p = [], []
+        for k in rotations:
+            rot = rotation(k, k_folds)
+            train = mine[folds.reindex(mine.index).isin(rot.train_folds).to_numpy()]
+            tested = mine[(folds.reindex(mine.index) == k).to_numpy()]
+            model = fit_assay(oracle.loc[train.index].to_numpy(), train.to_numpy())
+            if model is None or not len(tested):
+                continue
+            pooled_y.append(tested.to_numpy())
+            pooled_p.append(model.predict_proba(oracle.loc[tested.index].to_numpy())[:, 1])
+        if pooled_y and len(np.unique(np.concatenate(pooled_y))) == 2:
+            attention.append(roc_auc_score(np.concatenate(pooled_y), np.concatenate(pooled_p)))
+    return {
+        "ceiling": float(np.mean(ceiling)) if ceiling else float("nan"),
+        "oracle": float(np.mean(attention)) if attention else float("nan"),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/quality", help="working folder (reused: the run resumes)")
+    parser.add_argument("--quick", action="store_true", help="seed 0 and rotations 0,1 only")
+    parser.add_argument("--large", action="store_true", help="the large regime instead of the panel")
+    parser.add_argument("--regimes", help="comma-separated subset of the regimes")
+    args = parser.parse_args()
+    rotations = "0,1" if args.quick else "all"
+    rotation_list = [0, 1] if args.quick else [0, 1, 2, 3, 4]
+    rows = []
+    for name, spec in regimes(args.large):
+        if args.regimes and name not in args.regimes.split(","):
+            continue
+        for seed in spec["seeds"][:1] if args.quick else spec["seeds"]:
+            folder = Path(args.out) / f"{name}-s{seed}"
+            started = time.perf_counter()
+            prepare(folder, spec, seed)
+            table = benchmark(folder, spec, rotations)
+            bounds = ceilings(folder, rotation_list)
+            for _, row in table.iterrows():
+                rows.append(
+                    {
+                        "regime": name,
+                        "seed": seed,
+                        "method": row["method"],
+                        "pooled": row["mean"],
+                        "per_rotation": row.get("mean_per_rotation", float("nan")),
+                        "pr_auc": row.get("mean_pr_auc", float("nan")),
+                        **bounds,
+                    }
+                )
+            print(f"{name} seed {seed}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    frame = pd.DataFrame(rows)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    frame.to_csv(Path(args.out) / ("quality-quick.csv" if args.quick else "quality.csv"), index=False)
+    print(panel_table(frame))
+    return 0
+
+
+def panel_table(frame: pd.DataFrame) -> str:
+    """One Markdown table: regime x method (pooled mean AUC, per-rotation mean, sd over seeds), the bounds, and
+    MoMIL all minus mean-LR and minus multi-label MIL."""
+    methods = list(dict.fromkeys(frame["method"]))
+    head = (
+        ["regime"]
+        + [f"{m} (pooled / per rot. ± sd)" for m in methods]
+        + ["ceiling", "oracle", "MoMIL - LR", "MoMIL - MLMIL"]
+    )
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for regime, group in frame.groupby("regime", sort=False):
+        cells = [regime]
+        mean = {}
+        for m in methods:
+            mine = group[group["method"] == m]
+            mean[m] = mine["pooled"].mean()
+            sd = mine["pooled"].std(ddof=0) if len(mine) > 1 else float("nan")
+            cells.append(f"{mean[m]:.3f} / {mine['per_rotation'].mean():.3f}" + (f" ± {sd:.3f}" if sd == sd else ""))
+        cells += [f"{group['ceiling'].mean():.3f}", f"{group['oracle'].mean():.3f}"]
+        cells.append(f"{mean.get('momil-all', np.nan) - mean.get('mean-lr', np.nan):+.3f}")
+        cells.append(f"{mean.get('momil-all', np.nan) - mean.get('multilabel-mil', np.nan):+.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
