@@ -154,7 +154,7 @@ def cmd_benchmark(args) -> int:
 def cmd_report(args) -> int:
 
     if args.out:
-        check_output(args.out, "file", {"benchmark": args.benchmark}, overwrite=None, suffixes=(".html", ".htm"))
+        check_output(args.out, "file", overwrite=None, suffixes=(".html", ".htm"))  # beside or inside the folder
     path = render_report(args.benchmark, args.out)
     print(f"report written to {path} (one HTML file; open it in a browser, no network needed)")
     return 0

@@ -2,9 +2,9 @@
 
 A command's output is refused, before anything is read or written, when
 
-- it is the same path as one of the command's inputs, or an input lies inside it (replacing the output folder
-  would delete the input), or it lies inside an input folder (a store or Parquet-parts folder is not a place for
-  outputs);
+- it is the same path as one of the command's inputs, or an input lies inside an output folder that is made
+  anew (replacing it would delete the input), or it lies inside an input folder (a store or Parquet-parts folder
+  is not a place for outputs);
 - it exists and the command was not given ``--overwrite`` (where the command has that flag);
 - it is a file where a folder is written, or a folder where a file is written;
 - its suffix says another format than the one written (a ``.csv`` name for a Parquet table).
@@ -44,8 +44,10 @@ def check_output(
 ) -> Path:
     """Check ``out`` (a ``"file"`` or a ``"dir"``) against ``inputs`` ({flag: path}); returns it as a Path.
 
-    ``overwrite=None`` means the output may be replaced (a command without ``--overwrite`` whose output is a cache
-    or is meant to be refreshed); ``suffixes`` lists the accepted file-name endings (lower case, with the dot).
+    ``overwrite=None`` means the output is written into or refreshed (a command without ``--overwrite``: train, cv,
+    select, impute, benchmark and pretrain write into their folder and resume from it), so an existing output is
+    accepted and may hold inputs; ``False`` / ``True``: the output is made anew (refused when it exists, unless
+    ``True``), so it must not hold an input. ``suffixes`` lists the accepted file-name endings (lower case).
     """
     if kind not in ("file", "dir"):  # pragma: no cover - programming error
         raise ValueError(kind)
@@ -62,7 +64,7 @@ def check_output(
                 raise MomilError(
                     f"{flag} {out} is also the input {name} -- writing would replace the input; choose another output"
                 )
-            if _inside(source, target):
+            if _inside(source, target) and overwrite is not None:  # a folder that is made anew would lose it
                 raise MomilError(
                     f"{flag} {out} holds the input {name} ({single}) -- writing would delete it; "
                     "choose an output outside the inputs"
