@@ -31,7 +31,7 @@ if ! "$venv/bin/python" -c "import torch, torchvision" >/dev/null 2>&1; then
         echo "setup: installing torch==2.14.1 torchvision==0.29.1"
         "${pip[@]}" install "torch==2.14.1" "torchvision==0.29.1" \
             || { echo "setup: pinned PyTorch unavailable here; installing the newest compatible release"; \
-                 "${pip[@]}" install "torch>=2.3" torchvision; }
+                 "${pip[@]}" install "torch>=2.4" torchvision; }
     fi
 fi
 

@@ -26,9 +26,9 @@ class LazyHeadAdamW:
     every step it is exactly AdamW (decoupled weight decay, bias correction), which ``tests/test_train.py``
     checks. ``lazy_heads=False`` trains the heads with plain AdamW instead.
 
-    Each used row is handed to torch's fused AdamW kernel as a tensor of its own, with its own step count, so
-    the update is one pass over the used rows, in place, with no gather or scatter (about 5x faster than the
-    vectorised form on CPU). Where the kernel is missing (torch < 2.4 on CPU) the vectorised form is used.
+    Each used row is handed to torch's fused AdamW kernel (CPU and CUDA from torch 2.4, the floor momil depends
+    on) as a tensor of its own, with its own step count, so the update is one pass over the used rows, in place,
+    with no gather or scatter (it was about 5x faster on CPU than the gather/scatter form it replaced).
     """
 
     def __init__(
@@ -37,7 +37,6 @@ class LazyHeadAdamW:
         weight_decay: float,
         betas=(0.9, 0.999),
         eps: float = 1e-8,
-        fused: bool | None = None,
     ):
         self.params = params
         self.weight_decay, self.betas, self.eps = weight_decay, betas, eps
@@ -45,7 +44,6 @@ class LazyHeadAdamW:
         self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in params.items()}
         first = next(iter(params.values()))
         self.steps = torch.zeros(first.shape[0], dtype=torch.float32, device=first.device)
-        self.fused = _has_fused_adamw(first.device) if fused is None else fused
         # row views, made once: the kernel updates them, and so the tables, in place
         self._rows = {
             n: (p.detach().unbind(0), self.exp_avg[n].unbind(0), self.exp_avg_sq[n].unbind(0))
@@ -56,12 +54,6 @@ class LazyHeadAdamW:
     @torch.no_grad()
     def step(self, rows: torch.Tensor, grads: dict[str, torch.Tensor], lr: float) -> None:
         """``rows``: the used heads, unique, in any order; ``grads[name]``: their gradients, row i for rows[i]."""
-        if self.fused:
-            self._step_fused(rows, grads, lr)
-        else:
-            self._step_vectorised(rows, grads, lr)
-
-    def _step_fused(self, rows: torch.Tensor, grads: dict[str, torch.Tensor], lr: float) -> None:
         beta1, beta2 = self.betas
         self.steps.index_add_(0, rows, torch.ones(len(rows), dtype=self.steps.dtype, device=self.steps.device))
         used = rows.tolist()
@@ -87,24 +79,6 @@ class LazyHeadAdamW:
             amsgrad=False,
             maximize=False,
         )
-
-    def _step_vectorised(self, rows: torch.Tensor, grads: dict[str, torch.Tensor], lr: float) -> None:
-        beta1, beta2 = self.betas
-        self.steps[rows] += 1
-        count = self.steps[rows].to(torch.float64)
-        correction1 = (1 - beta1**count).float()
-        correction2 = (1 - beta2**count).float()
-        for name, param in self.params.items():
-            grad = grads[name]
-            shape = (-1,) + (1,) * (param.dim() - 1)
-            value = param.index_select(0, rows) * (1 - lr * self.weight_decay)
-            m = self.exp_avg[name].index_select(0, rows).lerp_(grad, 1 - beta1)
-            v = self.exp_avg_sq[name].index_select(0, rows).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (v / correction2.view(shape)).sqrt_().add_(self.eps)
-            value.addcdiv_(m / correction1.view(shape), denom, value=-lr)
-            param.index_copy_(0, rows, value)
-            self.exp_avg[name].index_copy_(0, rows, m)
-            self.exp_avg_sq[name].index_copy_(0, rows, v)
 
     def state_dict(self) -> dict:
         return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": self.steps}
