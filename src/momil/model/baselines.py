@@ -7,7 +7,8 @@
 
 Like :class:`momil.model.momil.MoMIL` they are evaluated on (well, assay) pairs, so unknown labels add nothing,
 and give ``predict``, ``embed`` and ``attention``. The sanity baseline that reads only the number of instances per
-well is :func:`momil.evaluate.instance_count_baseline` (a logistic regression, no network).
+well is :func:`momil.protocol.cv.instance_count_predictions` and the linear floor on well means is
+:mod:`momil.model.linear` (logistic regressions, no network).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from momil.errors import MomilError
-from momil.model.heads import FastDropout, full, masked_softmax
+from momil.model.heads import FastDropout, attention_pool, full, gated, masked_softmax, mean_weights
 
 
 class PairModel(nn.Module):
@@ -98,8 +99,7 @@ class MeanMLP(PairModel):
         self.out = nn.Linear(head_dim, len(self.assays))
 
     def well_outputs(self, bags, mask) -> dict:
-        weights = mask.to(bags.dtype) / mask.sum(dim=1, keepdim=True).clamp(min=1).to(bags.dtype)
-        mean = torch.bmm(weights.unsqueeze(1), bags).squeeze(1)  # (B, D)
+        mean = attention_pool(mean_weights(mask, bags.dtype), bags)  # (B, D)
         hidden = self.mlp(mean)
         return {"logits": self.out(hidden), "embedding": hidden}
 
@@ -119,9 +119,9 @@ class MultiLabelMIL(PairModel):
 
     def well_outputs(self, bags, mask) -> dict:
         h = self.projector(bags)  # (B, N, d)
-        scores = self.w(torch.tanh(self.v(h)) * torch.sigmoid(self.u(h))).squeeze(-1)  # (B, N)
+        scores = self.w(gated(self.v(h), self.u(h))).squeeze(-1)  # (B, N)
         attention = masked_softmax(scores, mask)
-        pooled = torch.bmm(attention.unsqueeze(1), h).squeeze(1)  # (B, d)
+        pooled = attention_pool(attention, h)  # (B, d)
         return {"logits": self.out(pooled), "embedding": pooled, "attention": attention}
 
 

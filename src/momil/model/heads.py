@@ -231,6 +231,18 @@ def attention_pool(attention: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return (attention.unsqueeze(-1) * h).sum(1)
 
 
+def mean_weights(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Uniform pooling weights over each bag's instances: mean pooling is attention with these weights (the one
+    mean pooling of the package: MoMIL's ``mean`` heads and the mean-MLP baseline)."""
+    return mask.to(dtype) / mask.sum(dim=1, keepdim=True).clamp(min=1).to(dtype)
+
+
+def gated(v: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The gated-attention gate tanh(V h) * sigmoid(U h) of Ilse et al. (the one gated attention of the package:
+    MoMIL's ``abmil`` heads and the multi-label MIL baseline); ``v``, ``u`` are the two projections."""
+    return fast_tanh(v) * torch.sigmoid(u)
+
+
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     scores = scores.masked_fill(~mask, float("-inf"))
     return torch.softmax(full(scores), dim=-1).to(scores.dtype)
@@ -509,7 +521,7 @@ class GatedAttentionHeads(StackedHeads):
         h = self.project(x, plan, ws)  # (P, N, h)
         a = self.attention_dim
         vu = self.linear(h, plan, ws, "vu_w", "vu_b")
-        gate = fast_tanh(vu[..., :a]) * torch.sigmoid(vu[..., a:])
+        gate = gated(vu[..., :a], vu[..., a:])
         scores = self.linear(gate, plan, ws, "w_w", "w_b").squeeze(-1)  # (P, N)
         attention = masked_softmax(scores, mask)
         pooled = attention_pool(attention, h)  # (P, h)
@@ -618,7 +630,7 @@ class MeanPoolHeads(StackedHeads):
     ) -> dict:
         ws = self.planned_weights(plan, table)
         h = self.project(x, plan, ws)
-        weights = mask.to(h.dtype) / mask.sum(dim=1, keepdim=True).clamp(min=1).to(h.dtype)
+        weights = mean_weights(mask, h.dtype)
         pooled = attention_pool(weights, h)
         return {"logit": self.classify(pooled, plan, ws), "attention": weights, "embedding": pooled}
 
