@@ -220,6 +220,7 @@ def main() -> None:
             args.rounds,
         )
         speedups[wells] = (t["pairs"] / t["lazy"], t["plain"] / t["lazy"])
+
         for key, what in names.items():
             rows.append(
                 {

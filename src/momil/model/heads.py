@@ -248,116 +248,6 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.softmax(full(scores), dim=-1).to(scores.dtype)
 
 
-class _FusedDSMIL(torch.autograd.Function):
-    """DSMIL heads on planned pairs with a hand-written backward (CPU, float32 or float64; see :class:`DSMILHeads`).
-
-    Autograd through the same computation keeps about twice as many (pairs, instances, hidden) tensors alive and
-    passes over them, concatenates group outputs and splits their gradients, and copies the weight gradients
-    once more; here every group writes into one output (and one gradient) buffer, the ReLU and dropout are
-    applied in place, and each weight gradient lands in its block of one (heads, K) table gradient. Inputs:
-    ``x`` (P, N, d) in planned order, ``table`` (U, K) the heads' rows, ``mask`` (P, N), ``keep`` (P, N, h)
-    bool or None, ``scale`` the dropout's rescaling, ``spans`` :attr:`PairPlan.spans`, ``cols`` the column
-    ranges of gamma_w, gamma_b, qi_w, qi_b, c_w, c_b in a row. ``tests/test_model.py`` checks it against
-    autograd on the same computation."""
-
-    @staticmethod
-    def forward(ctx, x, table, mask, keep, scale, spans, cols, query_dim, pair_head):
-        (g0, g1), (gb0, gb1), (q0, q1), (qb0, qb1), (c0, c1), (cb0, cb1) = cols
-        pairs_total, n, d = x.shape
-        h, q = gb1 - gb0, query_dim
-        z = x.new_empty(pairs_total, n, h)
-        qi = x.new_empty(pairs_total, n, q + 1)
-        # per group: its heads' weights and its pairs' inputs and outputs, as (heads, pairs x N, ...) views
-        groups = [
-            (
-                table[r0:r1, g0:g1].view(heads, d, h),
-                table[r0:r1, gb0:gb1].unsqueeze(1),
-                table[r0:r1, q0:q1].view(heads, h, q + 1),
-                table[r0:r1, qb0:qb1].unsqueeze(1),
-                x[p0:p1].view(heads, pairs * n, d),
-                z[p0:p1].view(heads, pairs * n, h),
-                qi[p0:p1].view(heads, pairs * n, q + 1),
-            )
-            for r0, r1, p0, p1, heads, pairs in spans
-        ]
-        for w_g, b_g, _, _, x_g, z_g, _ in groups:
-            torch.baddbmm(b_g, x_g, w_g, out=z_g)
-        hidden = z.clamp_min_(0)  # in place: z is not needed again
-        if keep is not None:  # (a bool mask read as uint8 multiplies about 4x faster than as bool)
-            hidden.mul_(keep.view(torch.uint8)).mul_(scale)
-        for _, _, w_q, b_q, _, z_g, qi_g in groups:
-            torch.baddbmm(b_q, z_g, w_q, out=qi_g)  # z_g views hidden now
-        instance = qi[..., q].masked_fill(~mask, float("-inf"))
-        critical = instance.argmax(dim=1)
-        rows = torch.arange(pairs_total, device=x.device)
-        max_logit = instance[rows, critical]
-        queries = torch.sigmoid(qi[..., :q] * 2).mul_(2).sub_(1)  # tanh
-        q_critical = queries[rows, critical] / math.sqrt(q)
-        scores = (queries * q_critical.unsqueeze(1)).sum(-1).masked_fill_(~mask, float("-inf"))
-        attention = torch.softmax(scores, dim=1)
-        pooled = attention_pool(attention, hidden)
-        classifier = table[:, c0:c1].index_select(0, pair_head)  # (P, h): small, gathered per pair
-        logit = (pooled * classifier).sum(-1) + table[:, cb0].index_select(0, pair_head)
-        ctx.save_for_backward(x, table, hidden, queries, q_critical, attention, pooled, critical, classifier, pair_head)
-        ctx.spans, ctx.groups, ctx.cols = spans, groups, cols
-        ctx.q, ctx.scale = q, (scale if keep is not None else 1.0)
-        ctx.mark_non_differentiable(critical)
-        return logit, max_logit, attention, pooled, critical
-
-    @staticmethod
-    def backward(ctx, g_logit, g_max, g_attention, g_pooled, _g_critical):
-        x, table, hidden, queries, q_critical, attention, pooled, critical, classifier, pair_head = ctx.saved_tensors
-        (g0, g1), (gb0, gb1), (q0, q1), (qb0, qb1), (c0, c1), (cb0, cb1) = ctx.cols
-        pairs_total, n, d = x.shape
-        h, q = gb1 - gb0, ctx.q
-        heads_total = table.shape[0]
-        rows = torch.arange(pairs_total, device=x.device)
-        grad = torch.empty_like(table)
-
-        def per_head(per_pair: torch.Tensor) -> torch.Tensor:  # (P, k) -> sums over each head's pairs (U, k)
-            return per_pair.new_zeros(heads_total, per_pair.shape[1]).index_add_(0, pair_head, per_pair)
-
-        if g_logit is None:
-            g_logit = pooled.new_zeros(pairs_total)
-        # F_alpha: logit = c_w . pooled + c_b
-        g_pool = g_logit.unsqueeze(1) * classifier
-        grad[:, c0:c1] = per_head(g_logit.unsqueeze(1) * pooled)
-        grad[:, cb0:cb1] = per_head(g_logit.unsqueeze(1))
-        if g_pooled is not None:
-            g_pool += g_pooled
-        # pooling and the softmax over instances
-        g_att = (hidden * g_pool.unsqueeze(1)).sum(-1)
-        if g_attention is not None:
-            g_att += g_attention
-        g_hidden = attention.unsqueeze(-1) * g_pool.unsqueeze(1)
-        g_scores = attention * (g_att - (attention * g_att).sum(1, keepdim=True))
-        # queries: scores = tanh(Q) . tanh(Q)[critical] / sqrt(q)
-        g_queries = g_scores.unsqueeze(-1) * q_critical.unsqueeze(1)
-        g_queries[rows, critical] += (g_scores.unsqueeze(-1) * queries).sum(1) / math.sqrt(q)
-        g_qi = x.new_empty(pairs_total, n, q + 1)
-        torch.ops.aten.tanh_backward.grad_input(g_queries, queries, grad_input=g_qi[..., :q])
-        g_qi[..., q] = 0
-        if g_max is not None:
-            g_qi[rows, critical, q] = g_max
-        for (r0, r1, p0, p1, heads, pairs), (_, _, w_q, _, _, hidden_g, _) in zip(ctx.spans, ctx.groups):
-            g_qi_g = g_qi[p0:p1].view(heads, pairs * n, q + 1)
-            g_hidden[p0:p1].view(heads, pairs * n, h).baddbmm_(g_qi_g, w_q.transpose(1, 2))
-            grad[r0:r1, q0:q1] = torch.bmm(hidden_g.transpose(1, 2), g_qi_g).view(heads, -1)
-        grad[:, qb0:qb1] = per_head(g_qi.sum(1))
-        # ReLU and dropout: hidden > 0 exactly where the unit was kept and its input was positive
-        g_z = torch.ops.aten.threshold_backward(g_hidden, hidden, 0)
-        if ctx.scale != 1.0:
-            g_z.mul_(ctx.scale)
-        g_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        for (r0, r1, p0, p1, heads, pairs), (w_g, _, _, _, x_g, _, _) in zip(ctx.spans, ctx.groups):
-            g_z_g = g_z[p0:p1].view(heads, pairs * n, h)
-            if g_x is not None:
-                torch.bmm(g_z_g, w_g.transpose(1, 2), out=g_x[p0:p1].view(heads, pairs * n, d))
-            grad[r0:r1, g0:g1] = torch.bmm(x_g.transpose(1, 2), g_z_g).view(heads, -1)
-        grad[:, gb0:gb1] = per_head(g_z.sum(1))
-        return g_x, grad, None, None, None, None, None, None, None
-
-
 class StackedHeads(nn.Module):
     """T heads whose weights are the rows of ``flat`` (T, K); see the module's docstring."""
 
@@ -534,7 +424,6 @@ class DSMILHeads(StackedHeads):
     def __init__(self, n_assays: int, in_dim: int, hidden: int, dropout: float = 0.5, query_dim: int | None = None):
         super().__init__(n_assays, in_dim, hidden, dropout)
         q = self.query_dim = query_dim or hidden
-        self.fused = True  # the hand-written forward and backward on CPU (False: autograd, the reference)
         self._build(
             [
                 ("gamma_w", (in_dim, hidden), in_dim),
@@ -550,8 +439,6 @@ class DSMILHeads(StackedHeads):
     def forward_planned(
         self, x: torch.Tensor, mask: torch.Tensor, plan: PairPlan, table: torch.Tensor | None = None
     ) -> dict:
-        if self.fused and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and mask.shape[1]:
-            return self._forward_fused(x, mask, plan, table)
         ws = self.planned_weights(plan, table)
         h = self.project(x, plan, ws)  # (P, N, h)
         q = self.query_dim
@@ -567,30 +454,6 @@ class DSMILHeads(StackedHeads):
         pooled = attention_pool(attention, h)  # (P, h)
         return {
             "logit": self.classify(pooled, plan, ws),
-            "max_logit": max_logit,
-            "attention": attention,
-            "embedding": pooled,
-            "critical": critical,
-        }
-
-    def _forward_fused(self, x, mask, plan, table) -> dict:
-        if table is None:
-            table = gather_rows(self.flat, plan.assays)
-        cols = tuple(self._layout[name][:2] for name in ("gamma_w", "gamma_b", "qi_w", "qi_b", "c_w", "c_b"))
-        keep = self.dropout.keep_mask((x.shape[0], x.shape[1], self.hidden), x.device)
-        logit, max_logit, attention, pooled, critical = _FusedDSMIL.apply(
-            x.contiguous(),
-            table.contiguous(),
-            mask,
-            keep,
-            self.dropout.scale,
-            plan.spans,
-            cols,
-            self.query_dim,
-            plan.pair_head,
-        )
-        return {
-            "logit": logit,
             "max_logit": max_logit,
             "attention": attention,
             "embedding": pooled,
