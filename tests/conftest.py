@@ -89,3 +89,68 @@ def tiny_screen(tmp_path):
     wells.to_parquet(tmp_path / "wells.parquet", index=False)
     instances.to_parquet(tmp_path / "instances.parquet", index=False)
     return tmp_path, wells, instances
+
+
+# the model commands' inputs inside a prepared workspace (see prepared_workspace)
+WORKSPACE_MODEL = [
+    "--store",
+    "corr",
+    "--labels",
+    "screen/labels.parquet",
+    "--folds",
+    "folds.parquet",
+    "--assays",
+    "screen/assays.parquet",
+]
+
+
+def prepared_workspace(root: Path, *extra_steps) -> Path:
+    """A 40-compound simulated screen taken from the shell through simulate -> ingest (``store``) -> correct
+    (``corr``) -> split (``folds.parquet``, 3 folds) inside ``root``, then ``extra_steps`` (more `momil` argv
+    lists), plus rendered fields in ``root/render``. Shared by the bad-input and fault suites."""
+    from momil.cli import main
+
+    steps = [
+        [
+            "simulate",
+            "--out",
+            "screen",
+            "--n-compounds",
+            40,
+            "--replicates",
+            2,
+            "--negcon-per-plate",
+            8,
+            "--dim",
+            6,
+            "--instances",
+            5,
+            "--n-assays",
+            8,
+        ],
+        ["ingest", "--instances", "screen/instances.parquet", "--wells", "screen/wells.parquet", "--out", "store"],
+        ["correct", "--store", "store", "--out", "corr"],
+        [
+            "split",
+            "--wells",
+            "screen/wells.parquet",
+            "--labels",
+            "screen/labels.parquet",
+            "--compounds",
+            "screen/compounds.parquet",
+            "--out",
+            "folds.parquet",
+            "--n-folds",
+            3,
+        ],
+        *extra_steps,
+    ]
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        for argv in steps:
+            assert main([str(a) for a in argv] + ["--quiet"]) == 0, argv
+    finally:
+        os.chdir(cwd)
+    render_screen(root / "render")
+    return root

@@ -10,7 +10,6 @@ taken after that, so "nothing written" is checked against the damaged state.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from collections.abc import Callable
@@ -24,80 +23,29 @@ import torch
 
 from momil.cli import main
 
-from conftest import render_screen
+from conftest import WORKSPACE_MODEL, prepared_workspace
 
 
 # ---------------------------------------------------------------------------------------------- the workspace
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("bad-input-base")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        steps = [
-            [
-                "simulate",
-                "--out",
-                "screen",
-                "--n-compounds",
-                40,
-                "--replicates",
-                2,
-                "--negcon-per-plate",
-                8,
-                "--dim",
-                6,
-                "--instances",
-                5,
-                "--n-assays",
-                8,
-            ],
-            ["ingest", "--instances", "screen/instances.parquet", "--wells", "screen/wells.parquet", "--out", "store"],
-            ["correct", "--store", "store", "--out", "corr"],
-            [
-                "split",
-                "--wells",
-                "screen/wells.parquet",
-                "--labels",
-                "screen/labels.parquet",
-                "--compounds",
-                "screen/compounds.parquet",
-                "--out",
-                "folds.parquet",
-                "--n-folds",
-                3,
-            ],
-            ["train", *MODEL, "--out", "model", "--epochs", 1, "--projector-dim", 8, "--head-dim", 4],
-        ]
-        for argv in steps:
-            assert main([str(a) for a in argv] + ["--quiet"]) == 0, argv
-        instances = pd.read_parquet("screen/instances.parquet")
-        Path("parts").mkdir()
-        half = len(instances) // 2
-        instances.iloc[:half].to_parquet("parts/part-0.parquet", index=False)
-        instances.iloc[half:].to_parquet("parts/part-1.parquet", index=False)
-        render_screen(root / "render")
-        bench = Path("bench")
-        bench.mkdir()
-        pd.DataFrame({"method": ["momil-all"], "label": ["MoMIL"], "mean": [0.5]}).to_csv(
-            bench / "table2.csv", index=False
-        )
-        (bench / "table2.md").write_text("| method | mean |\n|---|---|\n| MoMIL | 0.5 |\n")
-    finally:
-        os.chdir(cwd)
+    root = prepared_workspace(
+        tmp_path_factory.mktemp("bad-input-base"),
+        ["train", *MODEL, "--out", "model", "--epochs", 1, "--projector-dim", 8, "--head-dim", 4],
+    )
+    instances = pd.read_parquet(root / "screen" / "instances.parquet")
+    (root / "parts").mkdir()
+    half = len(instances) // 2
+    instances.iloc[:half].to_parquet(root / "parts" / "part-0.parquet", index=False)
+    instances.iloc[half:].to_parquet(root / "parts" / "part-1.parquet", index=False)
+    bench = root / "bench"
+    bench.mkdir()
+    pd.DataFrame({"method": ["momil-all"], "label": ["MoMIL"], "mean": [0.5]}).to_csv(bench / "table2.csv", index=False)
+    (bench / "table2.md").write_text("| method | mean |\n|---|---|\n| MoMIL | 0.5 |\n")
     return root
 
 
-MODEL = [
-    "--store",
-    "corr",
-    "--labels",
-    "screen/labels.parquet",
-    "--folds",
-    "folds.parquet",
-    "--assays",
-    "screen/assays.parquet",
-]
+MODEL = WORKSPACE_MODEL
 TRAIN = ["train", *MODEL, "--out", "m2", "--epochs", 1]
 EXTRACT = [
     "extract",

@@ -26,67 +26,16 @@ from momil.cli import main
 from momil.errors import MomilError
 from momil.io.paths import output_lock
 
-from conftest import render_screen
+from conftest import WORKSPACE_MODEL, prepared_workspace
 
-MODEL = [
-    "--store",
-    "corr",
-    "--labels",
-    "screen/labels.parquet",
-    "--folds",
-    "folds.parquet",
-    "--assays",
-    "screen/assays.parquet",
-]
+MODEL = WORKSPACE_MODEL
 SMALL = ["--projector-dim", 8, "--head-dim", 4, "--lr", "1e-3", "--warmup-epochs", 1]
 GRID = ["--projector-dims", 8, "--head-dims", 4, "--lrs", "1e-3", "--warmup-epochs", 1]
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("faults-base")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        for argv in (
-            [
-                "simulate",
-                "--out",
-                "screen",
-                "--n-compounds",
-                40,
-                "--replicates",
-                2,
-                "--negcon-per-plate",
-                8,
-                "--dim",
-                6,
-                "--instances",
-                5,
-                "--n-assays",
-                8,
-            ],
-            ["ingest", "--instances", "screen/instances.parquet", "--wells", "screen/wells.parquet", "--out", "store"],
-            ["correct", "--store", "store", "--out", "corr"],
-            [
-                "split",
-                "--wells",
-                "screen/wells.parquet",
-                "--labels",
-                "screen/labels.parquet",
-                "--compounds",
-                "screen/compounds.parquet",
-                "--out",
-                "folds.parquet",
-                "--n-folds",
-                3,
-            ],
-        ):
-            assert main([str(a) for a in argv] + ["--quiet"]) == 0, argv
-        render_screen(root / "render")
-    finally:
-        os.chdir(cwd)
-    return root
+    return prepared_workspace(tmp_path_factory.mktemp("faults-base"))
 
 
 @pytest.fixture

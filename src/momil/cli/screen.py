@@ -27,6 +27,7 @@ from momil.io.contract import (
     read_labels,
     read_load_data,
     read_wells,
+    require_listed_fields,
 )
 from momil.io.ingest import IngestSettings, count_instances, ingest
 from momil.io.paths import check_output
@@ -153,13 +154,7 @@ def cmd_validate(args) -> int:
                 "--root"
             )
         if wells is not None:
-            keys = set(zip(wells[PLATE], wells["Metadata_Well"]))
-            unknown = [i for i, k in enumerate(zip(table[PLATE], table["Metadata_Well"])) if k not in keys]
-            if unknown:
-                raise MomilError(
-                    f"{args.load_data}: {len(unknown)} field(s) belong to wells {args.wells} lacks "
-                    f"(first: data row {unknown[0] + 1}) -- add those wells or drop the fields"
-                )
+            require_listed_fields(table, wells, args.load_data)
         print(f"load data: {args.load_data}: {len(table)} fields, channels {channels}, every image file present")
     if args.compounds:
         compounds = read_compounds(args.compounds)

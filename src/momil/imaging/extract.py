@@ -31,7 +31,7 @@ from momil.faults import fault_point
 from momil.imaging.backbone import make_backbone
 from momil.imaging.fields import FieldSettings, channel_map, read_field, tile_field
 from momil.io.atomic import atomic_path, remove_stale_temporaries
-from momil.io.contract import PLATE, SITE, WELL, read_load_data, read_wells
+from momil.io.contract import PLATE, SITE, WELL, read_load_data, read_wells, require_listed_fields
 from momil.io.paths import check_output
 from momil.io.provenance import provenance
 from momil.io.readers import read_json
@@ -165,15 +165,7 @@ def extract(
     if field.nuclei_channel not in names:
         raise MomilError(f"nuclei_channel {field.nuclei_channel!r} is not a model channel ({', '.join(names)})")
     nuclei = names.index(field.nuclei_channel)
-    keys = set(zip(well_table[PLATE], well_table[WELL]))
-    unknown = [i for i, k in enumerate(zip(table[PLATE], table[WELL])) if k not in keys]
-    if unknown:
-        raise InputError(
-            load_data,
-            f"{len(unknown)} field(s) belong to wells the wells table lacks (first: row "
-            f"{unknown[0] + 1}, plate {table[PLATE].iat[unknown[0]]}, well {table[WELL].iat[unknown[0]]})",
-            "add those wells to wells.parquet or drop the fields",
-        )
+    require_listed_fields(table, well_table, load_data)
     device = resolve_device(settings.device)
     if not settings.weights:
         warnings.warn(

@@ -311,6 +311,20 @@ def read_load_data(path) -> tuple[pd.DataFrame, list[str]]:
     return frame, channels
 
 
+def require_listed_fields(table: pd.DataFrame, wells: pd.DataFrame, path) -> None:
+    """Every LoadData field (``table``) must belong to a well of the wells table (``momil extract`` and
+    ``momil validate`` refuse the same way)."""
+    keys = set(zip(wells[PLATE], wells[WELL]))
+    unknown = [i for i, k in enumerate(zip(table[PLATE], table[WELL])) if k not in keys]
+    if unknown:
+        raise InputError(
+            path,
+            f"{len(unknown)} field(s) belong to wells the wells table lacks (first: data row {unknown[0] + 1}, "
+            f"plate {table[PLATE].iat[unknown[0]]}, well {table[WELL].iat[unknown[0]]})",
+            "add those wells to wells.parquet or drop the fields",
+        )
+
+
 def missing_image_files(frame: pd.DataFrame, channels: Sequence[str], root) -> list[tuple[int, str, Path]]:
     """(data row, channel, path) of every LoadData image file that does not exist (relative PathName_ columns
     start from ``root``)."""
