@@ -43,6 +43,8 @@ def _rows_per_chunk(dim: int, memory_mb: int) -> int:
 
 def _check_range(chunk, source: InstanceSource, dtype: str) -> None:
     """Refuse feature values the store's dtype cannot hold (float16: magnitudes above 65504 become infinite)."""
+    if dtype == "float32":  # the chunk is float32 already: nothing can overflow the cast
+        return
     limit = float(np.finfo(np.dtype(dtype)).max)
     too_big = np.abs(chunk.features) > limit
     if too_big.any():
