@@ -1,12 +1,12 @@
 """Prediction quality on the simulator panel (`benchmarks/quality_panel.toml`): regime x method mean primary ROC-AUC.
 
-Each regime is simulated, ingested, corrected and split, then run through `momil benchmark` with the README's
-2-core settings (projector 64, head 32, lr {1e-3, 3e-4}, 25 epochs, warm-up 3, patience 6, 32 wells per step,
-2 imputation rounds). Everything lives under ``--out`` and is reused when the script runs again (a killed run
-loses at most the fit in flight). Printed: the mean compound-level test ROC-AUC over the primary assays (pooled
-over the rotations, and the mean of the per-rotation AUCs), its standard deviation over seeds, the simulator's
-ceiling (the true latent activity as the score) and attention oracle (a logistic regression on the mean of the
-truly responding cells), and MoMIL all minus mean-LR and minus multi-label MIL.
+Each regime is simulated, ingested, corrected and split, then run through `momil benchmark` with the README's 2-core
+settings (``--preset quick``: projector 64, heads 32, lr {3e-3, 1e-3}, 25 epochs, warm-up 3, the model at the end of
+the schedule, 32 wells per step; 2 imputation rounds). Everything lives under ``--out`` and is reused when the
+script runs again (a killed run loses at most the fit in flight). Printed: the mean compound-level test ROC-AUC over
+the primary assays (pooled over the rotations, and the mean of the per-rotation AUCs), its standard deviation over
+seeds, the simulator's ceiling (the true latent activity as the score) and attention oracle (a logistic regression
+on the mean of the truly responding cells), and MoMIL all minus mean-LR and minus multi-label MIL.
 
     python benchmarks/bench_quality.py --quick          # seed 0, rotations 0 and 1: iterate
     python benchmarks/bench_quality.py                  # the panel: every regime x every seed
@@ -29,28 +29,7 @@ from momil.config import tomllib  # the standard library's, or tomli before Pyth
 PANEL = Path(__file__).with_name("quality_panel.toml")
 METHODS = "mean-lr,mean-mlp,multilabel-mil,momil-all"
 AB = ",momil-as,momil-as-li"
-TWO_CORE = [
-    "--projector-dims",
-    "64",
-    "--head-dims",
-    "32",
-    "--lrs",
-    "1e-3,3e-4",
-    "--epochs",
-    "25",
-    "--warmup-epochs",
-    "3",
-    "--patience",
-    "6",
-    "--batch-wells",
-    "32",
-    "--rounds",
-    "2",
-    "--probes",
-    "0",
-    "--n-boot",
-    "200",
-]
+TWO_CORE = ["--preset", "quick", "--rounds", "2", "--probes", "0", "--n-boot", "200"]
 NOT_SIMULATE = {"seeds", "ab"}
 
 

@@ -292,3 +292,38 @@ def test_mean_mlp_sees_only_the_well_mean():
     same_mean = bag.mean(1, keepdim=True).expand(1, 6, 3).clone()
     mask = torch.ones(1, 6, dtype=torch.bool)
     assert torch.allclose(model.predict(bag, mask), model.predict(same_mean, mask), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", sorted(HEADS))
+def test_mean_stream_starts_at_zero_and_adds_a_linear_readout_of_the_well_mean(kind):
+    bags = torch.randn(4, 7, 8)
+    mask = torch.ones(4, 7, dtype=torch.bool)
+    mask[1, 5:] = False
+    wells, assays = torch.tensor([0, 1, 2, 3, 1]), torch.tensor([0, 2, 1, 1, 2])
+    torch.manual_seed(0)
+    with_stream = MoMIL(8, ["a", "b", "c"], kind, 6, 5, 0.0, mean_stream=True).eval()
+    torch.manual_seed(0)
+    without = MoMIL(8, ["a", "b", "c"], kind, 6, 5, 0.0, mean_stream=False).eval()
+    before = with_stream(bags, mask, wells, assays)["logit"]
+    assert torch.allclose(before, without(bags, mask, wells, assays)["logit"])  # zero at the start
+    m_w, m_b = torch.randn(3, 8, 1), torch.randn(3, 1)
+    with torch.no_grad():
+        with_stream.heads.m_w.copy_(m_w)
+        with_stream.heads.m_b.copy_(m_b)
+    after = with_stream(bags, mask, wells, assays)["logit"]
+    means = torch.stack([bags[w][mask[w]].mean(0) for w in wells.tolist()])  # real instances only
+    readout = (means.unsqueeze(1) @ m_w[assays]).reshape(-1) + m_b[assays, 0]
+    assert torch.allclose(after - before, readout, atol=1e-5)
+    # predict (every well x every assay) agrees with the pair forward
+    probs = with_stream.predict(bags, mask)
+    assert torch.allclose(probs[wells, assays], with_stream.probability(with_stream(bags, mask, wells, assays)))
+
+
+def test_models_saved_without_a_mean_stream_still_load():
+    from momil.model.registry import model_from_hparams
+
+    old = MoMIL(8, ["a", "b"], "abmil", 6, 5, 0.0)
+    hparams = {k: v for k, v in old.hparams.items() if k != "mean_stream"}  # as saved before the stream existed
+    loaded = model_from_hparams(hparams)
+    loaded.load_state_dict(old.state_dict())
+    assert not loaded.mean_stream

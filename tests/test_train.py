@@ -16,7 +16,7 @@ from momil.errors import MomilError
 from momil.io.contract import LabelMatrix
 from momil.io.store import InstanceStore, StoreWriter
 from momil.training.checkpoints import load_model, save_model
-from momil.training.fit import fit
+from momil.training.fit import fit, predict_pairs
 from momil.training.metrics import roc_auc
 from momil.training.optim import lr_factor
 from momil.training.settings import TrainSettings
@@ -354,3 +354,29 @@ def test_keep_freed_memory_sets_glibc_thresholds_and_training_still_runs():
     assert keep_freed_memory() == kept  # idempotent
     big = torch.ones(8 * 2**20)  # 32 MiB: allocated and freed as usual
     assert float(big.sum()) == 8 * 2**20
+
+
+def test_select_epoch_last_keeps_the_end_of_the_schedule_and_best_the_best_epoch(tmp_path):
+    store, labels = needle_screen(tmp_path / "store", n_compounds=40, per_well=10)
+    pairs = WellPairs.build(store.wells, labels, ["needle"])
+    train_c, val_c, _ = _split(labels)
+    train, val = wells_of(store.wells, train_c), wells_of(store.wells, val_c)
+    common = dict(projector_dim=8, head_dim=8, lr=1e-2, epochs=8, warmup_epochs=1, batch_wells=8, seed=0)
+    last = fit(store, pairs, train, val, np.array([True]), TrainSettings(**common), show_progress=False)
+    assert len(last.history) == 8 and last.best_epoch == 7
+    assert last.best_score == last.history[-1]["val_auc"]  # the end's score ranks the grid point
+    best = fit(
+        store,
+        pairs,
+        train,
+        val,
+        np.array([True]),
+        TrainSettings(**common, select_epoch="best", patience=2),
+        show_progress=False,
+    )
+    scores = [h["val_auc"] for h in best.history]
+    assert best.best_score == max(scores) and scores[best.best_epoch] == max(scores)
+    assert len(best.history) <= best.best_epoch + 3  # stopped after 2 epochs without a better score
+    # the model returned is the one of the best epoch: its validation score is the best one
+    _, _, y, prob = predict_pairs(best.model, store, pairs.labelled_wells(val), pairs, torch.device("cpu"))
+    assert roc_auc(y, prob) == pytest.approx(best.best_score)

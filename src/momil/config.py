@@ -181,8 +181,10 @@ def load_toml(path, section: str) -> dict[str, Any]:
 
 
 def build_settings(cls, args: argparse.Namespace, config_path=None, section: str = "", **overrides):
+    from momil.presets import preset_values
+
     names = {f.name for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = preset_values(getattr(args, "preset", None), section)  # defaults < preset < TOML < flags
     if config_path:
         from_file = load_toml(config_path, section)
         unknown = sorted(set(from_file) - names)

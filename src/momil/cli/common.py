@@ -137,3 +137,14 @@ def positive_numbers(text: str) -> list[float]:
     if not values or any(not math.isfinite(v) or v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"must be comma-separated positive numbers, not {text!r}")
     return values
+
+
+def add_preset_argument(p) -> None:
+    from momil.presets import PRESETS
+
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="a named set of settings: 'paper' (the paper's grid, 100 epochs, early stopping) or 'quick' (the "
+        "2-core settings, also the defaults); --config and flags override it",
+    )

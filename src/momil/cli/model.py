@@ -10,6 +10,7 @@ import pandas as pd
 from momil.cli.common import (
     add_association_inputs,
     add_model_inputs,
+    add_preset_argument,
     associations_of,
     inputs_of,
     model_assays,
@@ -177,6 +178,7 @@ def register(stage) -> None:
     """The model commands: train, cv, predict."""
     p = stage("train", "train one MoMIL model on one fold rotation", cmd_train)
     add_model_inputs(p)
+    add_preset_argument(p)
     p.add_argument("--test-fold", type=int, default=0, help="held-out fold; validation is the next one")
     p.add_argument("--configuration", choices=["mtl-all", "mtl-primary"], default="mtl-all")
     p.add_argument("--assay", action="append", help="train on this assay only (repeat for several): STL")
@@ -184,6 +186,7 @@ def register(stage) -> None:
 
     p = stage("cv", "the paper's cross-validation protocol (3-1-1 rotation, grid on validation)", cmd_cv)
     add_model_inputs(p)
+    add_preset_argument(p)
     add_association_inputs(p)
     add_settings_arguments(p, CVSettings)
     add_settings_arguments(p, TrainSettings, skip=("projector_dim", "head_dim", "lr"))

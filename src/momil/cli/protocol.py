@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from momil.cli.common import add_association_inputs, add_model_inputs, associations_of, model_assays, model_inputs
+from momil.cli.common import (
+    add_association_inputs,
+    add_model_inputs,
+    add_preset_argument,
+    associations_of,
+    model_assays,
+    model_inputs,
+)
 from momil.config import add_settings_arguments, build_settings
 from momil.data.pairs import rotation_wells
 from momil.errors import MomilError
@@ -166,6 +173,7 @@ def register(stage) -> None:
         "select", "assay selection: biology -> single-assay performance -> influence, per fold rotation", cmd_select
     )
     add_model_inputs(p)
+    add_preset_argument(p)
     add_association_inputs(p)
     p.add_argument("--rotations", default="all", help='test folds whose rotations to select in ("all" or e.g. "0,1")')
     add_settings_arguments(p, SelectSettings)
@@ -173,6 +181,7 @@ def register(stage) -> None:
 
     p = stage("impute", "conformal label imputation and self-training on one fold rotation", cmd_impute)
     add_model_inputs(p)
+    add_preset_argument(p)
     p.add_argument("--test-fold", type=int, default=0, help="held-out fold; validation is the next one")
     p.add_argument("--configuration", choices=["mtl-all", "mtl-primary"], default="mtl-all")
     p.add_argument("--selection", help="a `momil select` folder: train on the primary plus the selected assays")
@@ -183,6 +192,7 @@ def register(stage) -> None:
         "benchmark", "the paper's Table 2: every method through the same protocol, with bootstrap tests", cmd_benchmark
     )
     add_model_inputs(p)
+    add_preset_argument(p)
     add_association_inputs(p)
     add_settings_arguments(p, BenchmarkSettings)
     add_settings_arguments(p, CVSettings, skip=("configuration", "select", "selection", "impute", "overwrite"))

@@ -253,15 +253,18 @@ class StackedHeads(nn.Module):
 
     kind = "base"
 
-    def __init__(self, n_assays: int, in_dim: int, hidden: int, dropout: float = 0.5):
+    def __init__(self, n_assays: int, in_dim: int, hidden: int, dropout: float = 0.5, mean_dim: int = 0):
         super().__init__()
         self.n_assays, self.in_dim, self.hidden = n_assays, in_dim, hidden
+        self.mean_dim = mean_dim
         self.dropout = FastDropout(dropout)
 
     def _build(self, parts: list[tuple[str, tuple[int, ...], int]], aliases: dict[str, tuple[str, int, int]]) -> None:
         """``parts``: (name, per-head shape, fan_in) stored in this order in a row of ``flat``, each initialised
         as nn.Linear initialises a layer with that fan_in; ``aliases``: name -> (part, start, stop) along the
         part's last axis (the separate layers a merged part holds, and the names earlier versions saved)."""
+        if self.mean_dim:  # the mean stream: a linear readout of the well's mean feature vector, started at zero
+            parts = parts + [("m_w", (self.mean_dim, 1), self.mean_dim), ("m_b", (1,), self.mean_dim)]
         layout, offset = {}, 0
         for name, shape, _fan_in in parts:
             size = math.prod(shape)
@@ -274,6 +277,8 @@ class StackedHeads(nn.Module):
                 bound = 1.0 / math.sqrt(fan_in)
                 start, stop, _ = layout[name]
                 self.flat[:, start:stop].uniform_(-bound, bound)
+                if name in ("m_w", "m_b"):
+                    self.flat[:, start:stop].zero_()
 
     def weights(self, table: torch.Tensor, name: str) -> torch.Tensor:
         """The view of one named weight in ``table`` (rows of ``flat``-shaped data): (rows, *shape)."""
@@ -296,17 +301,26 @@ class StackedHeads(nn.Module):
             return self.weights(self.flat, name)
         return super().__getattr__(name)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, assay: torch.Tensor) -> dict:
-        """Outputs for pairs in the caller's order: ``x`` (P, N, d), ``mask`` (P, N), ``assay`` (P,)."""
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, assay: torch.Tensor, means: torch.Tensor | None = None
+    ) -> dict:
+        """Outputs for pairs in the caller's order: ``x`` (P, N, d), ``mask`` (P, N), ``assay`` (P,); ``means``
+        (P, mean_dim): each pair's well mean, read by the mean stream (heads built with ``mean_dim``)."""
         plan = PairPlan.build(assay, x.device)
-        return plan.unpermute(self.forward_planned(plan.permute(x), plan.permute(mask), plan))
+        means = None if means is None else plan.permute(means)
+        return plan.unpermute(self.forward_planned(plan.permute(x), plan.permute(mask), plan, None, means))
 
     def forward_planned(
-        self, x: torch.Tensor, mask: torch.Tensor, plan: PairPlan, table: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        plan: PairPlan,
+        table: torch.Tensor | None = None,
+        means: torch.Tensor | None = None,
     ) -> dict:
-        """Outputs in ``plan``'s order for ``x`` and ``mask`` given in that order. ``table``: the rows of
-        ``flat`` for ``plan.assays``, in that order (a training step's copy of the rows it updates); by default
-        they are gathered from ``flat``."""
+        """Outputs in ``plan``'s order for ``x``, ``mask`` and ``means`` given in that order. ``table``: the rows
+        of ``flat`` for ``plan.assays``, in that order (a training step's copy of the rows it updates); by
+        default they are gathered from ``flat``."""
         raise NotImplementedError
 
     def planned_weights(self, plan: PairPlan, table: torch.Tensor | None = None) -> list:
@@ -355,6 +369,24 @@ class StackedHeads(nn.Module):
 
         return self._per_group(pooled, plan, one)
 
+    def bag_logit(self, pooled: torch.Tensor, plan: PairPlan, ws: list, means: torch.Tensor | None) -> torch.Tensor:
+        """F_alpha's logit plus, in heads with a mean stream, the linear readout of each pair's well mean
+        (P, mean_dim): m_t . mean + b_t. The stream starts at zero, so training starts at the attention model;
+        it holds the linear model on well means that a per-assay head otherwise has to rebuild through its
+        projector and attention from 20-500 labels (see the README's quality panel)."""
+        logit = self.classify(pooled, plan, ws)
+        if not self.mean_dim:
+            return logit
+        if means is None:
+            raise ValueError("heads with a mean stream need each pair's well mean (means)")
+
+        def one(g: int, part: torch.Tensor) -> torch.Tensor:
+            heads, pairs = plan.groups[g]
+            w, b = ws[g]("m_w"), ws[g]("m_b")  # (heads, D, 1), (heads, 1)
+            return torch.baddbmm(b.unsqueeze(1), part.reshape(heads, pairs, part.shape[-1]), w).reshape(-1)
+
+        return logit + self._per_group(means.to(pooled.dtype), plan, one)
+
     def probability(self, out: dict) -> torch.Tensor:
         return torch.sigmoid(full(out["logit"]))
 
@@ -387,8 +419,16 @@ class StackedHeads(nn.Module):
 class GatedAttentionHeads(StackedHeads):
     kind = "abmil"
 
-    def __init__(self, n_assays: int, in_dim: int, hidden: int, dropout: float = 0.5, attention_dim: int | None = None):
-        super().__init__(n_assays, in_dim, hidden, dropout)
+    def __init__(
+        self,
+        n_assays: int,
+        in_dim: int,
+        hidden: int,
+        dropout: float = 0.5,
+        mean_dim: int = 0,
+        attention_dim: int | None = None,
+    ):
+        super().__init__(n_assays, in_dim, hidden, dropout, mean_dim)
         a = self.attention_dim = attention_dim or hidden
         self._build(
             [
@@ -404,9 +444,7 @@ class GatedAttentionHeads(StackedHeads):
             {"v_w": ("vu_w", 0, a), "u_w": ("vu_w", a, 2 * a), "v_b": ("vu_b", 0, a), "u_b": ("vu_b", a, 2 * a)},
         )
 
-    def forward_planned(
-        self, x: torch.Tensor, mask: torch.Tensor, plan: PairPlan, table: torch.Tensor | None = None
-    ) -> dict:
+    def forward_planned(self, x, mask, plan: PairPlan, table=None, means=None) -> dict:
         ws = self.planned_weights(plan, table)
         h = self.project(x, plan, ws)  # (P, N, h)
         a = self.attention_dim
@@ -415,14 +453,22 @@ class GatedAttentionHeads(StackedHeads):
         scores = self.linear(gate, plan, ws, "w_w", "w_b").squeeze(-1)  # (P, N)
         attention = masked_softmax(scores, mask)
         pooled = attention_pool(attention, h)  # (P, h)
-        return {"logit": self.classify(pooled, plan, ws), "attention": attention, "embedding": pooled}
+        return {"logit": self.bag_logit(pooled, plan, ws, means), "attention": attention, "embedding": pooled}
 
 
 class DSMILHeads(StackedHeads):
     kind = "dsmil"
 
-    def __init__(self, n_assays: int, in_dim: int, hidden: int, dropout: float = 0.5, query_dim: int | None = None):
-        super().__init__(n_assays, in_dim, hidden, dropout)
+    def __init__(
+        self,
+        n_assays: int,
+        in_dim: int,
+        hidden: int,
+        dropout: float = 0.5,
+        mean_dim: int = 0,
+        query_dim: int | None = None,
+    ):
+        super().__init__(n_assays, in_dim, hidden, dropout, mean_dim)
         q = self.query_dim = query_dim or hidden
         self._build(
             [
@@ -436,9 +482,7 @@ class DSMILHeads(StackedHeads):
             {"q_w": ("qi_w", 0, q), "inst_w": ("qi_w", q, q + 1), "q_b": ("qi_b", 0, q), "inst_b": ("qi_b", q, q + 1)},
         )
 
-    def forward_planned(
-        self, x: torch.Tensor, mask: torch.Tensor, plan: PairPlan, table: torch.Tensor | None = None
-    ) -> dict:
+    def forward_planned(self, x, mask, plan: PairPlan, table=None, means=None) -> dict:
         ws = self.planned_weights(plan, table)
         h = self.project(x, plan, ws)  # (P, N, h)
         q = self.query_dim
@@ -453,7 +497,7 @@ class DSMILHeads(StackedHeads):
         attention = masked_softmax(scores, mask)
         pooled = attention_pool(attention, h)  # (P, h)
         return {
-            "logit": self.classify(pooled, plan, ws),
+            "logit": self.bag_logit(pooled, plan, ws, means),
             "max_logit": max_logit,
             "attention": attention,
             "embedding": pooled,
@@ -476,8 +520,8 @@ class MeanPoolHeads(StackedHeads):
 
     kind = "mean"
 
-    def __init__(self, n_assays: int, in_dim: int, hidden: int, dropout: float = 0.5):
-        super().__init__(n_assays, in_dim, hidden, dropout)
+    def __init__(self, n_assays: int, in_dim: int, hidden: int, dropout: float = 0.5, mean_dim: int = 0):
+        super().__init__(n_assays, in_dim, hidden, dropout, mean_dim)
         self._build(
             [
                 ("gamma_w", (in_dim, hidden), in_dim),
@@ -488,14 +532,12 @@ class MeanPoolHeads(StackedHeads):
             {},
         )
 
-    def forward_planned(
-        self, x: torch.Tensor, mask: torch.Tensor, plan: PairPlan, table: torch.Tensor | None = None
-    ) -> dict:
+    def forward_planned(self, x, mask, plan: PairPlan, table=None, means=None) -> dict:
         ws = self.planned_weights(plan, table)
         h = self.project(x, plan, ws)
         weights = mean_weights(mask, h.dtype)
         pooled = attention_pool(weights, h)
-        return {"logit": self.classify(pooled, plan, ws), "attention": weights, "embedding": pooled}
+        return {"logit": self.bag_logit(pooled, plan, ws, means), "attention": weights, "embedding": pooled}
 
 
 HEADS = {"abmil": GatedAttentionHeads, "dsmil": DSMILHeads, "mean": MeanPoolHeads}

@@ -6,12 +6,17 @@ import torch
 from torch import nn
 
 from momil.errors import MomilError
-from momil.model.heads import HEADS, FastDropout, PairPlan, gather_rows
+from momil.model.heads import HEADS, FastDropout, PairPlan, attention_pool, gather_rows, mean_weights
 
 
 class MoMIL(nn.Module):
     """``F_phi`` (Linear D -> d, ReLU, dropout; identity when ``shared_projector`` is False, as in the
-    single-assay models of assay selection) followed by stacked heads, one per assay in ``assays``."""
+    single-assay models of assay selection) followed by stacked heads, one per assay in ``assays``.
+
+    With ``mean_stream`` each head adds a linear readout of the well's mean instance to its logit (started at
+    zero; see :meth:`momil.model.heads.StackedHeads.bag_logit`): the model then holds the linear model on well
+    means, which a per-assay head otherwise rebuilds through its projector and attention. Off in the paper's
+    form (``--preset paper``)."""
 
     def __init__(
         self,
@@ -22,6 +27,7 @@ class MoMIL(nn.Module):
         head_dim: int = 64,
         dropout: float = 0.5,
         shared_projector: bool = True,
+        mean_stream: bool = False,
     ):
         super().__init__()
         if head not in HEADS:
@@ -38,6 +44,7 @@ class MoMIL(nn.Module):
             "head_dim": head_dim,
             "dropout": dropout,
             "shared_projector": shared_projector,
+            "mean_stream": mean_stream,
         }
         if shared_projector:
             self.projector = nn.Sequential(nn.Linear(in_dim, projector_dim), nn.ReLU(), FastDropout(dropout))
@@ -45,7 +52,8 @@ class MoMIL(nn.Module):
         else:
             self.projector = nn.Identity()
             head_in = in_dim
-        self.heads = HEADS[head](len(self.assays), head_in, head_dim, dropout)
+        self.heads = HEADS[head](len(self.assays), head_in, head_dim, dropout, in_dim if mean_stream else 0)
+        self.mean_stream = mean_stream
 
     def encode(self, bags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """F_phi on the real instances only: bags (B, N, D), mask (B, N) -> (B, N, d), zeros at padding."""
@@ -74,7 +82,14 @@ class MoMIL(nn.Module):
         """Outputs in ``plan``'s order; ``pair_well`` is given in that order (see ``StackedHeads.forward_planned``
         for ``table``)."""
         encoded = self.encode(bags, mask)
-        return self.heads.forward_planned(gather_rows(encoded, pair_well), mask.index_select(0, pair_well), plan, table)
+        pair_mask = mask.index_select(0, pair_well)
+        means = self.well_means(bags, mask)
+        means = None if means is None else means.index_select(0, pair_well)
+        return self.heads.forward_planned(gather_rows(encoded, pair_well), pair_mask, plan, table, means)
+
+    def well_means(self, bags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        """Each well's mean instance (B, D), the mean stream's input; None without a mean stream."""
+        return attention_pool(mean_weights(mask, bags.dtype), bags) if self.mean_stream else None
 
     def loss(self, out: dict, target: torch.Tensor) -> torch.Tensor:
         """Summed BCE over the pairs in ``out`` (unknown labels are never pairs, so they add nothing)."""
@@ -93,13 +108,15 @@ class MoMIL(nn.Module):
         """Probabilities (B, len(assays)) for every well and the given assay indices (all by default)."""
         assays = list(range(len(self.assays))) if assays is None else list(assays)
         encoded = self.encode(bags, mask)
+        means = self.well_means(bags, mask)
         b = bags.shape[0]
         wells = torch.arange(b, device=bags.device).repeat_interleave(len(assays))
         heads = torch.tensor(assays, device=bags.device).repeat(b)
         probs = []
         for start in range(0, len(wells), max_pairs):
             w, t = wells[start : start + max_pairs], heads[start : start + max_pairs]
-            probs.append(self.heads.probability(self.heads(encoded[w], mask[w], t)))
+            out = self.heads(encoded[w], mask[w], t, None if means is None else means[w])
+            probs.append(self.heads.probability(out))
         return torch.cat(probs).reshape(b, len(assays))
 
     @torch.no_grad()

@@ -36,6 +36,7 @@ def model_from_hparams(hp: dict) -> torch.nn.Module:
             hp["head_dim"],
             hp["dropout"],
             hp["shared_projector"],
+            hp.get("mean_stream", False),  # models saved before the mean stream have none
         )
     if kind in BASELINES:
         return BASELINES[kind](hp["in_dim"], hp["assays"], hp["projector_dim"], hp["head_dim"], hp["dropout"])
@@ -56,5 +57,6 @@ def build_model(in_dim: int, assays: list[str], settings: TrainSettings) -> torc
             "head_dim": settings.head_dim,
             "dropout": settings.dropout,
             "shared_projector": settings.shared_projector,
+            "mean_stream": settings.mean_stream,
         }
     )

@@ -66,8 +66,10 @@ class SelectSettings(Settings):
         0.9, "influence needed, as a fraction of the primary's self-influence (the paper's 0.9)", low=0
     )
     keep_without_genes: bool = setting(False, "secondary assays without target genes pass the biology stage")
-    stl_head_dim: int = setting(64, "head size of the single-assay models", low=1)
-    stl_lr: float = setting(1e-4, "learning rate of the single-assay models", low=0, high=1, low_open=True)
+    stl_head_dim: int = setting(32, "head size of the single-assay models (paper's: 64)", low=1)
+    stl_lr: float = setting(
+        3e-3, "learning rate of the single-assay models (paper's: 1e-4)", low=0, high=1, low_open=True
+    )
     influence_c: float = setting(1.0, "inverse L2 strength of the influence logistic regression", low=0, low_open=True)
 
     def stage_list(self) -> list[str]:

@@ -208,7 +208,8 @@ def fit(
 
     bar = progress(total=settings.epochs, desc="train", unit="epoch", enabled=show_progress, initial=state["epoch"])
     with bar:
-        while state["epoch"] < settings.epochs and state["bad_epochs"] < settings.patience:
+        best_epoch_wins = settings.select_epoch == "best"
+        while state["epoch"] < settings.epochs and (not best_epoch_wins or state["bad_epochs"] < settings.patience):
             model.train()
             order = rng.permutation(train_wells)
             total_loss, total_pairs = 0.0, 0
@@ -261,7 +262,9 @@ def fit(
             better = comparable > state["best_score"] + 1e-12 or (
                 abs(comparable - state["best_score"]) <= 1e-12 and val_loss < state.get("best_val_loss", math.inf)
             )
-            if better:
+            if not best_epoch_wins:  # the model at the end is the fit; its last score ranks the grid point
+                state.update(best_score=comparable, best_epoch=epoch, best_val_loss=val_loss)
+            elif better:
                 state.update(
                     best_score=comparable,
                     best_epoch=epoch,

@@ -59,8 +59,10 @@ def amtl_weights(per_assay: dict[int, float], potentials: np.ndarray, gamma: flo
 
 
 def mean_bce(label: np.ndarray, prob: np.ndarray) -> float:
-    """Mean binary cross-entropy of probabilities (NaN without pairs)."""
+    """Mean binary cross-entropy of probabilities (scikit-learn's ``log_loss``; NaN without pairs)."""
+    from sklearn.metrics import log_loss
+
     if len(label) == 0:
         return float("nan")
-    p = np.clip(prob.astype(np.float64), 1e-7, 1 - 1e-7)
-    return float(-np.mean(label * np.log(p) + (1 - label) * np.log(1 - p)))
+    p = np.clip(np.asarray(prob, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return float(log_loss(np.asarray(label, dtype=np.float64), p, labels=[0, 1]))

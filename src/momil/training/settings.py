@@ -16,19 +16,33 @@ class TrainSettings(Settings):
         choices=MODELS,
     )
     head: str = setting(
-        "dsmil",
-        '"dsmil" (the paper\'s), "abmil" (gated attention) or "mean" (mean pooling, no attention)',
+        "abmil",
+        '"abmil" (gated attention; the default: at 20-500 labels per assay DSMIL\'s critical-instance stream '
+        'trails it, see the README\'s quality panel), "dsmil" (the paper\'s, --preset paper) or "mean" (mean '
+        "pooling, no attention)",
         choices=["dsmil", "abmil", "mean"],
     )
-    projector_dim: int = setting(128, "F_phi output size d (grid: 64, 128)", low=1)
-    head_dim: int = setting(64, "F_gamma size inside each head (grid: 32, 64, 128)", low=1)
+    projector_dim: int = setting(64, "F_phi output size d (paper's grid: 64, 128)", low=1)
+    head_dim: int = setting(32, "F_gamma size inside each head (paper's grid: 32, 64, 128)", low=1)
     dropout: float = setting(0.5, low=0, high=1, high_open=True)
-    lr: float = setting(1e-4, "(grid: 1e-4, 5e-5, 1e-5)", low=0, high=1, low_open=True)
+    lr: float = setting(3e-3, "peak learning rate (paper's grid: 1e-4, 5e-5, 1e-5)", low=0, high=1, low_open=True)
     weight_decay: float = setting(5e-4, low=0)
-    epochs: int = setting(100, low=1)
-    warmup_epochs: int = setting(20, "linear warm-up, then cosine annealing to 0 at the last epoch", low=0)
-    patience: int = setting(10, "epochs without a better validation score before stopping", low=1)
+    epochs: int = setting(25, "(paper: 100)", low=1)
+    warmup_epochs: int = setting(3, "linear warm-up, then cosine annealing to 0 at the last epoch (paper: 20)", low=0)
+    patience: int = setting(6, "epochs without a better validation score before stopping (--select-epoch best)", low=1)
+    select_epoch: str = setting(
+        "last",
+        '"last": the model at the end of the schedule, its validation score ranks grid points (validation folds '
+        'of 10-100 compounds per assay are too small to pick an epoch); "best": the epoch of the best validation '
+        "score, stopping after --patience epochs without a better one (the paper's)",
+        choices=["last", "best"],
+    )
     batch_wells: int = setting(32, "wells per step", low=1)
+    mean_stream: bool = setting(
+        True,
+        "MoMIL: each head adds a linear readout of the well's mean instance, started at zero (off in the paper's "
+        "form, --preset paper)",
+    )
     shared_projector: bool = setting(True, "False: heads read the instance features directly (single-assay models)")
     lazy_heads: bool = setting(
         True, "AdamW moves a head only in steps where it has labelled pairs (cost ~ labels, not assays)"
