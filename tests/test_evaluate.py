@@ -39,7 +39,9 @@ def test_compound_prediction_is_mean_of_wells():
 
 
 def test_paper_grid():
-    points = grid(CVSettings())
+    from momil.presets import preset_values
+
+    points = grid(CVSettings(**preset_values("paper", "cv")))
     assert len(points) == 2 * 3 * 3
     assert {p["projector_dim"] for p in points} == {64, 128} and {p["lr"] for p in points} == {1e-4, 5e-5, 1e-5}
 

@@ -89,6 +89,7 @@ def test_attention_beats_chance_and_mean_pooling(tmp_path):
             epochs=40,
             warmup_epochs=2,
             patience=40,
+            select_epoch="best",
             batch_wells=16,
             seed=0,
         )

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from momil.errors import MomilError
+from momil.model.calibration import OutputCalibration
 from momil.model.heads import FastDropout, attention_pool, full, gated, masked_softmax, mean_weights
 
 
@@ -38,6 +39,7 @@ class PairModel(nn.Module):
             "head_dim": head_dim,
             "dropout": dropout,
         }
+        self.calibration = OutputCalibration(len(self.assays))
 
     def well_outputs(self, bags: torch.Tensor, mask: torch.Tensor) -> dict:
         raise NotImplementedError
@@ -65,7 +67,7 @@ class PairModel(nn.Module):
         logits = full(self.well_outputs(bags, mask)["logits"])
         if assays is not None:
             logits = logits[:, list(assays)]
-        return torch.sigmoid(logits)
+        return self.calibration(torch.sigmoid(logits), assays)
 
     @torch.no_grad()
     def embed(self, bags, mask, assay: int) -> torch.Tensor:

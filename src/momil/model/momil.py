@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from momil.errors import MomilError
+from momil.model.calibration import OutputCalibration
 from momil.model.heads import HEADS, FastDropout, PairPlan, attention_pool, gather_rows, mean_weights
 
 
@@ -54,6 +55,7 @@ class MoMIL(nn.Module):
             head_in = in_dim
         self.heads = HEADS[head](len(self.assays), head_in, head_dim, dropout, in_dim if mean_stream else 0)
         self.mean_stream = mean_stream
+        self.calibration = OutputCalibration(len(self.assays))
 
     def encode(self, bags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """F_phi on the real instances only: bags (B, N, D), mask (B, N) -> (B, N, d), zeros at padding."""
@@ -117,7 +119,7 @@ class MoMIL(nn.Module):
             w, t = wells[start : start + max_pairs], heads[start : start + max_pairs]
             out = self.heads(encoded[w], mask[w], t, None if means is None else means[w])
             probs.append(self.heads.probability(out))
-        return torch.cat(probs).reshape(b, len(assays))
+        return self.calibration(torch.cat(probs).reshape(b, len(assays)), assays)
 
     @torch.no_grad()
     def attention(self, bag: torch.Tensor, assay: int) -> torch.Tensor:

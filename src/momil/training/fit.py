@@ -24,6 +24,7 @@ from momil.model.heads import PairPlan
 from momil.model.momil import MoMIL
 from momil.model.registry import build_model
 from momil.progress import progress
+from momil.training.calibration import calibrate
 from momil.training.checkpoints import save_training_checkpoint, state_from_checkpoint
 from momil.training.losses import amtl_weights, balanced_loss, mean_bce, smoothed_balanced_loss
 from momil.training.metrics import validation_score
@@ -123,7 +124,8 @@ def predict_pairs(
         out_w.append(batch[rows])
         out_a.append(assay)
         out_y.append(label)
-        out_p.append(model.probability(out).float().cpu().numpy())
+        probability = model.calibration.pairs(model.probability(out).float(), torch.from_numpy(assay))
+        out_p.append(probability.cpu().numpy())
     if not out_w:
         empty = np.zeros(0)
         return empty.astype(np.int64), empty.astype(np.int64), empty, empty
@@ -289,4 +291,6 @@ def fit(
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
     model.eval()
+    if settings.calibrate:
+        calibrate(model, store, val_wells, pairs, device)
     return FitResult(model, state["best_epoch"], state["best_score"], state["history"], time.perf_counter() - started)

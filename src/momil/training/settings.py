@@ -43,6 +43,11 @@ class TrainSettings(Settings):
         "MoMIL: each head adds a linear readout of the well's mean instance, started at zero (off in the paper's "
         "form, --preset paper)",
     )
+    calibrate: bool = setting(
+        True,
+        "after training, standardise each assay's logits on the validation wells and fit one logistic map to the "
+        "validation labels, so models of different rotations share a scale (off in the paper's form)",
+    )
     shared_projector: bool = setting(True, "False: heads read the instance features directly (single-assay models)")
     lazy_heads: bool = setting(
         True, "AdamW moves a head only in steps where it has labelled pairs (cost ~ labels, not assays)"
