@@ -327,3 +327,30 @@ def test_models_saved_without_a_mean_stream_still_load():
     loaded = model_from_hparams(hparams)
     loaded.load_state_dict(old.state_dict())
     assert not loaded.mean_stream
+
+
+def test_output_calibration_is_the_identity_until_set_and_then_an_increasing_map_per_assay():
+    from momil.model.calibration import OutputCalibration
+
+    calibration = OutputCalibration(3)
+    p = torch.rand(5, 3) * 0.98 + 0.01
+    assert torch.equal(calibration(p), p)
+    calibration.shift.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    calibration.scale.copy_(torch.tensor([2.0, 0.5, 1.0]))
+    calibration.slope_bias.copy_(torch.tensor([1.5, -0.3]))
+    logit = torch.log(p) - torch.log1p(-p)
+    expected = torch.sigmoid(1.5 * (logit - calibration.shift) / calibration.scale - 0.3)
+    assert torch.allclose(calibration(p), expected, atol=1e-6)
+    assert torch.allclose(calibration(p[:, [2, 0]], [2, 0]), expected[:, [2, 0]], atol=1e-6)
+    wells, assays = torch.tensor([0, 3, 4, 1]), torch.tensor([1, 1, 0, 2])
+    assert torch.allclose(calibration.pairs(p[wells, assays], assays), expected[wells, assays], atol=1e-6)
+    for t in range(3):  # the order of the wells within an assay is kept
+        assert bool((torch.diff(calibration(p)[torch.argsort(p[:, t]), t]) > 0).all())
+
+
+def test_models_saved_without_calibration_load_with_the_identity():
+    model = MoMIL(8, ["a", "b"], "abmil", 6, 5, 0.0)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("calibration.")}
+    loaded = MoMIL(8, ["a", "b"], "abmil", 6, 5, 0.0)
+    loaded.load_state_dict(state)
+    assert loaded.calibration.identity

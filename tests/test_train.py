@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -381,3 +382,26 @@ def test_select_epoch_last_keeps_the_end_of_the_schedule_and_best_the_best_epoch
     # the model returned is the one of the best epoch: its validation score is the best one
     _, _, y, prob = predict_pairs(best.model, store, pairs.labelled_wells(val), pairs, torch.device("cpu"))
     assert roc_auc(y, prob) == pytest.approx(best.best_score)
+
+
+def test_calibration_standardises_each_assay_on_validation_wells_and_keeps_the_order(tmp_path):
+    from momil.training.calibration import MIN_SLOPE
+
+    store, labels = needle_screen(tmp_path / "store", n_compounds=40, per_well=10)
+    pairs = WellPairs.build(store.wells, labels, ["needle"])
+    train_c, val_c, test_c = _split(labels)
+    train, val, test = (wells_of(store.wells, c) for c in (train_c, val_c, test_c))
+    settings = TrainSettings(projector_dim=8, head_dim=8, lr=1e-2, epochs=4, warmup_epochs=1, batch_wells=8)
+    raw = fit(store, pairs, train, val, np.array([True]), dataclasses.replace(settings, calibrate=False), None, False)
+    cal = fit(store, pairs, train, val, np.array([True]), settings, show_progress=False)
+    assert raw.model.calibration.identity and not cal.model.calibration.identity
+    slope, bias = cal.model.calibration.slope_bias.tolist()
+    assert slope >= MIN_SLOPE
+    bags, mask = load_bags(store, pairs.labelled_wells(val))
+    p = cal.model.predict(bags, mask).double()[:, 0]
+    logit = torch.log(p) - torch.log1p(-p)  # = slope * z + bias, z standardised over the validation wells
+    assert float(logit.mean()) == pytest.approx(bias, abs=1e-4)
+    assert float(logit.std(unbiased=False)) == pytest.approx(slope, rel=1e-3)
+    bags, mask = load_bags(store, test)
+    before, after = raw.model.predict(bags, mask)[:, 0], cal.model.predict(bags, mask)[:, 0]
+    assert bool((torch.diff(after[torch.argsort(before)]) >= 0).all())  # same fit, same ranking

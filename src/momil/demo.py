@@ -14,9 +14,10 @@ from pathlib import Path
 import pandas as pd
 
 from momil.errors import MomilError
+from momil.presets import preset_values
 
-DEMO_TRAIN = dict(head="dsmil", epochs=25, warmup_epochs=3, patience=6, batch_wells=32)
-DEMO_GRID = dict(projector_dims="64", head_dims="32", lrs="1e-3,3e-4")
+DEMO_TRAIN = preset_values("quick", "train")  # the 2-core settings: `momil cv --preset quick`
+DEMO_GRID = preset_values("quick", "cv")
 
 
 def run_demo(
@@ -112,7 +113,7 @@ def run_demo(
     cv_settings = CVSettings(configuration="mtl-all", rotations=rotations, **DEMO_GRID)
     train_settings = TrainSettings(**{**DEMO_TRAIN, **({"epochs": epochs} if epochs else {})})
     print(
-        f"\n5. cv -> {out / 'cv'}: MoMIL (shared projector + one DSMIL head per assay, {len(labels.assays)} "
+        f"\n5. cv -> {out / 'cv'}: MoMIL (shared projector + one gated-attention head per assay, {len(labels.assays)} "
         f"assays), 3-1-1 rotation over the folds, learning rate chosen on validation from {DEMO_GRID['lrs']}"
     )
     result = cross_validate(

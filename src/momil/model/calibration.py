@@ -7,8 +7,9 @@ location of each head's logits, and that mixes the pooled ranking even when each
 compounds well (on the quality panel's mean-strong regime: pooled 0.712, per rotation 0.747). Calibrating each
 model on its own validation fold puts them on one scale without touching a model's ranking within an assay:
 
-    z_t = (logit_t - shift_t) / scale_t      shift_t, scale_t: mean and sd of assay t's logits over all validation
-                                             wells (labels not needed, so every validation well counts)
+    z_t = (logit_t - shift_t) / scale_t      shift_t, scale_t: mean and sd of assay t's logits over the
+                                             validation wells (every well with a label in any of the model's
+                                             assays counts for every assay: its own labels are not needed)
     p_t = sigmoid(slope * z_t + bias)        slope (> 0) and bias: a logistic regression of the labelled
                                              validation pairs' labels on z (one pair of numbers for every assay)
 
