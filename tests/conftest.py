@@ -154,3 +154,20 @@ def prepared_workspace(root: Path, *extra_steps) -> Path:
         os.chdir(cwd)
     render_screen(root / "render")
     return root
+
+
+def simulated_screen(root: Path, settings, n_folds: int):
+    """A `momil simulate` screen under ``root`` taken through ingest, correct and split (Butina folds):
+    (corrected store, labels, folds)."""
+    from momil.io.contract import read_labels
+    from momil.io.ingest import ingest
+    from momil.prep.correct import correct
+    from momil.prep.splits import SplitSettings, make_folds
+    from momil.simulate.screen import simulate
+
+    simulate(root / "screen", settings, show_progress=False)
+    ingest(root / "screen" / "instances.parquet", root / "screen" / "wells.parquet", root / "raw", show_progress=False)
+    store = correct(root / "raw", root / "store", show_progress=False)
+    labels = read_labels(root / "screen" / "labels.parquet")
+    folds = make_folds(labels.compounds, labels=labels, settings=SplitSettings(n_folds=n_folds), show_progress=False)
+    return store, labels, folds

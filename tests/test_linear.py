@@ -11,14 +11,12 @@ import pytest
 
 import momil.model.linear as linear
 from momil.data.pairs import rotation_wells
-from momil.io.contract import read_labels
-from momil.io.ingest import ingest
 from momil.io.store import InstanceStore
-from momil.prep.correct import correct
-from momil.prep.splits import SplitSettings, make_folds
 from momil.protocol.cv import CVSettings, cross_validate
-from momil.simulate.screen import SimulateSettings, simulate
+from momil.simulate.screen import SimulateSettings
 from momil.training.settings import TrainSettings
+
+from conftest import simulated_screen
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +39,7 @@ def screen(tmp_path_factory):
         primary_density=0.8,
         hit_rate=0.4,
     )
-    simulate(root / "screen", settings, show_progress=False)
-    ingest(root / "screen" / "instances.parquet", root / "screen" / "wells.parquet", root / "raw", show_progress=False)
-    store = correct(root / "raw", root / "store", show_progress=False)
-    labels = read_labels(root / "screen" / "labels.parquet")
-    folds = make_folds(labels.compounds, labels=labels, settings=SplitSettings(n_folds=3), show_progress=False)
+    store, labels, folds = simulated_screen(root, settings, n_folds=3)
     return root, store, labels, folds
 
 

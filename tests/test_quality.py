@@ -7,13 +7,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from momil.io.contract import read_labels
-from momil.io.ingest import ingest
-from momil.prep.correct import correct
-from momil.prep.splits import SplitSettings, make_folds
 from momil.protocol.cv import CVSettings, cross_validate
-from momil.simulate.screen import SimulateSettings, simulate
+from momil.simulate.screen import SimulateSettings
 from momil.training.settings import TrainSettings
+
+from conftest import simulated_screen
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +33,7 @@ def screen(tmp_path_factory):
         primary_density=0.6,
         seed=0,
     )
-    simulate(root / "screen", settings, show_progress=False)
-    ingest(root / "screen" / "instances.parquet", root / "screen" / "wells.parquet", root / "raw", show_progress=False)
-    store = correct(root / "raw", root / "store", show_progress=False)
-    labels = read_labels(root / "screen" / "labels.parquet")
-    folds = make_folds(labels.compounds, labels=labels, settings=SplitSettings(n_folds=5), show_progress=False)
+    store, labels, folds = simulated_screen(root, settings, n_folds=5)
     assays = pd.read_parquet(root / "screen" / "assays.parquet")
     primary = assays.loc[assays["role"] == "primary", "assay"].astype(str).tolist()
     return root, store, labels, folds, primary
