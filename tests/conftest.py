@@ -1,4 +1,5 @@
-"""Tiny fixtures made in code, and paths to the real data in ../shared/data."""
+"""Tiny fixtures made in code, and paths to the real data the tests read: cut-down copies in tests/data
+(scripts/cut_test_data.py, provenance and licences in tests/data/README.md) and the package's own resources."""
 
 from __future__ import annotations
 
@@ -11,15 +12,22 @@ import pytest
 
 os.environ.setdefault("MOMIL_NO_PROGRESS", "1")
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not SHARED.exists():  # a checkout without the shared folder beside it
-    SHARED = Path(os.environ.get("MOMIL_SHARED_DATA", SHARED))
+REAL_DATA = Path(__file__).resolve().parent / "data"
 
 
-def shared(*parts) -> Path:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real data not available at {path} (set MOMIL_SHARED_DATA)")
+def real_data(*parts) -> Path:
+    """A real file in tests/data: always there, never skipped."""
+    path = REAL_DATA.joinpath(*parts)
+    assert path.exists(), f"{path} is missing: tests/data is part of the repository (scripts/cut_test_data.py)"
+    return path
+
+
+def resource(*parts) -> Path:
+    """A real file the package ships (src/momil/resources)."""
+    from momil.simulate.screen import data_path
+
+    path = data_path(*parts)
+    assert path.exists(), f"{path} is missing from the package's resources"
     return path
 
 

@@ -13,13 +13,13 @@ from momil.errors import InputError
 from momil.io.cellprofiler import read_cellprofiler
 from momil.io.store import InstanceStore
 
-from conftest import shared
+from conftest import real_data
 
 FOLDER = ("single-cell", "cellprofiler-BR00121431-A01-1")
 
 
 def test_real_cellprofiler_site_merges_compartments():
-    folder = shared(*FOLDER)
+    folder = real_data(*FOLDER)
     table, report = read_cellprofiler(folder)
     assert report["cells"] == len(table) == 89 and report["images"] == 1
     assert set(table["Metadata_Well"]) == {"A01"} and set(table["Metadata_Plate"]) == {"BR00121431"}
@@ -41,11 +41,11 @@ def test_real_cellprofiler_site_merges_compartments():
     # identifiers and positions are not features
     features = [c for c in table.columns if not c.startswith("Metadata_")]
     assert not [c for c in features if "ObjectNumber" in c or "Location_" in c or "Parent_" in c or "_Center_" in c]
-    assert report["features"] == len(features) > 4000
+    assert report["features"] == len(features) > 150  # tests/data keeps AreaShape and mean intensities (165)
 
 
 def test_cells_to_store_from_the_shell(tmp_path, capsys):
-    folder = shared(*FOLDER)
+    folder = real_data(*FOLDER)
     assert main(["cells", "--cellprofiler", str(folder), "--out", str(tmp_path / "cells.parquet")]) == 0
     assert "89 cells" in capsys.readouterr().out
     pd.DataFrame(
@@ -73,11 +73,11 @@ def test_cells_to_store_from_the_shell(tmp_path, capsys):
         == 0
     )
     store = InstanceStore(tmp_path / "store")
-    assert store.n_instances == 89 and store.counts[0] == 89 and store.dim > 4000
+    assert store.n_instances == 89 and store.counts[0] == 89 and store.dim > 150
 
 
 def test_bad_cellprofiler_output_is_refused(tmp_path):
-    folder = shared(*FOLDER)
+    folder = real_data(*FOLDER)
     copy = tmp_path / "cp"
     shutil.copytree(folder, copy)
     (copy / "Image.csv").unlink()

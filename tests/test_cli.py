@@ -12,7 +12,7 @@ import pytest
 from momil.cli import main
 from momil.io.store import InstanceStore
 
-from conftest import shared, tiny_instances, tiny_wells
+from conftest import resource, tiny_instances, tiny_wells
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -177,7 +177,7 @@ def test_split_real_hti_cnn_matrix(tmp_path, capsys):
         capsys,
         "split",
         "--labels",
-        shared("hti-cnn-labels", "label-matrix.mtx"),
+        resource("hti-cnn-labels", "label-matrix.mtx.gz"),
         "--out",
         tmp_path / "folds.parquet",
         "--quiet",

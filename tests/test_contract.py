@@ -24,7 +24,7 @@ from momil.io.contract import (
 )
 from momil.io.tables import normalise_well, well_row_col
 
-from conftest import shared, tiny_instances, tiny_wells
+from conftest import real_data, resource, tiny_instances, tiny_wells
 
 
 # ------------------------------------------------------------------------------------------------- wells
@@ -175,7 +175,7 @@ def test_instances_missing_well_column(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ labels
 def test_real_hti_cnn_matrix_loads():
-    path = shared("hti-cnn-labels", "label-matrix.mtx")
+    path = resource("hti-cnn-labels", "label-matrix.mtx.gz")
     with pytest.warns(UserWarning, match="columns share 5 assay identifiers"):
         labels = read_labels(path)
     assert labels.shape == (10574, 209)
@@ -300,7 +300,7 @@ def test_assays(tmp_path):
 
 # ---------------------------------------------------------------------------------------- associations
 def test_real_network_loads_as_gene_table():
-    table = read_associations(shared("ppi", "irefindex_pcsf_edges.csv"))
+    table = read_associations(resource("ppi", "irefindex_pcsf_edges.csv.gz"))
     assert {"gene_a", "gene_b", "score"} <= set(table.columns)
     assert table["score"].between(0, 1).all()
     assert len(table) > 150_000
@@ -331,7 +331,7 @@ def test_association_scores_out_of_range(tmp_path):
 
 # -------------------------------------------------------------------------------------------- load data
 def test_real_load_data():
-    table, channels = read_load_data(shared("images", "example_load_data_BR00126114.parquet"))
+    table, channels = read_load_data(real_data("images", "example_load_data_BR00126114.parquet"))
     assert channels == ["OrigAGP", "OrigDNA", "OrigER", "OrigMito", "OrigRNA"]
     assert table["Metadata_Well"].str.match(r"^[A-P]\d\d$").all()
 

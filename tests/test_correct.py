@@ -10,7 +10,7 @@ from momil.errors import MomilError
 from momil.io.store import InstanceStore, StoreWriter
 from momil.prep.correct import CorrectSettings, correct, load_correction_stats, mad_robustize, plate_variance_fraction
 
-from conftest import shared
+from conftest import real_data
 
 
 def store_from_profiles(frame: pd.DataFrame, features: list[str], path, control_of) -> InstanceStore:
@@ -34,7 +34,7 @@ def store_from_profiles(frame: pd.DataFrame, features: list[str], path, control_
 def test_equals_pycytominer_on_real_lincs_plate(tmp_path, eps):
     from pycytominer import normalize
 
-    profiles = pd.read_csv(shared("profiles", "SQ00015054_normalized_feature_select.csv.gz"))
+    profiles = pd.read_csv(real_data("profiles", "SQ00015054_normalized_feature_select.csv.gz"))
     features = [c for c in profiles.columns if not c.startswith("Metadata_")]
     # float32 store: compare against pycytominer on the same float32-rounded values
     profiles[features] = profiles[features].astype(np.float32).astype(np.float64)

@@ -9,7 +9,7 @@ import pytest
 from momil.errors import InputError, MomilError
 from momil.imaging.fields import FieldSettings, channel_map, normalise, read_field, tile_field, tile_positions
 
-from conftest import shared
+from conftest import real_data
 
 PHENIX = {
     "OrigDNA": "ch5",
@@ -33,7 +33,7 @@ def load_data(folder, plate: str, well: str, site: str, files: dict[str, str]) -
 
 def phenix_load_data() -> pd.DataFrame:
     return load_data(
-        shared("images", "BR00143976-C03-f03"),
+        real_data("images", "BR00143976-C03-f03"),
         "BR00143976",
         "C03",
         "3",
@@ -43,7 +43,7 @@ def phenix_load_data() -> pd.DataFrame:
 
 def bray_load_data() -> pd.DataFrame:
     return load_data(
-        shared("images", "bray-24279-A01-s1"),
+        real_data("images", "bray-24279-A01-s1"),
         "24279",
         "A01",
         "1",
@@ -65,9 +65,9 @@ def test_channel_mapping_by_suffix_and_by_name():
 
 def test_real_phenix_field_resized_clipped_normalised():
     row = phenix_load_data().iloc[0]
-    settings = FieldSettings(size=960)
+    settings = FieldSettings(size=480)
     field = read_field(row, channel_map(settings, list(PHENIX)), settings)
-    assert field.shape == (5, 960, 960) and field.dtype == np.float32  # 1080 -> 960, brightfield left out
+    assert field.shape == (5, 480, 480) and field.dtype == np.float32  # 540 -> 480, brightfield left out
     assert field.min() == 0.0 and field.max() == 1.0
     # clipping at the 99.9th percentile saturates about 0.1 % of each channel's pixels
     for plane in field:
@@ -78,7 +78,7 @@ def test_real_bray_field_keeps_its_size_when_asked():
     row = bray_load_data().iloc[0]
     settings = FieldSettings(size=0, channels=",".join(f"{k}={k}" for k in BRAY))
     field = read_field(row, channel_map(settings, list(BRAY)), settings)
-    assert field.shape == (5, 520, 696) and 0.0 <= field.min() and field.max() <= 1.0
+    assert field.shape == (5, 260, 348) and 0.0 <= field.min() and field.max() <= 1.0
 
 
 def test_percentile_clip_and_min_max_by_hand():

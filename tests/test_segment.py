@@ -45,8 +45,9 @@ def test_real_field_gives_plausible_cells():
     field = read_field(row, channel_map(settings, list(PHENIX)), settings)
     nuclei, cells = segment_field(field, 0, 3, SegmentSettings())
     table = measure_cells(field, nuclei, cells, CHANNELS)
-    # CellProfiler counted 29 cells away from the border in this field (Image_Count_Cells); we keep border cells
-    assert 20 <= len(table) <= 60
+    # CellProfiler counted 29 cells away from the border in the whole 1080 px field (Image_Count_Cells), about 7 per
+    # quarter; tests/data keeps its central quarter (540 px) and we keep border cells (8 found)
+    assert 4 <= len(table) <= 20
     features = table.drop(columns=["ObjectNumber"])
     assert np.isfinite(features.to_numpy()).all()
     assert (table["Cells_AreaShape_Area"] >= table["Nuclei_AreaShape_Area"]).all()

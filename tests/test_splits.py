@@ -24,11 +24,11 @@ from momil.prep.splits import (
     tanimoto_neighbours,
 )
 
-from conftest import shared
+from conftest import resource
 
 
 def real_smiles(n=None):
-    frame = pd.read_csv(shared("hti-cnn-labels", "hti_compounds_annotated.csv"), usecols=["inchikey", "smiles"])
+    frame = pd.read_csv(resource("hti-cnn-labels", "hti_compounds_smiles.csv.gz"), usecols=["inchikey", "smiles"])
     frame = frame.dropna()
     return frame if n is None else frame.head(n)
 
