@@ -23,8 +23,10 @@ from momil.device import resolve_device
 from momil.errors import MomilError
 from momil.io.atomic import atomic_path, write_json_atomic
 from momil.io.paths import check_output
+from momil.io.profiles import DEFAULT_PREFIX, compound_profiles, feature_columns, well_profiles
 from momil.io.provenance import provenance
 from momil.io.store import InstanceStore
+from momil.protocol.conformal import conformal_calls, read_validation_predictions, save_validation_predictions
 from momil.protocol.cv import CVSettings, cross_validate
 from momil.protocol.imputation import ImputeSettings
 from momil.protocol.scoring import compound_predictions, metrics_table, predict_wells
@@ -71,6 +73,9 @@ def cmd_train(args) -> int:
             "feature_names": store.feature_names,
             "primary": [a for a in chosen if a in set(primary)],
         },
+    )
+    save_validation_predictions(
+        result.model, store, wells["val"], labels, out / "model.pt", resolve_device(settings.device)
     )
     pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
     write_json_atomic(record, out / "train.json")
@@ -131,17 +136,13 @@ def cmd_predict(args) -> int:
     provenance_path = out.with_name(out.stem + "_provenance.json")
     for beside in (wells_path, provenance_path):
         check_output(beside, "file", inputs_of(args), args.overwrite, flag=f"--out (beside it, {beside.name})")
+    if not 0 < args.significance < 1:
+        raise MomilError(f"--significance must lie in (0, 1), not {args.significance}")
+    calibration = read_validation_predictions(args.model) if args.calibrate else None
     device = resolve_device(args.device)
     model, extra = load_model(args.model, device)
     store = InstanceStore(args.store)
-    if store.dim != model.hparams["in_dim"]:
-        raise MomilError(
-            f"{args.store}: instances have {store.dim} features, the model was trained on "
-            f"{model.hparams['in_dim']} -- score a store made the same way as the training store"
-        )
-    names = extra.get("feature_names")
-    if names and list(names) != list(store.feature_names):
-        raise MomilError(f"{args.store}: feature names differ from the training store's -- use the same extraction")
+    _check_store_for(model, extra, store, args.store)
     wells = (
         np.flatnonzero((store.wells["Metadata_ControlType"] != "negcon").to_numpy())
         if not args.all_wells
@@ -156,26 +157,103 @@ def cmd_predict(args) -> int:
         )
     frame = predict_wells(model, store, wells, assays, device, show_progress=not args.quiet)
     compounds = compound_predictions(frame)
+    calibrated = ""
+    if calibration is not None:
+        overlap = set(compounds["Metadata_Compound"]) & set(calibration["Metadata_Compound"])
+        if overlap:
+            print(
+                f"momil: warning: {len(overlap)} predicted compounds are the model's own calibration (validation) "
+                f"compounds, e.g. {sorted(overlap)[0]}: their conformal calls are not valid"
+            )
+        compounds = conformal_calls(calibration, compounds, args.significance)
+        confident = compounds["confident"]
+        calibrated = (
+            f"; conformal calls at significance {args.significance:g}: {int(confident.sum())} of {len(confident)} "
+            f"confident ({int((compounds['call'] == 'active').sum())} active)"
+        )
     with atomic_path(out) as tmp:
         compounds.to_parquet(tmp, index=False)
     with atomic_path(wells_path) as tmp:
         frame.to_parquet(tmp, index=False)
     write_json_atomic(
         provenance(
-            "predict", {"model": str(args.model), "assays": assays}, inputs={"model": args.model, "store": args.store}
+            "predict",
+            {
+                "model": str(args.model),
+                "assays": assays,
+                "calibrate": args.calibrate,
+                "significance": args.significance if args.calibrate else None,
+            },
+            inputs={"model": args.model, "store": args.store},
         ),
         provenance_path,
     )
     print(
         f"predictions for {frame['Metadata_Well'].size // max(1, len(model.assays if assays is None else assays))} "
         f"wells and {compounds['Metadata_Compound'].nunique()} compounds written to {out} (compound level) and "
-        f"{wells_path} (well level)"
+        f"{wells_path} (well level){calibrated}"
+    )
+    return 0
+
+
+def _check_store_for(model, extra: dict, store: InstanceStore, store_path) -> None:
+    """A store the model can read: the training store's feature count and names."""
+    if store.dim != model.hparams["in_dim"]:
+        raise MomilError(
+            f"{store_path}: instances have {store.dim} features, the model was trained on "
+            f"{model.hparams['in_dim']} -- use a store made the same way as the training store"
+        )
+    names = extra.get("feature_names")
+    if names and list(names) != list(store.feature_names):
+        raise MomilError(f"{store_path}: feature names differ from the training store's -- use the same extraction")
+
+
+def cmd_profiles(args) -> int:
+
+    out = check_output(args.out, "file", inputs_of(args), args.overwrite, suffixes=(".parquet", ".pq"))
+    provenance_path = out.with_name(out.stem + "_provenance.json")
+    check_output(
+        provenance_path, "file", inputs_of(args), args.overwrite, flag=f"--out (beside it, {provenance_path.name})"
+    )
+    if bool(args.model) != bool(args.assay):
+        raise MomilError("--model and --assay go together: the embedding of one assay's head (or neither: well means)")
+    store = InstanceStore(args.store)
+    device = resolve_device(args.device)
+    model = None
+    if args.model:
+        model, extra = load_model(args.model, device)
+        _check_store_for(model, extra, store, args.store)
+    table = well_profiles(store, model, args.assay, args.feature_prefix, device, show_progress=not args.quiet)
+    if args.level == "compound":
+        table = compound_profiles(table, args.feature_prefix, args.operation)
+    features = feature_columns(table, args.feature_prefix)
+    with atomic_path(out) as tmp:
+        table.to_parquet(tmp, index=False)
+    write_json_atomic(
+        provenance(
+            "profiles",
+            {
+                "level": args.level,
+                "model": args.model,
+                "assay": args.assay,
+                "feature_prefix": args.feature_prefix,
+                "operation": args.operation if args.level == "compound" else None,
+                "features": features,
+            },
+            inputs={"store": args.store, **({"model": args.model} if args.model else {})},
+        ),
+        provenance_path,
+    )
+    what = f"the {args.assay} head's embedding" if args.model else "well means"
+    print(
+        f"{args.level}-level profiles ({what}): {len(table)} rows x {len(features)} features "
+        f"(prefix {args.feature_prefix}) written to {out}"
     )
     return 0
 
 
 def register(stage) -> None:
-    """The model commands: train, cv, predict."""
+    """The model commands: train, cv, predict, profiles."""
     p = stage("train", "train one MoMIL model on one fold rotation", cmd_train)
     add_model_inputs(p)
     add_preset_argument(p)
@@ -199,5 +277,31 @@ def register(stage) -> None:
     p.add_argument("--out", required=True, help="compound-level predictions (.parquet); wells go beside it")
     p.add_argument("--assay", action="append", help="only these assays (repeatable)")
     p.add_argument("--all-wells", action="store_true", help="score control wells too")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="add Mondrian conformal p-values, prediction sets and confident calls per compound and assay, calibrated "
+        "on the model's own validation-fold compounds (saved beside it by `momil train` / `momil cv`)",
+    )
+    p.add_argument(
+        "--significance", type=float, default=0.1, help="with --calibrate: the error rate allowed per class (0.1)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing prediction files")
+    p.add_argument("--device", default="auto")
+
+    p = stage(
+        "profiles",
+        "well- or compound-level profiles in pycytominer's shape (well means, or a trained head's embedding)",
+        cmd_profiles,
+    )
+    p.add_argument("--store", required=True, help="(corrected) instance store")
+    p.add_argument("--model", help="model.pt: profiles are the attention-pooled embedding of --assay's head")
+    p.add_argument("--assay", help="with --model: the assay whose head embeds the wells")
+    p.add_argument("--level", choices=["well", "compound"], default="well")
+    p.add_argument(
+        "--operation", choices=["median", "mean"], default="median", help="compound level: consensus of the wells"
+    )
+    p.add_argument("--feature-prefix", default=DEFAULT_PREFIX, help="start of every feature column's name")
+    p.add_argument("--out", required=True, help="profile table (.parquet); its provenance goes beside it")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing profile table")
     p.add_argument("--device", default="auto")

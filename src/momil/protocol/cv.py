@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from momil.protocol.selection import SelectSettings
 from momil.model.linear import mean_lr_predictions
 from momil.model.registry import LINEAR_MODELS
+from momil.protocol.conformal import save_validation_predictions
 from momil.protocol.scoring import assay_metrics, attach_labels, compound_predictions, predict_wells, summarise
 
 CONFIGURATIONS = ("mtl-all", "mtl-primary", "stl")
@@ -349,8 +350,9 @@ def cross_validate(
                     info["kept_round"] = imputation["kept_round"]
                     bar.set_postfix(rotation=k, imputed=len(done.imputed))
                 info["model_assays"] = info.get("model_assays", 0) + len(model_assays)
+                model_path = out / "models" / f"rot{k}_model{m}.pt"
                 save_model(
-                    out / "models" / f"rot{k}_model{m}.pt",
+                    model_path,
                     result.model,
                     {
                         "test_fold": k,
@@ -360,6 +362,7 @@ def cross_validate(
                         "imputation": imputation,
                     },
                 )
+                save_validation_predictions(result.model, store, val_wells, labels, model_path, device)
                 targets = (
                     [a for a in model_assays if a in set(primary)] if cv.configuration != "mtl-all" else model_assays
                 )
