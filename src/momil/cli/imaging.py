@@ -12,7 +12,7 @@ from momil.errors import MomilError
 from momil.imaging.extract import ExtractSettings, extract
 from momil.imaging.fields import FieldSettings
 from momil.imaging.pretrain import PretrainSettings, pretrain
-from momil.imaging.probe import linear_probe
+from momil.imaging.probe import linear_probe, retrieval_scores
 from momil.io.paths import check_output
 from momil.io.store import InstanceStore
 from momil.io.tables import read_table, require_columns, require_no_missing, write_table_atomic
@@ -82,9 +82,10 @@ def cmd_probe(args) -> int:
     stores = [(path, InstanceStore(path)) for path in args.store]  # every store opened before any work
     rows = []
     for path, store in stores:
+        retrieval = retrieval_scores(store, classes, args.map_null_size, args.seed) if args.map_null_size else {}
         for c in cs:
             result = linear_probe(store, classes, c=c, folds=args.folds, seed=args.seed)
-            rows.append({"store": str(path), "C": c, **result})
+            rows.append({"store": str(path), "C": c, **result, **retrieval})
     frame = pd.DataFrame(rows)
     print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.out:
@@ -96,6 +97,8 @@ def cmd_probe(args) -> int:
                 "classes": args.classes or args.simulated,
                 "class_column": args.class_column,
                 "folds": args.folds,
+                "map_null_size": args.map_null_size,
+                "seed": args.seed,
             },
         )
         print(f"written to {args.out}")
@@ -121,7 +124,11 @@ def register(stage) -> None:
     add_settings_arguments(p, FieldSettings)
     add_settings_arguments(p, ExtractSettings)
 
-    p = stage("probe", "how well stores' features separate compound classes (linear probe on well means)", cmd_probe)
+    p = stage(
+        "probe",
+        "how well stores' features separate compound classes (linear probe and copairs mAP on well means)",
+        cmd_probe,
+    )
     p.add_argument("--store", action="append", required=True, help="instance store (repeat to compare several)")
     p.add_argument("--classes", help="table of Metadata_Compound and a class column (.parquet or .csv)")
     p.add_argument("--class-column", default="class", help="the class column of --classes (default: class)")
@@ -134,4 +141,11 @@ def register(stage) -> None:
     )
     p.add_argument("--folds", type=int, default=5, help="stratified cross-validation folds")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--map-null-size",
+        type=int,
+        default=5000,
+        help="copairs mAP beside the probe (phenotypic activity against negcon wells, consistency by class): "
+        "permutations of the null per p-value (0: no mAP)",
+    )
     p.add_argument("--out", help="write the table here too (.parquet)")

@@ -93,3 +93,26 @@ def compare_backbones(
                     }
                 )
     return pd.DataFrame(rows)
+
+
+def retrieval_scores(store: InstanceStore, classes: pd.Series, null_size: int, seed: int = 0) -> dict:
+    """copairs mAP of the store's well means (:mod:`momil.protocol.retrieval`): phenotypic activity (replicate
+    wells against negcon wells; NaN where the store has no negcon wells or no replicates) and phenotypic
+    consistency by ``classes`` (NaN with fewer than two classes of two compounds): mean mAP and the fraction of
+    compounds / classes retrieved at corrected p < 0.05."""
+    from momil.io.profiles import feature_columns, well_profiles
+    from momil.protocol.retrieval import phenotypic_activity, phenotypic_consistency
+
+    profiles = well_profiles(store)
+    features = feature_columns(profiles)
+    out = {}
+    for what, compute in (
+        ("activity", lambda: phenotypic_activity(profiles, features, null_size, seed=seed)),
+        ("consistency", lambda: phenotypic_consistency(profiles, features, classes, null_size, seed=seed)),
+    ):
+        try:
+            _, summary = compute()
+        except MomilError:  # the store cannot answer this question (no controls, no replicates, one class)
+            summary = {f"{what}_map": float("nan"), f"{what}_retrieved": float("nan")}
+        out[f"{what}_map"], out[f"{what}_retrieved"] = summary[f"{what}_map"], summary[f"{what}_retrieved"]
+    return out
