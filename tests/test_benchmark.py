@@ -69,7 +69,12 @@ def test_benchmark_table_pvalues_and_reuse(tmp_path, monkeypatch):
         and "<script" not in page
         and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
     )
-    assert "Table 2" in page and "Table 3" in page and page.count("<svg") >= 3 and "Attention" in page
+    assert "Table 2" in page and "Table 3" in page and "Attention" in page
+    # the figures: matplotlib's, embedded as PNG and saved beside the page as PNG and SVG
+    assert page.count("data:image/png;base64,") >= 4 and "Assay selection" in page
+    for name in ("auc_bars", "roc_curves", "selection_funnel", "attention_0"):
+        png, svg = tmp_path / "bench" / "figures" / f"{name}.png", tmp_path / "bench" / "figures" / f"{name}.svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "<svg" in svg.read_text()[:2000], name
     attention = pd.read_parquet(tmp_path / "bench" / "attention.parquet")
     sums = attention.groupby(["Metadata_Plate", "Metadata_Well", "assay"])["attention"].sum()
     assert len(sums) and np.allclose(sums, 1.0, atol=1e-5)
@@ -117,13 +122,13 @@ def test_attention_drawn_on_the_fields_of_an_image_store(tmp_path):
     """An extracted store remembers its fields: the report shows them with the tiles outlined by attention."""
     import struct
     import warnings
-    import zlib
 
     from momil.imaging.extract import ExtractSettings, extract
     from momil.imaging.fields import FieldSettings
     from momil.model.momil import MoMIL
     from momil.protocol.benchmark import attention_examples
-    from momil.report.html import png_bytes, render_report
+    from momil.report import figures
+    from momil.report.html import render_report
     from momil.training.checkpoints import save_model
 
     render_screen(tmp_path / "s", n_compounds=2)
@@ -151,15 +156,20 @@ def test_attention_drawn_on_the_fields_of_an_image_store(tmp_path):
     assert len(pngs) == table.groupby(["Metadata_Plate", "Metadata_Well"]).ngroups
     data = pngs[0].read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", data[16:24]) == (64, 64)
-    # the PNG encoder by hand: a 1 x 2 image
-    tiny = png_bytes(np.array([[[255, 0, 0], [0, 0, 255]]], np.uint8))
-    assert zlib.decompress(tiny[41 : 41 + struct.unpack(">I", tiny[33:37])[0]]) == b"\x00\xff\x00\x00\x00\x00\xff"
     pd.DataFrame({"method": ["m"], "label": ["M"], "a": [0.5], "mean": [0.5]}).to_csv(
         tmp_path / "bench" / "table2.csv", index=False
     )
     (tmp_path / "bench" / "table2.md").write_text("| method | a | mean |\n|---|---|---|\n| M | 0.5 | 0.5 |\n")
     page = render_report(tmp_path / "bench").read_text()
-    assert "data:image/png;base64," in page and page.count("<rect") >= 9  # 3 x 3 tiles outlined
+    assert "data:image/png;base64," in page and "tiles by attention" in page
+    views = sorted((tmp_path / "bench" / "figures").glob("attention_*_site_*.svg"))
+    assert views and all(v.with_suffix(".png").exists() for v in views)
+    # each tile of the field shaded by its weight: one patch per tile (3 x 3 at tile 32, stride 16 on 64 px)
+    first = table.groupby(["Metadata_Plate", "Metadata_Well", "Metadata_Site"]).get_group(
+        tuple(table[["Metadata_Plate", "Metadata_Well", "Metadata_Site"]].iloc[0])
+    )
+    view = figures.attention_field(np.zeros((64, 64, 3)), 1.0, 32, first)
+    assert len(view.axes[0].patches) == len(first) == 9
 
 
 def test_table_cells_keep_their_pipes():

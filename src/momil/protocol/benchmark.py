@@ -297,7 +297,8 @@ def field_views(store: InstanceStore, attention: pd.DataFrame, folder: Path) -> 
     returns how many were written (none when the store's extraction record or images cannot be found)."""
     from momil.imaging.fields import FieldSettings, read_field
     from momil.io.contract import PLATE, SITE, WELL, read_load_data
-    from momil.report.html import field_composite, field_file_name, png_bytes
+    from momil.report.figures import save_image
+    from momil.report.html import field_composite, field_file_name
 
     record = find_record(store.manifest.get("history", []), "extract")
     if not record:
@@ -322,8 +323,7 @@ def field_views(store: InstanceStore, attention: pd.DataFrame, folder: Path) -> 
             continue
         rgb, scale = field_composite(image, [m for m, _ in channels])
         name = field_file_name(plate, well, site)
-        with atomic_path(folder / f"{name}.png") as tmp:
-            tmp.write_bytes(png_bytes(rgb))
+        save_image(rgb, folder / f"{name}.png")
         with atomic_path(folder / f"{name}.json") as tmp:
             tmp.write_text(json.dumps({"scale": scale, "tile": field.tile}))
         written += 1
