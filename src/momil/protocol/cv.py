@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 from momil.model.linear import mean_lr_predictions
 from momil.model.registry import LINEAR_MODELS
 from momil.protocol.conformal import save_validation_predictions
+from momil.protocol.executor import FitTask, check_executor, run_tasks
 from momil.protocol.scoring import assay_metrics, attach_labels, compound_predictions, predict_wells, summarise
 
 CONFIGURATIONS = ("mtl-all", "mtl-primary", "stl")
@@ -51,10 +52,20 @@ class CVSettings(Settings):
     select: bool = setting(False, "assay selection inside each rotation (MoMIL + AS; mtl-all only)")
     selection: str = setting("", "reuse a `momil select --rotations all` folder instead of selecting here")
     impute: bool = setting(False, "conformal label imputation and self-training after the grid's best fit (+ LI)")
+    executor: str = setting(
+        "local",
+        '"local" (one fit after another), "processes" (a pool of --workers processes) or "ray" (a Ray cluster, '
+        "the optional extra momil[ray]): who runs the (rotation, grid point) fits",
+        choices=["local", "processes", "ray"],
+    )
+    workers: int = setting(2, "worker processes of --executor processes", low=1)
+    threads: int = setting(0, "torch threads per worker (0: the cores divided among the workers)", low=0)
+    ray_address: str = setting("", "--executor ray: the cluster's address (empty: start or join a local one)")
     overwrite: bool = setting(False)
 
     def check(self) -> None:
         grid(self)
+        check_executor(self.executor, self.workers)
 
 
 def _parse_grid(text: str, kind, flag: str) -> list:
@@ -154,6 +165,41 @@ class CVResult:
     imputed: pd.DataFrame | None = None
 
 
+def _rotation_inputs(store: InstanceStore, folds: pd.DataFrame, k: int, extra_labels: pd.DataFrame | None):
+    """(rotation, its train/val/test wells, the extra labels of its training compounds or None)."""
+    rot, wells = rotation_wells(store.wells, folds, k)
+    extra = None  # extra (imputed) labels may only ever touch training compounds
+    if extra_labels is not None and len(extra_labels):
+        train_compounds = set(store.wells[COMPOUND].to_numpy()[wells["train"]])
+        extra = extra_labels[extra_labels[COMPOUND].isin(train_compounds)]
+    return rot, wells, extra
+
+
+def _fan_out(store, labels, folds, test_folds, model_sets, points, primary, train, cv, out, extra_labels) -> int:
+    """Run every (rotation, model set, grid point) fit on ``cv.executor`` ahead of the protocol's walk, which
+    then finds them finished; returns how many were handed out."""
+    tasks = []
+    for k in test_folds:
+        _, wells, extra = _rotation_inputs(store, folds, k, extra_labels)
+        for m, model_assays in enumerate(model_sets):
+            pairs = WellPairs.build(store.wells, labels, model_assays, extra)
+            is_primary = np.array([a in set(primary) for a in model_assays])
+            for g, point in enumerate(points):
+                tasks.append(
+                    FitTask(
+                        str(store.path),
+                        pairs,
+                        wells["train"],
+                        wells["val"],
+                        is_primary,
+                        dataclasses.replace(train, **point),
+                        str(out / "runs" / f"rot{k}" / f"model{m}" / f"grid{g}"),
+                    )
+                )
+    run_tasks(tasks, cv.executor, cv.workers, cv.threads, cv.ray_address)
+    return len(tasks)
+
+
 def _model_assay_sets(configuration: str, assays: list[str], primary: list[str]) -> list[list[str]]:
     if configuration == "mtl-all":
         return [assays]
@@ -233,14 +279,14 @@ def cross_validate(
     per_rotation: dict[int, dict] = {}
     runs = len(test_folds) * len(model_sets) * len(points)
     with progress(total=runs, desc=f"cv {cv.configuration}", unit="fit", enabled=show_progress) as bar:
+        # fits whose assays are known before the walk (no selection inside it, no AMTL potentials) fan out
+        fans_out = cv.executor != "local" and not selecting and train.balancing != "amtl"
+        if fans_out and train.model not in LINEAR_MODELS:
+            bar.set_postfix(executor=cv.executor)
+            _fan_out(store, labels, folds, test_folds, model_sets, points, primary, train, cv, out, extra_labels)
         for k in test_folds:
-            rot, wells = rotation_wells(store.wells, folds, k)
+            rot, wells, extra = _rotation_inputs(store, folds, k, extra_labels)
             train_wells, val_wells, test_wells = wells["train"], wells["val"], wells["test"]
-            # extra (imputed) labels may only ever touch training compounds
-            extra = None
-            if extra_labels is not None and len(extra_labels):
-                train_compounds = set(store.wells[COMPOUND].to_numpy()[train_wells])
-                extra = extra_labels[extra_labels[COMPOUND].isin(train_compounds)]
             rotation_sets = model_sets
             info = per_rotation.setdefault(k, {})
             if selecting:
