@@ -172,10 +172,17 @@ def test_attention_drawn_on_the_fields_of_an_image_store(tmp_path):
     assert len(view.axes[0].patches) == len(first) == 9
 
 
-def test_table_cells_keep_their_pipes():
-    from momil.protocol.benchmark import _md
-    from momil.report.html import markdown_table_to_html
+def test_table2_cells_in_markdown_and_html_keep_their_pipes_and_marks():
+    from momil.protocol.benchmark import markdown_table, table2_cells
+    from momil.report.html import table_html
 
-    row = f"| {_md('MoMIL (|T| = all)')} | **0.812** |"
-    page = markdown_table_to_html("| method | a |\n|---|---|\n" + row + "\n")
-    assert "<td>MoMIL (|T| = all)</td>" in page and "<td><b>0.812</b></td>" in page
+    table = pd.DataFrame(
+        {"method": ["momil-all", "mean-lr"], "label": ["MoMIL (|T| = all)", "FM -> Mean -> LR"], "a": [0.812, 0.7]}
+    ).assign(mean=lambda f: f["a"])
+    pvalues = pd.DataFrame({"assay": ["a", "mean"], "other": "mean-lr", "p_value": [0.01, 0.2], "focus": "momil-all"})
+    cells, bold = table2_cells(table, pvalues, "momil-all", "mean-lr")
+    assert cells["a"].tolist() == ["0.812†", "0.700", "0.01"] and bold["a"].tolist() == [True, False, False]
+    text = markdown_table(cells, bold)
+    assert "| MoMIL (\\|T\\| = all) | **0.812†** |" in text
+    page = table_html(cells, bold)
+    assert ">MoMIL (|T| = all)</td>" in page and "font-weight: bold" in page and "FM -&gt; Mean -&gt; LR" in page

@@ -414,10 +414,9 @@ def _auc_cell(row: pd.DataFrame, with_sd: bool = False) -> str:
     return f"{mean:.3f} ± {sd:.3f}" if not math.isnan(sd) else f"{mean:.3f}"
 
 
-def table3_markdown(table3: pd.DataFrame) -> str:
-    """One row per unseen assay: the single-task model, then probe AUCs (mean +- sd) per source and shots."""
-    if table3.empty:
-        return "No unseen assay to probe.\n"
+def table3_cells(table3: pd.DataFrame) -> pd.DataFrame:
+    """Table 3 as text: one row per unseen assay, the single-task model, then probe AUCs (mean +- sd) per source
+    and shots."""
     columns = []
     for source, shots in (
         table3.loc[table3["source"] != "single-task model on the assay", ["source", "shots"]]
@@ -425,20 +424,27 @@ def table3_markdown(table3: pd.DataFrame) -> str:
         .itertuples(index=False)
     ):
         columns.append((source, shots))
-    head = ["assay", "primary", "single-task model"] + [f"{_md(source)}, {shots} shots" for source, shots in columns]
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    rows = []
     for (assay, primary), group in table3.groupby(["assay", "primary"], sort=False):
         single = group[group["source"] == "single-task model on the assay"]
-        cells = [str(assay), str(primary), _auc_cell(single)]
+        cells = {"assay": str(assay), "primary": str(primary), "single-task model": _auc_cell(single)}
         for source, shots in columns:
             row = group[(group["source"] == source) & (group["shots"].astype(str) == str(shots))]
-            cells.append(_auc_cell(row, with_sd=True))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + (
-        "\n\nCompound-level test ROC-AUC pooled over rotations; probes: logistic regression on "
-        "the primary head's well embeddings, mean ± sd over random draws of n actives and n "
-        "inactives per fold.\n"
-    )
+            cells[f"{source}, {shots} shots"] = _auc_cell(row, with_sd=True)
+        rows.append(cells)
+    return pd.DataFrame(rows)
+
+
+TABLE3_NOTE = (
+    "Compound-level test ROC-AUC pooled over rotations; probes: logistic regression on the primary head's well "
+    "embeddings, mean ± sd over random draws of n actives and n inactives per fold."
+)
+
+
+def table3_markdown(table3: pd.DataFrame) -> str:
+    if table3.empty:
+        return "No unseen assay to probe.\n"
+    return markdown_table(table3_cells(table3)) + "\n\n" + TABLE3_NOTE + "\n"
 
 
 def auc_table(scored: dict[str, pd.DataFrame], primary: list[str], methods: list[str]) -> pd.DataFrame:
@@ -472,6 +478,54 @@ def _stars(p: float) -> str:
     return "*" if p < 0.001 else "†" if p < 0.05 else "‡" if p < 0.1 else ""
 
 
+TABLE2_NAMES = {"mean": "mean", "mean_per_rotation": "mean per rotation", "mean_pr_auc": "mean PR-AUC"}
+
+
+def table2_cells(
+    table: pd.DataFrame, pvalues: pd.DataFrame, focus: str, reference: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 2 as text: one row per method (``method``: its label), the AUCs to 3 decimals with the bootstrap marks
+    on the focus row, and a last row of the focus method's p-values against the reference; and a frame of the same
+    shape that is True where a cell is the best of its column (bold). Shared by ``table2.md`` and the report."""
+    summaries = list(TABLE2_NAMES)
+    assays = [c for c in table.columns if c not in ("method", "label", "seconds", *summaries)]
+    against_reference = (
+        pvalues[pvalues["other"] == reference].set_index("assay")["p_value"]
+        if len(pvalues) and reference in set(pvalues["other"])
+        else pd.Series(dtype=float)
+    )
+    columns = assays + [c for c in summaries if c in table.columns]
+    rows, bold = [], []
+    for _, row in table.iterrows():
+        cells, flags = {"method": str(row["label"])}, {"method": False}
+        for c in columns:
+            value = float(row[c])
+            text = "undef." if np.isnan(value) else f"{value:.3f}"
+            if row["method"] == focus and c in against_reference.index:
+                text += _stars(float(against_reference[c]))
+            cells[TABLE2_NAMES.get(c, c)] = text
+            flags[TABLE2_NAMES.get(c, c)] = not np.isnan(value) and value == table[c].max()
+        rows.append(cells)
+        bold.append(flags)
+    if len(against_reference):
+        label = f"p-value, {METHODS[focus][0]} > {METHODS.get(reference, (reference,))[0]}"
+        cells = {"method": label} | {
+            TABLE2_NAMES.get(c, c): f"{against_reference.get(c, float('nan')):.3g}" for c in columns
+        }
+        rows.append(cells)
+        bold.append(dict.fromkeys(cells, False))
+    return pd.DataFrame(rows), pd.DataFrame(bold)
+
+
+def markdown_table(cells: pd.DataFrame, bold: pd.DataFrame | None = None) -> str:
+    """A pipe table of text cells (pipes inside cells escaped; ``bold`` cells in **)."""
+    lines = ["| " + " | ".join(_md(c) for c in cells.columns) + " |", "|---" * len(cells.columns) + "|"]
+    for i, row in enumerate(cells.itertuples(index=False)):
+        texts = [f"**{_md(v)}**" if bold is not None and bool(bold.iat[i, j]) else _md(v) for j, v in enumerate(row)]
+        lines.append("| " + " | ".join(texts) + " |")
+    return "\n".join(lines)
+
+
 def write_report(
     out: Path,
     table: pd.DataFrame,
@@ -481,35 +535,8 @@ def write_report(
     methods: list[str],
     seconds: dict[str, float],
 ) -> None:
-    summaries = ["mean", "mean_per_rotation", "mean_pr_auc"]
-    assays = [c for c in table.columns if c not in ("method", "label", *summaries)]
-    against_reference = (
-        pvalues[pvalues["other"] == reference].set_index("assay")["p_value"]
-        if len(pvalues) and reference in set(pvalues["other"])
-        else pd.Series(dtype=float)
-    )
-    columns = assays + [c for c in summaries if c in table.columns]
-    best = {c: table[c].max() for c in columns}
-    names = {"mean": "mean", "mean_per_rotation": "mean per rotation", "mean_pr_auc": "mean PR-AUC"}
-    lines = [f"| method | {' | '.join(names.get(c, c) for c in columns)} |", "|---" * (len(columns) + 1) + "|"]
-    for _, row in table.iterrows():
-        cells = []
-        for c in columns:
-            value = row[c]
-            text = "undef." if np.isnan(value) else f"{value:.3f}"
-            if not np.isnan(value) and value == best[c]:
-                text = f"**{text}**"
-            if row["method"] == focus and c in against_reference.index:
-                text += _stars(float(against_reference[c]))
-            cells.append(text)
-        lines.append(f"| {_md(row['label'])} | " + " | ".join(cells) + " |")
-    if len(against_reference):
-        lines.append(
-            "| p-value, "
-            + f"{_md(METHODS[focus][0])} > {_md(METHODS.get(reference, (reference,))[0])} | "
-            + " | ".join(f"{against_reference.get(c, float('nan')):.3g}" for c in columns)
-            + " |"
-        )
+    cells, bold = table2_cells(table, pvalues, focus, reference)
+    lines = [markdown_table(cells, bold)]
     text = "\n".join(lines)
     text += (
         "\n\nCompound-level test ROC-AUC of the primary assays (predictions pooled over the fold rotations); mean "

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -29,27 +28,13 @@ def _esc(value) -> str:
     return html.escape(str(value))
 
 
-def markdown_table_to_html(text: str) -> str:
-    """The pipe tables this package writes (header, rule, rows) as an HTML table; other lines as paragraphs."""
-    lines = [line for line in text.strip().splitlines()]
-    rows = [line for line in lines if line.startswith("|")]
-    rest = [line for line in lines if line.strip() and not line.startswith("|")]
-    out = ["<table>"]
-    for i, line in enumerate(rows):
-        if i == 1 and set(line.replace("|", "").strip()) <= set("-: "):
-            continue
-        inner = line.strip()[1:-1] if line.strip().endswith("|") else line.strip()[1:]
-        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", inner)]
-        tag = "th" if i == 0 else "td"
-        rendered = []
-        for c in cells:
-            bold = c.startswith("**")
-            c = c.replace("**", "")
-            rendered.append(f"<{tag}>{'<b>' if bold else ''}{_esc(c)}{'</b>' if bold else ''}</{tag}>")
-        out.append("<tr>" + "".join(rendered) + "</tr>")
-    out.append("</table>")
-    out += [f"<p class='note'>{_esc(line)}</p>" for line in rest]
-    return "\n".join(out)
+def table_html(cells: pd.DataFrame, bold: pd.DataFrame | None = None, note: str = "") -> str:
+    """Text cells as an HTML table (pandas' Styler: cells escaped, ``bold`` cells in bold, no index)."""
+    styler = cells.style.format(escape="html").hide(axis="index")
+    if bold is not None:
+        flags = bold.to_numpy(dtype=bool)
+        styler = styler.apply(lambda _: np.where(flags, "font-weight: bold", ""), axis=None)
+    return styler.to_html() + (f"<p class='note'>{_esc(note)}</p>" if note else "")
 
 
 def field_composite(field: np.ndarray, names: list[str], max_size: int = 384) -> tuple[np.ndarray, float]:
@@ -112,23 +97,23 @@ def render_report(folder, out=None) -> Path:
         f"{_esc(', '.join(table['label']))}</p>"
     ]
     body.append("<h2>Table 2: compound-level ROC-AUC of the primary assays</h2>")
-    body.append(markdown_table_to_html((folder / "table2.md").read_text()))
-    if (folder / "pvalues.csv").exists():
-        pvalues = read_table(folder / "pvalues.csv", dtype_str=("assay",))
-        if len(pvalues):
-            focus = pvalues["focus"].iloc[0]
-            wide = pvalues.pivot_table(index="other", columns="assay", values="p_value", aggfunc="first")
-            body.append(
-                f"<h3>Paired one-sided bootstrap: {_esc(labels_of.get(focus, focus))} better than &hellip;"
-                "</h3><table><tr><th>method</th>" + "".join(f"<th>{_esc(c)}</th>" for c in wide.columns) + "</tr>"
-            )
-            for other, row in wide.iterrows():
-                body.append(
-                    f"<tr><td>{_esc(labels_of.get(other, other))}</td>"
-                    + "".join(f"<td>{v:.3g}</td>" for v in row.to_numpy())
-                    + "</tr>"
-                )
-            body.append("</table>")
+    from momil.protocol.benchmark import TABLE3_NOTE, table2_cells, table3_cells
+
+    pvalues = read_table(folder / "pvalues.csv", dtype_str=("assay",)) if (folder / "pvalues.csv").exists() else None
+    pvalues = pvalues if pvalues is not None and len(pvalues) else pd.DataFrame(columns=["assay", "other", "p_value"])
+    focus = record.get("focus", table["method"].iloc[-1])
+    reference = record.get("settings", {}).get("benchmark", {}).get("reference", "")
+    cells, bold = table2_cells(table, pvalues, focus, reference)
+    marks = "Bold: best per column; marks on the focus row: * p < 0.001, † p < 0.05, ‡ p < 0.1."
+    body.append(table_html(cells, bold, marks))
+    if len(pvalues):
+        wide = pvalues.pivot_table(index="other", columns="assay", values="p_value", aggfunc="first")
+        wide.index = [labels_of.get(other, other) for other in wide.index]
+        wide = wide.reset_index(names="method")
+        text = wide.map(lambda v: f"{v:.3g}" if isinstance(v, float) else str(v))
+        focus_label = labels_of.get(pvalues["focus"].iloc[0], pvalues["focus"].iloc[0])
+        body.append(f"<h3>Paired one-sided bootstrap: {_esc(focus_label)} better than &hellip;</h3>")
+        body.append(table_html(text))
     target = Path(out) if out else folder / "report.html"
     target_folder = target.parent
     figures_folder = target_folder / "figures"
@@ -160,9 +145,10 @@ def render_report(folder, out=None) -> Path:
         if len(counts):
             body.append("<h2>Label imputation</h2>")
             body.append(figure(figures.imputed_labels(counts), "imputed_labels"))
-    if (folder / "table3.md").exists():
+    if (folder / "table3.csv").exists():
         body.append("<h2>Table 3: unseen assays, few-shot probes on a primary head</h2>")
-        body.append(markdown_table_to_html((folder / "table3.md").read_text()))
+        table3 = read_table(folder / "table3.csv", dtype_str=("assay", "primary", "source", "shots"))
+        body.append(table_html(table3_cells(table3), note=TABLE3_NOTE) if len(table3) else "<p>No unseen assay.</p>")
     if (folder / "attention.parquet").exists():
         attention = read_parquet_frame(folder / "attention.parquet", "attention table")
         body.append("<h2>Attention over the instances of top-scored active test wells</h2>")
