@@ -92,6 +92,7 @@ def test_attention_beats_chance_and_mean_pooling(tmp_path):
             patience=40,
             select_epoch="best",
             batch_wells=16,
+            linear_floor=False,  # the heads' pooling alone: the well mean carries nothing here
             seed=0,
         )
         result = fit(store, pairs, train, val, np.array([True]), settings, show_progress=False)
@@ -364,6 +365,7 @@ def test_select_epoch_last_keeps_the_end_of_the_schedule_and_best_the_best_epoch
     train_c, val_c, _ = _split(labels)
     train, val = wells_of(store.wells, train_c), wells_of(store.wells, val_c)
     common = dict(projector_dim=8, head_dim=8, lr=1e-2, epochs=8, warmup_epochs=1, batch_wells=8, seed=0)
+    common["linear_floor"] = False  # the epochs alone: a floor's blend would rescore the fit
     last = fit(store, pairs, train, val, np.array([True]), TrainSettings(**common), show_progress=False)
     assert len(last.history) == 8 and last.best_epoch == 7
     assert last.best_score == last.history[-1]["val_auc"]  # the end's score ranks the grid point
@@ -384,7 +386,7 @@ def test_select_epoch_last_keeps_the_end_of_the_schedule_and_best_the_best_epoch
     assert roc_auc(y, prob) == pytest.approx(best.best_score)
 
 
-def test_calibration_standardises_each_assay_on_validation_wells_and_keeps_the_order(tmp_path):
+def test_calibration_standardises_each_assay_on_validation_wells_at_the_training_rate_and_keeps_the_order(tmp_path):
     from momil.training.calibration import MIN_SLOPE
 
     store, labels = needle_screen(tmp_path / "store", n_compounds=40, per_well=10)
@@ -396,11 +398,16 @@ def test_calibration_standardises_each_assay_on_validation_wells_and_keeps_the_o
     cal = fit(store, pairs, train, val, np.array([True]), settings, show_progress=False)
     assert raw.model.calibration.identity and not cal.model.calibration.identity
     slope, bias = cal.model.calibration.slope_bias.tolist()
-    assert slope >= MIN_SLOPE
+    assert slope >= MIN_SLOPE and bias == 0.0
+    # the level: the log-odds of the assay's active rate among the training pairs (not the validation fold's)
+    _, _, train_labels = pairs.pairs(pairs.labelled_wells(train))
+    rate = float(train_labels.mean())
+    level = float(cal.model.calibration.rate_logit[0])
+    assert level == pytest.approx(np.log(rate / (1 - rate)), abs=1e-5)
     bags, mask = load_bags(store, pairs.labelled_wells(val))
     p = cal.model.predict(bags, mask).double()[:, 0]
-    logit = torch.log(p) - torch.log1p(-p)  # = slope * z + bias, z standardised over the validation wells
-    assert float(logit.mean()) == pytest.approx(bias, abs=1e-4)
+    logit = torch.log(p) - torch.log1p(-p)  # = slope * z + level, z standardised over the validation wells
+    assert float(logit.mean()) == pytest.approx(level, abs=1e-4)
     assert float(logit.std(unbiased=False)) == pytest.approx(slope, rel=1e-3)
     bags, mask = load_bags(store, test)
     before, after = raw.model.predict(bags, mask)[:, 0], cal.model.predict(bags, mask)[:, 0]

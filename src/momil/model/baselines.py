@@ -18,15 +18,25 @@ from torch import nn
 
 from momil.errors import MomilError
 from momil.model.calibration import OutputCalibration
+from momil.model.floor import LinearFloor
 from momil.model.heads import FastDropout, attention_pool, full, gated, masked_softmax, mean_weights
 
 
 class PairModel(nn.Module):
-    """Shared plumbing: per-well logits (B, T) -> the asked pairs; BCE summed over pairs."""
+    """Shared plumbing: per-well logits (B, T) -> the asked pairs; BCE summed over pairs. With ``linear_floor``
+    each assay's logit is blended with a logistic regression on the well mean (:mod:`momil.model.floor`)."""
 
     kind = "base"
 
-    def __init__(self, in_dim: int, assays: list[str], projector_dim: int, head_dim: int, dropout: float):
+    def __init__(
+        self,
+        in_dim: int,
+        assays: list[str],
+        projector_dim: int,
+        head_dim: int,
+        dropout: float,
+        linear_floor: bool = False,
+    ):
         super().__init__()
         if not assays:
             raise MomilError("a model needs at least one assay")
@@ -39,13 +49,24 @@ class PairModel(nn.Module):
             "head_dim": head_dim,
             "dropout": dropout,
         }
+        if linear_floor:
+            self.hparams["linear_floor"] = True
+        self.floor = LinearFloor(len(self.assays), in_dim) if linear_floor else None
         self.calibration = OutputCalibration(len(self.assays))
 
     def well_outputs(self, bags: torch.Tensor, mask: torch.Tensor) -> dict:
         raise NotImplementedError
 
-    def forward(self, bags, mask, pair_well, pair_assay) -> dict:
+    def outputs(self, bags: torch.Tensor, mask: torch.Tensor) -> dict:
+        """:meth:`well_outputs` with the logits blended with the linear floor."""
         out = self.well_outputs(bags, mask)
+        if self.floor is not None:
+            mean = attention_pool(mean_weights(mask, bags.dtype), bags)
+            out["logits"] = self.floor.blend_wells(out["logits"], mean)
+        return out
+
+    def forward(self, bags, mask, pair_well, pair_assay) -> dict:
+        out = self.outputs(bags, mask)
         logits = out["logits"]
         result = {"logit": logits[pair_well, pair_assay], "embedding": out["embedding"][pair_well]}
         if "attention" in out:
@@ -64,7 +85,7 @@ class PairModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, bags, mask, assays: list[int] | None = None, max_pairs: int = 4096) -> torch.Tensor:
-        logits = full(self.well_outputs(bags, mask)["logits"])
+        logits = full(self.outputs(bags, mask)["logits"])
         if assays is not None:
             logits = logits[:, list(assays)]
         return self.calibration(torch.sigmoid(logits), assays)
@@ -87,9 +108,16 @@ class MeanMLP(PairModel):
     kind = "mean-mlp"
 
     def __init__(
-        self, in_dim: int, assays: list[str], projector_dim: int = 128, head_dim: int = 64, dropout: float = 0.5, **_
+        self,
+        in_dim: int,
+        assays: list[str],
+        projector_dim: int = 128,
+        head_dim: int = 64,
+        dropout: float = 0.5,
+        linear_floor: bool = False,
+        **_,
     ):
-        super().__init__(in_dim, assays, projector_dim, head_dim, dropout)
+        super().__init__(in_dim, assays, projector_dim, head_dim, dropout, linear_floor)
         self.mlp = nn.Sequential(
             nn.Linear(in_dim, projector_dim),
             nn.ReLU(),
@@ -110,9 +138,16 @@ class MultiLabelMIL(PairModel):
     kind = "multilabel-mil"
 
     def __init__(
-        self, in_dim: int, assays: list[str], projector_dim: int = 128, head_dim: int = 64, dropout: float = 0.5, **_
+        self,
+        in_dim: int,
+        assays: list[str],
+        projector_dim: int = 128,
+        head_dim: int = 64,
+        dropout: float = 0.5,
+        linear_floor: bool = False,
+        **_,
     ):
-        super().__init__(in_dim, assays, projector_dim, head_dim, dropout)
+        super().__init__(in_dim, assays, projector_dim, head_dim, dropout, linear_floor)
         self.projector = nn.Sequential(nn.Linear(in_dim, projector_dim), nn.ReLU(), FastDropout(dropout))
         self.v = nn.Linear(projector_dim, head_dim)
         self.u = nn.Linear(projector_dim, head_dim)

@@ -7,6 +7,7 @@ from torch import nn
 
 from momil.errors import MomilError
 from momil.model.calibration import OutputCalibration
+from momil.model.floor import LinearFloor
 from momil.model.heads import HEADS, FastDropout, PairPlan, attention_pool, gather_rows, mean_weights
 
 
@@ -17,7 +18,10 @@ class MoMIL(nn.Module):
     With ``mean_stream`` each head adds a linear readout of the well's mean instance to its logit (started at
     zero; see :meth:`momil.model.heads.StackedHeads.bag_logit`): the model then holds the linear model on well
     means, which a per-assay head otherwise rebuilds through its projector and attention. Off in the paper's
-    form (``--preset paper``)."""
+    form (``--preset paper``).
+
+    With ``linear_floor`` each assay's logit is blended with a logistic regression on the well mean
+    (:mod:`momil.model.floor`; share 0 while training, set after it by :func:`momil.training.floor.blend_floor`)."""
 
     def __init__(
         self,
@@ -29,6 +33,7 @@ class MoMIL(nn.Module):
         dropout: float = 0.5,
         shared_projector: bool = True,
         mean_stream: bool = False,
+        linear_floor: bool = False,
     ):
         super().__init__()
         if head not in HEADS:
@@ -47,6 +52,8 @@ class MoMIL(nn.Module):
             "shared_projector": shared_projector,
             "mean_stream": mean_stream,
         }
+        if linear_floor:  # absent otherwise, so models without it keep their hyperparameters and state
+            self.hparams["linear_floor"] = True
         if shared_projector:
             self.projector = nn.Sequential(nn.Linear(in_dim, projector_dim), nn.ReLU(), FastDropout(dropout))
             head_in = projector_dim
@@ -55,6 +62,7 @@ class MoMIL(nn.Module):
             head_in = in_dim
         self.heads = HEADS[head](len(self.assays), head_in, head_dim, dropout, in_dim if mean_stream else 0)
         self.mean_stream = mean_stream
+        self.floor = LinearFloor(len(self.assays), in_dim) if linear_floor else None
         self.calibration = OutputCalibration(len(self.assays))
 
     def encode(self, bags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -87,11 +95,25 @@ class MoMIL(nn.Module):
         pair_mask = mask.index_select(0, pair_well)
         means = self.well_means(bags, mask)
         means = None if means is None else means.index_select(0, pair_well)
-        return self.heads.forward_planned(gather_rows(encoded, pair_well), pair_mask, plan, table, means)
+        out = self.heads.forward_planned(
+            gather_rows(encoded, pair_well), pair_mask, plan, table, means if self.mean_stream else None
+        )
+        return self._add_floor(out, means, plan.assays.index_select(0, plan.pair_head))
 
     def well_means(self, bags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
-        """Each well's mean instance (B, D), the mean stream's input; None without a mean stream."""
-        return attention_pool(mean_weights(mask, bags.dtype), bags) if self.mean_stream else None
+        """Each well's mean instance (B, D), read by the mean stream and the linear floor; None without either."""
+        if not self.mean_stream and self.floor is None:
+            return None
+        return attention_pool(mean_weights(mask, bags.dtype), bags)
+
+    def _add_floor(self, out: dict, means: torch.Tensor | None, assay: torch.Tensor) -> dict:
+        """``out`` with each pair's logits blended with its linear floor (``means`` (P, D), ``assay`` (P,))."""
+        if self.floor is None:
+            return out
+        for key in ("logit", "max_logit"):  # DSMIL's instance stream is a second logit of the same pair
+            if key in out:
+                out[key] = self.floor.blend_pairs(out[key], means, assay)
+        return out
 
     def loss(self, out: dict, target: torch.Tensor) -> torch.Tensor:
         """Summed BCE over the pairs in ``out`` (unknown labels are never pairs, so they add nothing)."""
@@ -117,7 +139,9 @@ class MoMIL(nn.Module):
         probs = []
         for start in range(0, len(wells), max_pairs):
             w, t = wells[start : start + max_pairs], heads[start : start + max_pairs]
-            out = self.heads(encoded[w], mask[w], t, None if means is None else means[w])
+            pair_means = None if means is None else means[w]
+            out = self.heads(encoded[w], mask[w], t, pair_means if self.mean_stream else None)
+            out = self._add_floor(out, pair_means, t)
             probs.append(self.heads.probability(out))
         return self.calibration(torch.cat(probs).reshape(b, len(assays)), assays)
 

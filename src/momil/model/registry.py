@@ -37,9 +37,17 @@ def model_from_hparams(hp: dict) -> torch.nn.Module:
             hp["dropout"],
             hp["shared_projector"],
             hp.get("mean_stream", False),  # models saved before the mean stream have none
+            hp.get("linear_floor", False),  # nor before the linear floor
         )
     if kind in BASELINES:
-        return BASELINES[kind](hp["in_dim"], hp["assays"], hp["projector_dim"], hp["head_dim"], hp["dropout"])
+        return BASELINES[kind](
+            hp["in_dim"],
+            hp["assays"],
+            hp["projector_dim"],
+            hp["head_dim"],
+            hp["dropout"],
+            hp.get("linear_floor", False),
+        )
     if kind in LINEAR_MODELS:
         raise MomilError(f"the {kind} baseline is a logistic regression, not a network: run it with `momil cv`")
     raise MomilError(f"model must be one of {MODELS}, not {kind!r}")
@@ -58,5 +66,6 @@ def build_model(in_dim: int, assays: list[str], settings: TrainSettings) -> torc
             "dropout": settings.dropout,
             "shared_projector": settings.shared_projector,
             "mean_stream": settings.mean_stream,
+            "linear_floor": settings.linear_floor,
         }
     )

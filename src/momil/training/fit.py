@@ -26,6 +26,7 @@ from momil.model.registry import build_model
 from momil.progress import progress
 from momil.training.calibration import calibrate
 from momil.training.checkpoints import save_training_checkpoint, state_from_checkpoint
+from momil.training.floor import blend_floor
 from momil.training.losses import amtl_weights, balanced_loss, mean_bce, smoothed_balanced_loss
 from momil.training.metrics import validation_score
 from momil.training.optim import LazyHeadAdamW, lr_factor, make_optimizers
@@ -94,6 +95,7 @@ class FitResult:
     best_score: float
     history: list[dict]
     seconds: float
+    floor_share: float = 0.0  # with a linear floor: its share of the blend, chosen on the validation wells
 
 
 def _signature(settings: TrainSettings, pairs: WellPairs, train_wells: np.ndarray, val_wells: np.ndarray) -> str:
@@ -291,6 +293,13 @@ def fit(
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
     model.eval()
+    floor_share = 0.0
+    if getattr(model, "floor", None) is not None:
+        floor_share, blended = blend_floor(model, store, train_wells, val_wells, pairs, primary, device, settings.seed)
+        if not math.isnan(blended):  # the blend kept is the model the grid point stands for
+            state["best_score"] = blended
     if settings.calibrate:
-        calibrate(model, store, val_wells, pairs, device)
-    return FitResult(model, state["best_epoch"], state["best_score"], state["history"], time.perf_counter() - started)
+        calibrate(model, store, val_wells, pairs, device, train_wells)
+    return FitResult(
+        model, state["best_epoch"], state["best_score"], state["history"], time.perf_counter() - started, floor_share
+    )

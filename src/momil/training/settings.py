@@ -43,6 +43,13 @@ class TrainSettings(Settings):
         "MoMIL: each head adds a linear readout of the well's mean instance, started at zero (off in the paper's "
         "form, --preset paper)",
     )
+    linear_floor: bool = setting(
+        True,
+        "after training, blend each assay's logit with a logistic regression on the well mean (the mean-lr baseline, "
+        "fitted on the training compounds); the linear model's share (0, 1/4, ..., 1) is the one that ranks the "
+        "validation wells best, so the model falls back to the linear floor where the network ranks worse (off in "
+        "the paper's form)",
+    )
     calibrate: bool = setting(
         True,
         "after training, standardise each assay's logits on the validation wells and fit one logistic map to the "
