@@ -10,15 +10,10 @@ model on its own validation fold puts them on one scale without touching a model
     z_t = (logit_t - shift_t) / scale_t      shift_t, scale_t: mean and sd of assay t's logits over the
                                              validation wells (every well with a label in any of the model's
                                              assays counts for every assay: its own labels are not needed)
-    p_t = sigmoid(slope * z_t + r_t + bias)  r_t: the log-odds of assay t's active rate among the training
-                                             pairs; slope (> 0): the labelled validation pairs' best logistic
-                                             fit given those offsets (one number for every assay; bias 0)
+    p_t = sigmoid(slope * z_t + bias)        slope (> 0) and bias: a logistic regression of the labelled
+                                             validation pairs' labels on z (one pair of numbers for every assay)
 
-Both maps are increasing, so per-rotation AUCs are unchanged. The level comes from the training labels, not the
-validation fold's: a validation fold of 10-100 compounds per assay has an active rate that differs from
-rotation to rotation by more than a weak model's spread of scores (on the quality panel's per-target-large
-regime the calibrated means of two rotations differed by 0.1 while each spread 0.03-0.06), and that difference
-alone reorders the pooled predictions. Written here because no library calibrates many
+Both maps are increasing, so per-rotation AUCs are unchanged. Written here because no library calibrates many
 heads from their unlabelled validation outputs; scikit-learn fits the shared logistic map. Identity until
 :func:`momil.training.calibration.calibrate` sets it; models saved without it load with the identity.
 """
@@ -35,40 +30,33 @@ class OutputCalibration(nn.Module):
         self.register_buffer("shift", torch.zeros(n_assays))
         self.register_buffer("scale", torch.ones(n_assays))
         self.register_buffer("slope_bias", torch.tensor([1.0, 0.0]))
-        self.register_buffer("rate_logit", torch.zeros(n_assays))
 
     @property
     def identity(self) -> bool:
-        return bool(
-            (self.shift == 0).all()
-            and (self.scale == 1).all()
-            and (self.rate_logit == 0).all()
-            and self.slope_bias.tolist() == [1.0, 0.0]
-        )
+        return bool((self.shift == 0).all() and (self.scale == 1).all() and self.slope_bias.tolist() == [1.0, 0.0])
 
     def forward(self, probability: torch.Tensor, assays=None) -> torch.Tensor:
         """Calibrated ``probability`` (B, len(assays)) of the assay indices ``assays`` (all by default)."""
         if self.identity:
             return probability
         index = slice(None) if assays is None else torch.as_tensor(list(assays), device=probability.device)
-        return self._map(probability, self.shift[index], self.scale[index], self.rate_logit[index])
+        return self._map(probability, self.shift[index], self.scale[index])
 
     def pairs(self, probability: torch.Tensor, assay: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities of (well, assay) pairs: ``probability`` and ``assay`` (P,)."""
         if self.identity:
             return probability
         assay = assay.to(self.shift.device)
-        return self._map(probability, self.shift[assay], self.scale[assay], self.rate_logit[assay])
+        return self._map(probability, self.shift[assay], self.scale[assay])
 
-    def _map(self, probability, shift: torch.Tensor, scale: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+    def _map(self, probability: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         p = probability.double().clamp(1e-12, 1 - 1e-12)
         z = (torch.log(p) - torch.log1p(-p) - shift.double().to(p.device)) / scale.double().to(p.device)
         slope, bias = self.slope_bias.double().tolist()
-        return torch.sigmoid(slope * z + rate.double().to(p.device) + bias).to(probability.dtype)
+        return torch.sigmoid(slope * z + bias).to(probability.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Models saved before calibration existed have none of its buffers: they load with the identity."""
-        for name in ("shift", "scale", "slope_bias", "rate_logit"):
-            value = getattr(self, name)
+        for name, value in (("shift", self.shift), ("scale", self.scale), ("slope_bias", self.slope_bias)):
             state_dict.setdefault(prefix + name, value.clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -299,7 +299,7 @@ def fit(
         if not math.isnan(blended):  # the blend kept is the model the grid point stands for
             state["best_score"] = blended
     if settings.calibrate:
-        calibrate(model, store, val_wells, pairs, device, train_wells)
+        calibrate(model, store, val_wells, pairs, device)
     return FitResult(
         model, state["best_epoch"], state["best_score"], state["history"], time.perf_counter() - started, floor_share
     )
