@@ -72,6 +72,8 @@ def test_benchmark_table_pvalues_and_reuse(tmp_path, monkeypatch):
     assert "Table 2" in page and "Table 3" in page and "Attention" in page
     # the figures: matplotlib's, embedded as PNG and saved beside the page as PNG and SVG
     assert page.count("data:image/png;base64,") >= 4 and "Assay selection" in page
+    # the planted screen has no negcon wells: no phenotypic activity to report (tests/test_retrieval.py has one)
+    assert "phenotypic activity" not in page and not (tmp_path / "bench" / "retrieval.csv").exists()
     for name in ("auc_bars", "roc_curves", "selection_funnel", "attention_0"):
         png, svg = tmp_path / "bench" / "figures" / f"{name}.png", tmp_path / "bench" / "figures" / f"{name}.svg"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "<svg" in svg.read_text()[:2000], name

@@ -102,3 +102,22 @@ def test_probe_prints_map_beside_the_linear_probe(screen, capsys, tmp_path):
     assert "activity_map" in out and "consistency_map" in out and "accuracy" in out
     table = pd.read_parquet(tmp_path / "probe.parquet")
     assert table["activity_map"].between(0, 1).all() and table["consistency_map"].between(0, 1).all()
+
+
+def test_the_benchmark_reports_the_stores_phenotypic_activity(screen, tmp_path):
+    import json
+
+    from momil.protocol.benchmark import store_retrieval
+    from momil.report.html import render_report
+
+    _, store = screen
+    summary = store_retrieval(store, tmp_path, null_size=500)
+    scores = pd.read_csv(tmp_path / "retrieval.csv")
+    assert summary["activity_groups"] == len(scores) > 0 and summary["null_size"] == 500
+    assert summary["activity_map"] == pytest.approx(scores["mean_average_precision"].mean())
+    pd.DataFrame({"method": ["m"], "label": ["M"], "a": [0.5], "mean": [0.5]}).to_csv(
+        tmp_path / "table2.csv", index=False
+    )
+    (tmp_path / "benchmark.json").write_text(json.dumps({"retrieval": summary, "focus": "m"}))
+    page = render_report(tmp_path).read_text()
+    assert "phenotypic activity (copairs mAP)" in page and f"{summary['activity_map']:.3f}" in page

@@ -59,6 +59,9 @@ class BenchmarkSettings(Settings):
     probes: int = setting(12, "unseen assays probed for Table 3 (needs momil-as and momil-stl; 0: none)", low=0)
     shots: str = setting("5,10,all", "actives and inactives per fold for the probes")
     probe_repeats: int = setting(10, "random draws per shot count", low=1)
+    map_null_size: int = setting(
+        5000, "copairs mAP of the store's well means in the report: null permutations per p-value (0: none)", low=0
+    )
     overwrite: bool = setting(False)
 
     def method_list(self) -> list[str]:
@@ -173,6 +176,7 @@ def run_benchmark(
     if settings.probes and {"momil-as", "momil-stl"} <= set(methods):
         table3 = run_probes(store, labels, folds, out, settings, cv, train, show_progress)
     attention_examples(store, out / "runs" / focus / "models", scored[focus], primary, out / "attention.parquet")
+    retrieval = store_retrieval(store, out, settings.map_null_size) if settings.map_null_size else None
     record = provenance(
         "benchmark",
         {"benchmark": dataclasses.asdict(settings), "cv": dataclasses.asdict(cv), "train": dataclasses.asdict(train)},
@@ -180,6 +184,7 @@ def run_benchmark(
         methods=methods,
         focus=focus,
         seconds=seconds,
+        retrieval=retrieval,
     )
     write_json_atomic(record, out / "benchmark.json")
     from momil.report.html import render_report
@@ -290,6 +295,23 @@ def find_record(history, stage: str) -> dict | None:
         elif isinstance(item, list):
             stack.extend(item)
     return found
+
+
+def store_retrieval(store: InstanceStore, out: Path, null_size: int, seed: int = 0) -> dict | None:
+    """Phenotypic activity (copairs mAP of each compound's replicate well means against the negcon wells) of the
+    store the methods read, written to ``out``/retrieval.csv for the report; its summary, or None where the store
+    has no negcon wells or no replicates."""
+    from momil.io.profiles import feature_columns, well_profiles
+    from momil.protocol.retrieval import phenotypic_activity
+
+    profiles = well_profiles(store)
+    try:
+        scores, summary = phenotypic_activity(profiles, feature_columns(profiles), null_size, seed=seed)
+    except MomilError:
+        return None
+    with atomic_path(out / "retrieval.csv") as tmp:
+        scores.to_csv(tmp, index=False)
+    return summary
 
 
 def field_views(store: InstanceStore, attention: pd.DataFrame, folder: Path) -> int:

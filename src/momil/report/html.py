@@ -145,6 +145,15 @@ def render_report(folder, out=None) -> Path:
         if len(counts):
             body.append("<h2>Label imputation</h2>")
             body.append(figure(figures.imputed_labels(counts), "imputed_labels"))
+    retrieval = record.get("retrieval")
+    if retrieval:
+        body.append("<h2>The store's features: phenotypic activity (copairs mAP)</h2>")
+        body.append(
+            f"<p>Each compound's replicate well means retrieved against the negcon wells: mean mAP "
+            f"{retrieval['activity_map']:.3f}, {100 * retrieval['activity_retrieved']:.0f} % of "
+            f"{retrieval['activity_groups']} compounds retrieved at corrected p &lt; {retrieval['threshold']:g} "
+            f"(null size {retrieval['null_size']}, seed {retrieval['seed']}; per compound in retrieval.csv).</p>"
+        )
     if (folder / "table3.csv").exists():
         body.append("<h2>Table 3: unseen assays, few-shot probes on a primary head</h2>")
         table3 = read_table(folder / "table3.csv", dtype_str=("assay", "primary", "source", "shots"))
