@@ -49,7 +49,7 @@ PRESETS: dict[str, dict[str, dict]] = {
             "batch_wells": 32,
             "select_epoch": "last",
             "mean_stream": True,
-            "linear_floor": True,
+            "linear_floor": False,
             "calibrate": True,
         },
         "cv": {"projector_dims": "64", "head_dims": "32", "lrs": "3e-3,1e-3"},
