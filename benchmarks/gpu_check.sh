@@ -32,7 +32,9 @@ step() {  # step NAME COMMAND...: run it, keep its time, exit code and last line
 }
 s=$out/screen
 step simulate "${momil[@]}" simulate --out "$s/screen" --n-compounds 120 --replicates 2 --dim 64 --instances 16 \
-    --n-assays 12 --render --image-size 128 --quiet
+    --n-assays 12 --quiet
+step render "${momil[@]}" simulate --out "$s/render" --n-compounds 12 --replicates 2 --n-assays 4 --render-images \
+    --image-size 128 --quiet
 step ingest "${momil[@]}" ingest --instances "$s/screen/instances.parquet" --wells "$s/screen/wells.parquet" \
     --out "$s/raw" --quiet
 step correct "${momil[@]}" correct --store "$s/raw" --out "$s/store" --quiet
@@ -43,12 +45,10 @@ step train "${momil[@]}" train "${model[@]}" --out "$s/train" --epochs 10 --devi
 step select "${momil[@]}" select "${model[@]}" --associations "$s/screen/associations.parquet" --out "$s/select" \
     --rotations 0 --epochs 5 --device "$device" --quiet
 step impute "${momil[@]}" impute "${model[@]}" --out "$s/impute" --rounds 1 --epochs 5 --device "$device" --quiet
-if [ -f "$s/screen/load_data.parquet" ]; then
-    step pretrain "${momil[@]}" pretrain --load-data "$s/screen/load_data.parquet" --out "$s/fm" --backbone vit-tiny \
-        --epochs 2 --size 128 --global-size 96 --local-size 48 --device "$device" --quiet
-    step extract "${momil[@]}" extract --load-data "$s/screen/load_data.parquet" --wells "$s/screen/wells.parquet" \
-        --out "$s/fm-store" --backbone vit-tiny --size 128 --tile 64 --stride 64 --device "$device" --quiet
-fi
+step pretrain "${momil[@]}" pretrain --load-data "$s/render/load_data.parquet" --out "$s/fm" --backbone vit-tiny \
+    --epochs 2 --size 128 --global-size 96 --local-size 48 --device "$device" --quiet
+step extract "${momil[@]}" extract --load-data "$s/render/load_data.parquet" --wells "$s/render/wells.parquet" \
+    --out "$s/fm-store" --backbone vit-tiny --size 128 --tile 64 --stride 64 --device "$device" --quiet
 step bench_train "$python" benchmarks/bench_train.py --device "$device" --steps 10 --rounds 2
 step bench_extract "$python" benchmarks/bench_extract.py --device "$device" --fields 32 --repeats 2
 printf '%-14s %8s %4s  %s\n' stage seconds rc "last line"
