@@ -105,11 +105,12 @@ def main() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             started = time.perf_counter()
-            store = extract(
+            result = extract(
                 load, work / "screen" / "wells.parquet", work / f"store{repeat}", field, settings, show_progress=False
             )
             wholes.append(time.perf_counter() - started)
-        inners.append(store.extract_report["seconds"])  # reading, tiling, forward, field cache, store assembly
+        store = result.store
+        inners.append(result.seconds)  # reading, tiling, forward, field cache, store assembly
     bare, inner, pipeline = (float(np.median(v)) for v in (bares, inners, wholes))
     n = len(tiles)
     assert store.n_instances == n

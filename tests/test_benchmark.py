@@ -143,7 +143,7 @@ def test_attention_drawn_on_the_fields_of_an_image_store(tmp_path):
             FieldSettings(size=64, tile=32, stride=16, drop_background=False),
             ExtractSettings(backbone="vit-tiny", device="cpu", dtype="float32"),
             show_progress=False,
-        )
+        ).store
     (tmp_path / "bench" / "models").mkdir(parents=True)
     save_model(tmp_path / "bench" / "models" / "rot0_model0.pt", MoMIL(store.dim, ["a"], projector_dim=8, head_dim=4))
     trt = store.wells[store.wells["Metadata_ControlType"] == "trt"]

@@ -36,7 +36,7 @@ def test_rendered_fields_become_a_store(rendered, tmp_path):
             FIELD,
             TINY,
             show_progress=False,
-        )
+        ).store
     fields = len(pd.read_parquet(rendered / "load_data.parquet"))
     wells = pd.read_parquet(rendered / "wells.parquet")
     assert store.n_wells == len(wells) and store.n_instances == fields * 4  # 64 px fields, 32 px tiles
@@ -78,8 +78,8 @@ def test_interrupted_extraction_resumes_to_the_same_store(rendered, tmp_path, mo
         rendered / "load_data.parquet", rendered / "wells.parquet", tmp_path / "again", FIELD, TINY, show_progress=False
     )
     fields = len(pd.read_parquet(rendered / "load_data.parquet"))
-    assert resumed.extract_report["embedded_now"] == fields - 5  # finished fields were not embedded again
-    assert np.allclose(resumed.features, whole.features, atol=1e-5)
+    assert resumed.embedded_now == fields - 5  # finished fields were not embedded again
+    assert np.allclose(resumed.store.features, whole.store.features, atol=1e-5)
 
 
 def test_missing_fields_stop_or_are_skipped(rendered, tmp_path):
@@ -99,7 +99,7 @@ def test_missing_fields_stop_or_are_skipped(rendered, tmp_path):
         )
     assert not (tmp_path / "stopped").exists()
     skip = FieldSettings(**{**FIELD.__dict__, "on_missing": "skip"})
-    store = extract(
+    result = extract(
         tmp_path / "load_data.parquet",
         rendered / "wells.parquet",
         tmp_path / "skipped",
@@ -107,7 +107,7 @@ def test_missing_fields_stop_or_are_skipped(rendered, tmp_path):
         TINY,
         show_progress=False,
     )
-    assert len(store.extract_report["skipped"]) == 1 and store.n_instances == (len(load) - 1) * 4
+    assert len(result.skipped) == 1 and result.store.n_instances == (len(load) - 1) * 4
 
 
 def test_real_fields_of_both_layouts(tmp_path, capsys):

@@ -48,18 +48,18 @@ def cmd_extract(args) -> int:
 
     field = build_settings(FieldSettings, args, args.config, "field")
     settings = build_settings(ExtractSettings, args, args.config, "extract")
-    store = extract(args.load_data, args.wells, args.out, field, settings, args.root, show_progress=not args.quiet)
-    report = store.extract_report
+    report = extract(args.load_data, args.wells, args.out, field, settings, args.root, show_progress=not args.quiet)
+    store = report.store
     print(
         f"instance store written to {args.out}: {store.n_wells} wells, {store.n_instances} tiles x {store.dim} "
-        f"features ({report['tiles_now']} tiles embedded in this run, {report['tiles_per_second']} tiles/s)"
+        f"features ({report.tiles_now} tiles embedded in this run, {report.tiles_per_second} tiles/s)"
     )
-    for item in report["skipped"][:10]:
+    for item in report.skipped[:10]:
         print(
             f"  skipped plate {item['Metadata_Plate']} well {item['Metadata_Well']} site {item['Metadata_Site']}: "
             f"{item['problem']}"
         )
-    if len(report["skipped"]) > 10:
+    if len(report.skipped) > 10:
         print(f"  ... {len(report['skipped']) - 10} more skipped fields")
     print(f"next: momil correct --store {args.out} --out <corrected store>")
     return 0

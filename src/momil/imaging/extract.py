@@ -128,6 +128,19 @@ def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
     return False
 
 
+@dataclasses.dataclass
+class ExtractResult:
+    """What :func:`extract` made: the store, and what this run did."""
+
+    store: object  # momil.io.store.InstanceStore
+    fields: int  # fields in the LoadData table
+    embedded_now: int  # fields embedded by this run (the others came from the field cache of an interrupted run)
+    skipped: list[dict]  # fields left out (--on-missing skip): plate, well, site, problem
+    tiles_now: int
+    seconds: float
+    tiles_per_second: float | None
+
+
 def extract(
     load_data,
     wells,
@@ -140,7 +153,7 @@ def extract(
     """Embed every field of ``load_data`` (a LoadData table) into a new store ``out``; returns the store.
 
     ``wells`` is the contract's wells table (compound and control type of every plate/well); ``root`` resolves
-    relative PathName_ columns (default: the LoadData file's folder)."""
+    relative PathName_ columns (default: the LoadData file's folder). Returns an :class:`ExtractResult`."""
     from momil.device import resolve_device
     from momil.io.store import InstanceStore, StoreWriter
 
@@ -240,15 +253,15 @@ def extract(
     store = InstanceStore(out)
     shutil.rmtree(cache, ignore_errors=True)
     seconds = time.perf_counter() - started
-    store.extract_report = {
-        "fields": len(rows),
-        "embedded_now": len(todo) - len(skipped),
-        "skipped": skipped,
-        "tiles_now": n_tiles,
-        "seconds": round(seconds, 2),
-        "tiles_per_second": round(n_tiles / seconds, 2) if seconds > 0 else None,
-    }
-    return store
+    return ExtractResult(
+        store=store,
+        fields=len(rows),
+        embedded_now=len(todo) - len(skipped),
+        skipped=skipped,
+        tiles_now=n_tiles,
+        seconds=round(seconds, 2),
+        tiles_per_second=round(n_tiles / seconds, 2) if seconds > 0 else None,
+    )
 
 
 def reader_count(readers: int, device) -> int:

@@ -76,7 +76,7 @@ def compare_backbones(
         settings = dataclasses.replace(extract_settings, weights=weights, overwrite=True)
         store = extract(
             load_data, wells, Path(work) / f"store-{safe_name(name, 20)}", field, settings, show_progress=show_progress
-        )
+        ).store
         for target, classes in targets.items():
             for c in cs:
                 result = linear_probe(store, classes, c=c, folds=folds)
