@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -92,6 +93,37 @@ def test_benchmark_table_pvalues_and_reuse(tmp_path, monkeypatch):
         store, labels, folds, assays, ASSOCIATIONS, tmp_path / "bench", settings, cv, train, select, show_progress=False
     )
     pd.testing.assert_frame_equal(again.table, result.table)
+    # with other settings a finished method is not silently reused: the folder and the first changed setting named
+    with pytest.raises(MomilError, match=r"instance-count was run with other train settings \(epochs: 6, now 7\)"):
+        run_benchmark(
+            store,
+            labels,
+            folds,
+            assays,
+            ASSOCIATIONS,
+            tmp_path / "bench",
+            settings,
+            cv,
+            dataclasses.replace(train, epochs=7),
+            select,
+            show_progress=False,
+        )
+    # who runs the fits does not matter
+    fanned = dataclasses.replace(cv, executor="processes", workers=2)
+    rerun = run_benchmark(
+        store,
+        labels,
+        folds,
+        assays,
+        ASSOCIATIONS,
+        tmp_path / "bench",
+        settings,
+        fanned,
+        train,
+        select,
+        show_progress=False,
+    )
+    pd.testing.assert_frame_equal(rerun.table, result.table)
 
 
 def test_benchmark_checks_its_settings(tmp_path):

@@ -85,6 +85,28 @@ def _finished(folder: Path) -> bool:
     return (folder / "summary.json").exists() and (folder / "compound_predictions.parquet").exists()
 
 
+RUNNER_ONLY = ("executor", "workers", "threads", "ray_address", "overwrite", "selection", "select", "device")
+
+
+def _check_reusable(folder: Path, name: str, cv, train, impute) -> None:
+    """A finished method is reused only when it was run with the same cross-validation and training (and, with
+    imputation, the same imputation) settings; who ran its fits (the executor, the device) does not matter."""
+    saved = read_json(folder / "summary.json", "cross-validation record").get("settings", {})
+    wanted = {"cv": dataclasses.asdict(cv), "train": dataclasses.asdict(train)}
+    if "impute" in saved:
+        wanted["impute"] = dataclasses.asdict(impute)
+    for section, values in wanted.items():
+        old = {k: v for k, v in saved.get(section, {}).items() if k not in RUNNER_ONLY}
+        new = {k: v for k, v in values.items() if k not in RUNNER_ONLY}
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if changed:
+            key = changed[0]
+            raise MomilError(
+                f"{folder}: method {name} was run with other {section} settings ({key}: {old.get(key)!r}, now "
+                f"{new.get(key)!r}) -- use another --out, or delete that folder to run it again"
+            )
+
+
 def run_benchmark(
     store: InstanceStore,
     labels: LabelMatrix,
@@ -133,14 +155,16 @@ def run_benchmark(
         label, train_over, cv_over = METHODS[name]
         folder = out / "runs" / name
         started = time.perf_counter()
-        if not _finished(folder):
+        method_cv = dataclasses.replace(cv, **cv_over, overwrite=False)
+        if method_cv.select:  # the shared selection made above
+            method_cv = dataclasses.replace(method_cv, select=False)
+        else:
+            method_cv = dataclasses.replace(method_cv, selection="")
+        if _finished(folder):
+            _check_reusable(folder, name, method_cv, dataclasses.replace(train, **train_over), impute)
+        else:
             if show_progress:
                 print(f"benchmark: {name} ({label})", flush=True)
-            method_cv = dataclasses.replace(cv, **cv_over, overwrite=False)
-            if method_cv.select:  # the shared selection made above
-                method_cv = dataclasses.replace(method_cv, select=False)
-            else:
-                method_cv = dataclasses.replace(method_cv, selection="")
             cross_validate(
                 store,
                 labels,
