@@ -172,6 +172,26 @@ def test_self_training_adds_correct_labels_to_training_wells_only(tmp_path):
         show_progress=False,
     )
     pd.testing.assert_frame_equal(again.imputed, imputed)
+    # with a cap, every assay and class holds at most max_ratio x its measured training labels
+    capped = self_train(
+        store,
+        labels,
+        assays,
+        ["P"],
+        train,
+        val,
+        settings,
+        ImputeSettings(rounds=2, keep_best_round=True, max_ratio=0.25),
+        tmp_path / "imp-capped",
+        show_progress=False,
+    )
+    pairs = WellPairs.build(store.wells, labels, assays)
+    _, m_assay, m_label = pairs.pairs(pairs.labelled_wells(np.asarray(train)))
+    measured = pd.DataFrame({"assay": np.array(assays, dtype=object)[m_assay], "label": m_label})
+    limit = (measured.groupby(["assay", "label"]).size() * 0.25).astype(int)
+    counts = capped.imputed.groupby(["assay", "label"]).size()
+    assert len(capped.imputed) and all(counts[key] <= limit.get(key, 0) for key in counts.index)
+    assert len(capped.imputed) < len(imputed)
 
 
 def test_last_round_is_kept_by_default(tmp_path):
@@ -194,3 +214,26 @@ def test_last_round_is_kept_by_default(tmp_path):
     )
     assert bool(result.rounds["kept"].iloc[-1]) and result.rounds["kept"].sum() == 1
     assert result.summary()["kept_round"] == int(result.rounds["round"].iloc[-1])
+
+
+def test_the_cap_keeps_the_most_confident_imputed_labels_per_assay_and_class():
+    from momil.protocol.imputation import cap_imputed
+
+    measured = pd.DataFrame({"assay": ["a"] * 6 + ["b"] * 2, "label": [1, 1, 0, 0, 0, 0, 1, 0]})
+    new = pd.DataFrame(
+        {
+            "well": np.arange(8),
+            "assay": ["a", "a", "a", "a", "a", "b", "b", "b"],
+            "label": [1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0],
+            "probability": [0.95, 0.75, 0.85, 0.05, 0.2, 0.9, 0.1, 0.01],
+            "th_pos": 0.7,
+            "th_neg": 0.3,
+        }
+    )
+    earlier = pd.DataFrame({"assay": ["a"], "label": [0.0]})
+    kept = cap_imputed(new, earlier, measured, ratio=0.5)
+    # a: 2 measured actives -> 1 imputed active (the 0.95); 4 measured inactives -> 2, one used earlier -> the 0.05
+    # b: 1 measured active and 1 inactive -> 0 of each (int(0.5) = 0)
+    assert kept["well"].tolist() == [0, 3]
+    assert cap_imputed(new, earlier, measured, ratio=0).equals(new)  # no cap: the paper's
+    assert len(cap_imputed(new, earlier.head(0), measured, ratio=10)) == len(new)

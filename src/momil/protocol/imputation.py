@@ -65,6 +65,12 @@ class ImputeSettings(Settings):
     keep_best_round: bool = setting(
         False, "keep the round with the best validation AUC instead of the last (the paper's)"
     )
+    max_ratio: float = setting(
+        0.0,
+        "at most this many imputed labels per assay and class, over all rounds, per measured training label of that "
+        "assay and class, the most confident first (0: no cap, the paper's)",
+        low=0,
+    )
 
     def check(self) -> None:
         if not self.alpha < 1.0 - self.confidence:
@@ -153,6 +159,24 @@ def impute_round(
     return pd.concat(frames, ignore_index=True).sort_values(["well", "assay"], kind="stable").reset_index(drop=True)
 
 
+def cap_imputed(new: pd.DataFrame, imputed: pd.DataFrame, measured: pd.DataFrame, ratio: float) -> pd.DataFrame:
+    """``new`` (one round's imputed labels) cut so that, per assay and class, all imputed labels (``imputed``
+    from earlier rounds plus the kept new ones) are at most ``ratio`` x the measured training labels
+    (``measured``: assay, label); the new labels farthest beyond their threshold are kept first."""
+    if ratio <= 0 or new.empty:
+        return new
+    allowed = (measured.groupby(["assay", "label"]).size() * ratio).astype(int)
+    used = imputed.groupby(["assay", "label"]).size() if len(imputed) else pd.Series(dtype=int)
+    margin = np.where(new["label"] >= 0.5, new["probability"] - new["th_pos"], new["th_neg"] - new["probability"])
+    ranked = new.assign(_margin=margin).sort_values(["assay", "label", "_margin"], ascending=[True, True, False])
+    keep = []
+    for (assay, label), group in ranked.groupby(["assay", "label"], sort=False):
+        room = int(allowed.get((assay, label), 0)) - int(used.get((assay, label), 0))
+        keep.append(group.head(max(0, room)))
+    kept = pd.concat(keep) if keep else ranked.head(0)
+    return kept.drop(columns="_margin").sort_values(["well", "assay"], kind="stable").reset_index(drop=True)
+
+
 @dataclasses.dataclass
 class ImputationResult:
     fit: FitResult  # the kept round's fit
@@ -210,6 +234,8 @@ def self_train(
             store, measured, train_wells, val_wells, is_primary, train, out / "round0", show_progress=show_progress
         )
     current, pairs = first, measured
+    _, m_assay, m_label = measured.pairs(measured.labelled_wells(train_wells))
+    measured_train = pd.DataFrame({"assay": np.array(model_assays, dtype=object)[m_assay], "label": m_label})
     fits = [first]  # one per row of round_rows
     imputed = pd.DataFrame(columns=["round", "well", "assay", "label", "probability", "th_pos", "th_neg"])
     threshold_frames = []
@@ -221,6 +247,7 @@ def self_train(
             _, v_assay, v_label, v_prob = predict_pairs(current.model, store, val_wells, measured, device)
             thresholds = conformal_thresholds(v_assay, v_label, v_prob, model_assays, ~is_primary, settings)
             new = impute_round(current.model, store, pairs, train_wells, thresholds, device)
+            new = cap_imputed(new, imputed, measured_train, settings.max_ratio)
             new.insert(0, "round", r)
             counts = new.groupby(["assay", "label"]).size().unstack(fill_value=0)
             thresholds["round"] = r
