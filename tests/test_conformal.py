@@ -87,8 +87,10 @@ def test_predict_calibrate_on_a_simulated_screen(tmp_path, capsys):
         assert len(merged) == len(saved) > 0 and (merged["label"] == merged["label_known"]).all()
         code = main(["predict", "--model", "m/model.pt", "--store", "store", "--out", "p.parquet", "--calibrate"])
         assert code == 0
-        out = capsys.readouterr().out
+        out, err = capsys.readouterr()
         assert "conformal calls at significance 0.1" in out
+        # the whole store was predicted, the calibration compounds with it: said, on stderr
+        assert "calibration (validation) compounds" in err and "not valid" in err
         calls = pd.read_parquet("p.parquet")
         assert {"p_active", "p_inactive", "prediction_set", "confident", "call"} <= set(calls.columns)
         assert calls[["p_active", "p_inactive"]].stack().between(0, 1).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -161,9 +162,10 @@ def cmd_predict(args) -> int:
     if calibration is not None:
         overlap = set(compounds["Metadata_Compound"]) & set(calibration["Metadata_Compound"])
         if overlap:
-            print(
-                f"momil: warning: {len(overlap)} predicted compounds are the model's own calibration (validation) "
-                f"compounds, e.g. {sorted(overlap)[0]}: their conformal calls are not valid"
+            warnings.warn(
+                f"{len(overlap)} predicted compounds are the model's own calibration (validation) compounds, e.g. "
+                f"{sorted(overlap)[0]}: their conformal calls are not valid",
+                stacklevel=1,
             )
         compounds = conformal_calls(calibration, compounds, args.significance)
         confident = compounds["confident"]
