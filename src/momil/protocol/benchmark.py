@@ -91,12 +91,18 @@ RUNNER_ONLY = ("executor", "workers", "threads", "ray_address", "overwrite", "se
 def _check_reusable(folder: Path, name: str, cv, train, impute) -> None:
     """A finished method is reused only when it was run with the same cross-validation and training (and, with
     imputation, the same imputation) settings; who ran its fits (the executor, the device) does not matter."""
+    from momil.protocol.imputation import ImputeSettings
+
+    impute = impute or ImputeSettings()
     saved = read_json(folder / "summary.json", "cross-validation record").get("settings", {})
     wanted = {"cv": dataclasses.asdict(cv), "train": dataclasses.asdict(train)}
     if "impute" in saved:
         wanted["impute"] = dataclasses.asdict(impute)
+    defaults = {"cv": type(cv)(), "train": type(train)(), "impute": ImputeSettings()}
     for section, values in wanted.items():
-        old = {k: v for k, v in saved.get(section, {}).items() if k not in RUNNER_ONLY}
+        # a setting added since the folder was made counts at its default
+        default = dataclasses.asdict(defaults[section])
+        old = {k: v for k, v in {**default, **saved.get(section, {})}.items() if k not in RUNNER_ONLY}
         new = {k: v for k, v in values.items() if k not in RUNNER_ONLY}
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if changed:
