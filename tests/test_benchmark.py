@@ -93,21 +93,15 @@ def test_benchmark_table_pvalues_and_reuse(tmp_path, monkeypatch):
         store, labels, folds, assays, ASSOCIATIONS, tmp_path / "bench", settings, cv, train, select, show_progress=False
     )
     pd.testing.assert_frame_equal(again.table, result.table)
+
     # with other settings a finished method is not silently reused: the folder and the first changed setting named
-    with pytest.raises(MomilError, match=r"instance-count was run with other train settings \(epochs: 6, now 7\)"):
-        run_benchmark(
-            store,
-            labels,
-            folds,
-            assays,
-            ASSOCIATIONS,
-            tmp_path / "bench",
-            settings,
-            cv,
-            dataclasses.replace(train, epochs=7),
-            select,
-            show_progress=False,
+    def bench_again(cv, train):
+        return run_benchmark(
+            store, labels, folds, assays, ASSOCIATIONS, tmp_path / "bench", settings, cv, train, select, None, False
         )
+
+    with pytest.raises(MomilError, match=r"instance-count was run with other train settings \(epochs: 6, now 7\)"):
+        bench_again(cv, dataclasses.replace(train, epochs=7))
     # a folder made before a setting existed counts it at its default
     record_path = tmp_path / "bench" / "runs" / "mean-mlp" / "summary.json"
     record = json.loads(record_path.read_text())
@@ -115,19 +109,7 @@ def test_benchmark_table_pvalues_and_reuse(tmp_path, monkeypatch):
     record_path.write_text(json.dumps(record))
     # who runs the fits does not matter
     fanned = dataclasses.replace(cv, executor="processes", workers=2)
-    rerun = run_benchmark(
-        store,
-        labels,
-        folds,
-        assays,
-        ASSOCIATIONS,
-        tmp_path / "bench",
-        settings,
-        fanned,
-        train,
-        select,
-        show_progress=False,
-    )
+    rerun = bench_again(fanned, train)
     pd.testing.assert_frame_equal(rerun.table, result.table)
 
 

@@ -124,18 +124,12 @@ def test_self_training_adds_correct_labels_to_training_wells_only(tmp_path):
         head_dim=16,
         seed=0,
     )
-    result = self_train(
-        store,
-        labels,
-        assays,
-        ["P"],
-        train,
-        val,
-        settings,
-        ImputeSettings(rounds=2, keep_best_round=True),
-        tmp_path / "imp",
-        show_progress=False,
-    )
+
+    def run(impute: ImputeSettings, folder: str):
+        out = tmp_path / folder
+        return self_train(store, labels, assays, ["P"], train, val, settings, impute, out, show_progress=False)
+
+    result = run(ImputeSettings(rounds=2, keep_best_round=True), "imp")
     imputed = result.imputed
     assert len(imputed) > 20  # dozens of labels (35 at this seed), nearly all correct (below)
     assert np.isin(imputed["well"], train).all()  # never a validation or test well
@@ -159,32 +153,10 @@ def test_self_training_adds_correct_labels_to_training_wells_only(tmp_path):
     record = json.loads((tmp_path / "imp" / "imputation.json").read_text())
     assert record["summary"]["imputed_labels"] == len(imputed)
     # running again reuses every round's checkpoint and gives the same labels
-    again = self_train(
-        store,
-        labels,
-        assays,
-        ["P"],
-        train,
-        val,
-        settings,
-        ImputeSettings(rounds=2, keep_best_round=True),
-        tmp_path / "imp",
-        show_progress=False,
-    )
+    again = run(ImputeSettings(rounds=2, keep_best_round=True), "imp")
     pd.testing.assert_frame_equal(again.imputed, imputed)
     # with a cap, every assay and class holds at most max_ratio x its measured training labels
-    capped = self_train(
-        store,
-        labels,
-        assays,
-        ["P"],
-        train,
-        val,
-        settings,
-        ImputeSettings(rounds=2, keep_best_round=True, max_ratio=0.25),
-        tmp_path / "imp-capped",
-        show_progress=False,
-    )
+    capped = run(ImputeSettings(rounds=2, keep_best_round=True, max_ratio=0.25), "imp-capped")
     pairs = WellPairs.build(store.wells, labels, assays)
     _, m_assay, m_label = pairs.pairs(pairs.labelled_wells(np.asarray(train)))
     measured = pd.DataFrame({"assay": np.array(assays, dtype=object)[m_assay], "label": m_label})

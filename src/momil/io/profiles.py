@@ -68,7 +68,7 @@ def well_profiles(
         for start in range(0, len(wells), batch_wells):
             batch = wells[start : start + batch_wells]
             bags, mask = load_bags(store, batch, device)
-            if model is None:
+            if model is None:  # the well mean in float64 (io stays above model/, whose mean pooling is float32)
                 weights = mask.to(bags.dtype) / mask.sum(dim=1, keepdim=True).clamp(min=1).to(bags.dtype)
                 features = torch.einsum("bn,bnd->bd", weights.double(), bags.double())
             else:

@@ -32,10 +32,11 @@ class PairModel(nn.Module):
         self,
         in_dim: int,
         assays: list[str],
-        projector_dim: int,
-        head_dim: int,
-        dropout: float,
+        projector_dim: int = 128,
+        head_dim: int = 64,
+        dropout: float = 0.5,
         linear_floor: bool = False,
+        **_,
     ):
         super().__init__()
         if not assays:
@@ -53,6 +54,11 @@ class PairModel(nn.Module):
             self.hparams["linear_floor"] = True
         self.floor = LinearFloor(len(self.assays), in_dim) if linear_floor else None
         self.calibration = OutputCalibration(len(self.assays))
+
+    def _sizes(self) -> tuple[int, int, int, float]:
+        """(in_dim, projector_dim, head_dim, dropout): what a subclass builds its layers from."""
+        hp = self.hparams
+        return hp["in_dim"], hp["projector_dim"], hp["head_dim"], hp["dropout"]
 
     def well_outputs(self, bags: torch.Tensor, mask: torch.Tensor) -> dict:
         raise NotImplementedError
@@ -107,17 +113,9 @@ class PairModel(nn.Module):
 class MeanMLP(PairModel):
     kind = "mean-mlp"
 
-    def __init__(
-        self,
-        in_dim: int,
-        assays: list[str],
-        projector_dim: int = 128,
-        head_dim: int = 64,
-        dropout: float = 0.5,
-        linear_floor: bool = False,
-        **_,
-    ):
-        super().__init__(in_dim, assays, projector_dim, head_dim, dropout, linear_floor)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        in_dim, projector_dim, head_dim, dropout = self._sizes()
         self.mlp = nn.Sequential(
             nn.Linear(in_dim, projector_dim),
             nn.ReLU(),
@@ -137,17 +135,9 @@ class MeanMLP(PairModel):
 class MultiLabelMIL(PairModel):
     kind = "multilabel-mil"
 
-    def __init__(
-        self,
-        in_dim: int,
-        assays: list[str],
-        projector_dim: int = 128,
-        head_dim: int = 64,
-        dropout: float = 0.5,
-        linear_floor: bool = False,
-        **_,
-    ):
-        super().__init__(in_dim, assays, projector_dim, head_dim, dropout, linear_floor)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        in_dim, projector_dim, head_dim, dropout = self._sizes()
         self.projector = nn.Sequential(nn.Linear(in_dim, projector_dim), nn.ReLU(), FastDropout(dropout))
         self.v = nn.Linear(projector_dim, head_dim)
         self.u = nn.Linear(projector_dim, head_dim)

@@ -10,6 +10,7 @@ from momil.data.bags import load_bags
 from momil.data.pairs import WellPairs
 from momil.io.contract import COMPOUND
 from momil.io.store import InstanceStore
+from momil.model.heads import attention_pool, mean_weights
 from momil.model.linear import fit_assay, well_means
 
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)  # the linear floor's share of the blend, chosen on the validation wells
@@ -84,8 +85,7 @@ def blend_floor(
         bags, mask = load_bags(store, wells[start : start + 64], device)
         p = model.predict(bags, mask).double().clamp(1e-12, 1 - 1e-12)
         network.append((torch.log(p) - torch.log1p(-p)).cpu().numpy())
-        means = bags.float().mul(mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-        linear.append(floor.logits(means).cpu().numpy())
+        linear.append(floor.logits(attention_pool(mean_weights(mask, bags.dtype), bags)).cpu().numpy())
     floor.network_sd.copy_(torch.from_numpy(_sd(np.concatenate(network))).float())
     floor.floor_sd.copy_(torch.from_numpy(_sd(np.concatenate(linear))).float())
     best = None
