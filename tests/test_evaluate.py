@@ -146,9 +146,9 @@ def test_no_primary_with_labels_refused(tmp_path):
 
 
 def test_select_and_impute_inside_cv_never_see_test_compounds(tmp_path, monkeypatch):
-    import momil.protocol.imputation as imputation
     import momil.protocol.selection as selection
     import momil.training.fit as train_module
+    import momil.training.inference as inference
     from momil.protocol.imputation import ImputeSettings
     from momil.protocol.selection import SelectSettings
     from test_selection import ASSOCIATIONS, planted_screen
@@ -158,15 +158,15 @@ def test_select_and_impute_inside_cv_never_see_test_compounds(tmp_path, monkeypa
     fold_of = dict(zip(folds["Metadata_Compound"], folds["fold"]))
     phase = {"test_fold": None}
     leaks = []
-    for module in (selection, imputation, train_module):
-        real = module.load_bags
+    for module in (inference, train_module):  # every bag that selection, imputation and training read
+        real = module.bag_batches
 
         def spy(store_, wells, *args, _real=real, **kwargs):
             compounds = store_.wells["Metadata_Compound"].iloc[np.asarray(wells)]
             leaks.extend(c for c in compounds if fold_of[c] == phase["test_fold"])
             return _real(store_, wells, *args, **kwargs)
 
-        monkeypatch.setattr(module, "load_bags", spy)
+        monkeypatch.setattr(module, "bag_batches", spy)
     original = selection.select_assays
 
     def tracking_select(store_, labels_, assays_, associations_, train_wells, val_wells, out, *args, **kwargs):

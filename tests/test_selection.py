@@ -167,20 +167,20 @@ def test_stages_run_alone(tmp_path):
 
 
 def test_selection_sees_only_training_and_validation_wells(tmp_path, monkeypatch):
-    import momil.protocol.selection as selection
     import momil.training.fit as train_module
+    import momil.training.inference as inference
 
     store, labels, assays, _ = planted_screen(tmp_path / "store", n_compounds=40)
     train, val, test = split(labels, store)
     loaded = []
-    for module in (selection, train_module):
-        real = module.load_bags
+    for module in (inference, train_module):  # every bag that selection and its fits read
+        real = module.bag_batches
 
         def spy(store_, wells, *args, _real=real, **kwargs):
             loaded.append(np.asarray(wells).copy())
             return _real(store_, wells, *args, **kwargs)
 
-        monkeypatch.setattr(module, "load_bags", spy)
+        monkeypatch.setattr(module, "bag_batches", spy)
     select_assays(
         store,
         labels,

@@ -12,7 +12,7 @@ from momil.protocol.imputation import (  # noqa: F401
     conformal_thresholds,
     impute_round,
     imputed_counts,
-    predict_all,
     save_imputed_model,
     self_train,
 )
+from momil.training.inference import predict_all  # noqa: F401

@@ -12,7 +12,6 @@ from momil.protocol.selection import (  # noqa: F401
     _stl_signature,
     _write,
     biological_similarity,
-    embed_wells,
     influence_score,
     load_selection,
     select_assays,
@@ -21,3 +20,4 @@ from momil.protocol.selection import (  # noqa: F401
     train_single_assay,
     wells_digest,
 )
+from momil.training.inference import embed_all as embed_wells  # noqa: F401

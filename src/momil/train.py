@@ -33,9 +33,9 @@ from momil.training.fit import (  # noqa: F401
     FitResult,
     _signature,
     fit,
-    predict_pairs,
     training_step,
 )
+from momil.training.inference import predict_pairs  # noqa: F401
 from momil.training.losses import (  # noqa: F401
     amtl_weights,
     balanced_loss,

@@ -1,24 +1,80 @@
-"""Padded bags: the instances of a batch of wells, read from the store, with their mask."""
+"""Padded bags: the instances of a batch of wells, read from the store, with their mask.
+
+Every stage that reads bags (training, validation, prediction, calibration, the linear floor, selection,
+imputation, few-shot probes, profiles) reads them through :func:`bag_batches`: a :class:`torch.utils.data.
+DataLoader` over :class:`WellBags` with :meth:`WellBags.collate`, so padding, the finiteness check and the move to
+the device are written once.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import NamedTuple
+
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from momil.io.store import InstanceStore
+
+
+class BagBatch(NamedTuple):
+    """``wells`` (B,) store rows; ``bags`` (B, N_max, D) float32, zero-padded; ``mask`` (B, N_max) bool."""
+
+    wells: np.ndarray
+    bags: torch.Tensor
+    mask: torch.Tensor
+
+
+class WellBags(Dataset):
+    """The bags of some store wells, one item per well in the given order: (store row, instances (n, D))."""
+
+    def __init__(self, store: InstanceStore, wells: np.ndarray):
+        self.store = store
+        self.wells = np.asarray(wells, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.wells)
+
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray]:
+        well = int(self.wells[index])
+        return well, self.store.bag(well)
+
+    def collate(self, items: list[tuple[int, np.ndarray]]) -> BagBatch:
+        """Pad a list of items into one batch (on the CPU); refuses non-finite features (the store names them)."""
+        wells = np.array([well for well, _ in items], dtype=np.int64)
+        n_max = max((len(bag) for _, bag in items), default=0)
+        bags = np.zeros((len(items), n_max, self.store.dim), dtype=np.float32)
+        mask = np.zeros((len(items), n_max), dtype=bool)
+        for row, (_, bag) in enumerate(items):
+            bags[row, : len(bag)] = bag
+            mask[row, : len(bag)] = True
+        self.store.require_finite(wells, bags)
+        return BagBatch(wells, torch.from_numpy(bags), torch.from_numpy(mask))
+
+
+def bag_batches(
+    store: InstanceStore, wells: np.ndarray, batch_wells: int = 64, device: torch.device | str = "cpu"
+) -> Iterator[BagBatch]:
+    """The bags of ``wells`` in order, ``batch_wells`` wells at a time, on ``device``."""
+    dataset = WellBags(store, wells)
+    # a generator of its own: a DataLoader's iterator draws a base seed, which must not move the global torch
+    # RNG that dropout and initialisation draw from (training stays the same with or without this loader)
+    loader = DataLoader(
+        dataset,
+        batch_size=max(1, int(batch_wells)),
+        shuffle=False,
+        collate_fn=dataset.collate,
+        generator=torch.Generator(),
+    )
+    for batch in loader:
+        yield BagBatch(batch.wells, batch.bags.to(device), batch.mask.to(device))
 
 
 def load_bags(
     store: InstanceStore, wells: np.ndarray, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Padded float32 bags (B, N_max, D) and mask (B, N_max) for store wells; reads only their rows."""
-    counts = store.counts[wells]
-    n_max = int(counts.max()) if len(wells) else 0
-    bags = np.zeros((len(wells), n_max, store.dim), dtype=np.float32)
-    mask = np.zeros((len(wells), n_max), dtype=bool)
-    for row, well in enumerate(wells):
-        bag = store.bag(int(well))
-        bags[row, : len(bag)] = bag
-        mask[row, : len(bag)] = True
-    store.require_finite(wells, bags)
-    return torch.from_numpy(bags).to(device), torch.from_numpy(mask).to(device)
+    """Padded float32 bags (B, N_max, D) and mask (B, N_max) for store wells, all in one batch."""
+    dataset = WellBags(store, wells)
+    batch = dataset.collate([dataset[i] for i in range(len(dataset))])
+    return batch.bags.to(device), batch.mask.to(device)

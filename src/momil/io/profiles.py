@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from momil.data.bags import load_bags
+from momil.data.bags import bag_batches
 from momil.errors import MomilError
 from momil.io.contract import BATCH, COMPOUND, CONTROL, PLATE, WELL
 from momil.io.store import InstanceStore
@@ -65,9 +65,7 @@ def well_profiles(
     wells = np.arange(store.n_wells)
     chunks = []
     with progress(total=len(wells), desc="profiles", unit="well", enabled=show_progress) as bar:
-        for start in range(0, len(wells), batch_wells):
-            batch = wells[start : start + batch_wells]
-            bags, mask = load_bags(store, batch, device)
+        for batch, bags, mask in bag_batches(store, wells, batch_wells, device):
             if model is None:  # the well mean in float64 (io stays above model/, whose mean pooling is float32)
                 weights = mask.to(bags.dtype) / mask.sum(dim=1, keepdim=True).clamp(min=1).to(bags.dtype)
                 features = torch.einsum("bn,bnd->bd", weights.double(), bags.double())

@@ -16,13 +16,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from momil.errors import MomilError
-from momil.model.calibration import OutputCalibration
-from momil.model.floor import LinearFloor
+from momil.model.base import MILModel
 from momil.model.heads import FastDropout, attention_pool, full, gated, masked_softmax, mean_weights
 
 
-class PairModel(nn.Module):
+class PairModel(MILModel):
     """Shared plumbing: per-well logits (B, T) -> the asked pairs; BCE summed over pairs. With ``linear_floor``
     each assay's logit is blended with a logistic regression on the well mean (:mod:`momil.model.floor`)."""
 
@@ -38,22 +36,8 @@ class PairModel(nn.Module):
         linear_floor: bool = False,
         **_,
     ):
-        super().__init__()
-        if not assays:
-            raise MomilError("a model needs at least one assay")
-        self.assays = list(assays)
-        self.hparams = {
-            "model": self.kind,
-            "in_dim": in_dim,
-            "assays": self.assays,
-            "projector_dim": projector_dim,
-            "head_dim": head_dim,
-            "dropout": dropout,
-        }
-        if linear_floor:
-            self.hparams["linear_floor"] = True
-        self.floor = LinearFloor(len(self.assays), in_dim) if linear_floor else None
-        self.calibration = OutputCalibration(len(self.assays))
+        hparams = {"projector_dim": projector_dim, "head_dim": head_dim, "dropout": dropout}
+        super().__init__(in_dim, assays, hparams, linear_floor)
 
     def _sizes(self) -> tuple[int, int, int, float]:
         """(in_dim, projector_dim, head_dim, dropout): what a subclass builds its layers from."""
@@ -78,9 +62,6 @@ class PairModel(nn.Module):
         if "attention" in out:
             result["attention"] = out["attention"][pair_well]
         return result
-
-    def loss(self, out: dict, target: torch.Tensor) -> torch.Tensor:
-        return self.pair_loss(out, target).sum()
 
     def pair_loss(self, out: dict, target: torch.Tensor) -> torch.Tensor:
         logit = full(out["logit"])

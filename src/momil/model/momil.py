@@ -6,12 +6,11 @@ import torch
 from torch import nn
 
 from momil.errors import MomilError
-from momil.model.calibration import OutputCalibration
-from momil.model.floor import LinearFloor
+from momil.model.base import MILModel
 from momil.model.heads import HEADS, FastDropout, PairPlan, attention_pool, gather_rows, mean_weights
 
 
-class MoMIL(nn.Module):
+class MoMIL(MILModel):
     """``F_phi`` (Linear D -> d, ReLU, dropout; identity when ``shared_projector`` is False, as in the
     single-assay models of assay selection) followed by stacked heads, one per assay in ``assays``.
 
@@ -22,6 +21,8 @@ class MoMIL(nn.Module):
 
     With ``linear_floor`` each assay's logit is blended with a logistic regression on the well mean
     (:mod:`momil.model.floor`; share 0 while training, set after it by :func:`momil.training.floor.blend_floor`)."""
+
+    kind = "momil"
 
     def __init__(
         self,
@@ -35,16 +36,9 @@ class MoMIL(nn.Module):
         mean_stream: bool = False,
         linear_floor: bool = False,
     ):
-        super().__init__()
         if head not in HEADS:
             raise MomilError(f"head must be one of {sorted(HEADS)}, not {head!r}")
-        if not assays:
-            raise MomilError("a model needs at least one assay")
-        self.assays = list(assays)
-        self.hparams = {
-            "model": "momil",
-            "in_dim": in_dim,
-            "assays": self.assays,
+        hparams = {
             "head": head,
             "projector_dim": projector_dim,
             "head_dim": head_dim,
@@ -52,8 +46,7 @@ class MoMIL(nn.Module):
             "shared_projector": shared_projector,
             "mean_stream": mean_stream,
         }
-        if linear_floor:  # absent otherwise, so models without it keep their hyperparameters and state
-            self.hparams["linear_floor"] = True
+        super().__init__(in_dim, assays, hparams, linear_floor)
         if shared_projector:
             self.projector = nn.Sequential(nn.Linear(in_dim, projector_dim), nn.ReLU(), FastDropout(dropout))
             head_in = projector_dim
@@ -62,8 +55,6 @@ class MoMIL(nn.Module):
             head_in = in_dim
         self.heads = HEADS[head](len(self.assays), head_in, head_dim, dropout, in_dim if mean_stream else 0)
         self.mean_stream = mean_stream
-        self.floor = LinearFloor(len(self.assays), in_dim) if linear_floor else None
-        self.calibration = OutputCalibration(len(self.assays))
 
     def encode(self, bags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """F_phi on the real instances only: bags (B, N, D), mask (B, N) -> (B, N, d), zeros at padding."""
@@ -115,15 +106,14 @@ class MoMIL(nn.Module):
                 out[key] = self.floor.blend_pairs(out[key], means, assay)
         return out
 
-    def loss(self, out: dict, target: torch.Tensor) -> torch.Tensor:
-        """Summed BCE over the pairs in ``out`` (unknown labels are never pairs, so they add nothing)."""
-        return self.heads.loss(out, target)
-
     def pair_loss(self, out: dict, target: torch.Tensor) -> torch.Tensor:
         return self.heads.pair_loss(out, target)
 
     def probability(self, out: dict) -> torch.Tensor:
         return self.heads.probability(out)
+
+    def head_table(self) -> dict[str, nn.Parameter]:
+        return dict(self.heads.named_parameters())
 
     @torch.no_grad()
     def predict(

@@ -15,10 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from momil.config import Settings, setting
-from momil.data.bags import load_bags
 from momil.data.pairs import WellPairs, labelled_wells_of, rotation_wells
 from momil.device import resolve_device
 from momil.errors import MomilError
@@ -28,6 +26,7 @@ from momil.io.store import InstanceStore
 from momil.progress import progress
 from momil.training.checkpoints import load_model
 from momil.training.fit import fit
+from momil.training.inference import embed_all, predict_all
 from momil.training.settings import TrainSettings
 
 
@@ -52,17 +51,6 @@ def shot_counts(text: str) -> list[int]:
         else:
             raise MomilError(f"shots must be positive numbers or 'all', comma-separated, not {text!r}")
     return out
-
-
-@torch.no_grad()
-def _embed(model, store: InstanceStore, wells: np.ndarray, assay_index: int, device, batch: int = 64) -> np.ndarray:
-    parts = []
-    model.eval()
-    for start in range(0, len(wells), batch):
-        chunk = np.asarray(wells[start : start + batch], np.int64)
-        bags, mask = load_bags(store, chunk, device)
-        parts.append(model.embed(bags, mask, assay_index).float().cpu().numpy())
-    return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
 
 
 def _draw(wells: np.ndarray, y: np.ndarray, compounds: np.ndarray, n: int, rng) -> np.ndarray:
@@ -122,8 +110,8 @@ def probe_unseen(
             if len(te_wells) == 0 or len(np.unique(tr_y)) < 2:
                 continue
             head = model.assays.index(primary)
-            tr_x = _embed(model, store, tr_wells, head, device)
-            te_x = _embed(model, store, te_wells, head, device)
+            tr_x = embed_all({"m": model}, store, tr_wells, device, head=head)["m"]
+            te_x = embed_all({"m": model}, store, te_wells, device, head=head)["m"]
             tr_c = store.wells[COMPOUND].to_numpy()[tr_wells]
             te_c = store.wells[COMPOUND].to_numpy()[te_wells]
             for n in shots:
@@ -142,8 +130,7 @@ def probe_unseen(
                 result = fit(
                     store, pairs, parts["train"], parts["val"], np.ones(1, bool), stl, folder, show_progress=False
                 )
-                bags, mask = load_bags(store, te_wells, device)
-                prob = result.model.predict(bags, mask).numpy()[:, 0]
+                prob = predict_all(result.model, store, te_wells, device)[:, 0]
                 stl_frames.append(pd.DataFrame({COMPOUND: te_c, "label": te_y, "probability": prob}))
 
         def compound_auc(frames):

@@ -31,10 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from momil.config import Settings, setting
-from momil.data.bags import load_bags
 from momil.data.pairs import WellPairs
 from momil.device import resolve_device
 from momil.errors import MomilError
@@ -44,7 +42,8 @@ from momil.io.provenance import provenance
 from momil.io.store import InstanceStore
 from momil.progress import progress
 from momil.training.checkpoints import save_model
-from momil.training.fit import FitResult, fit, predict_pairs
+from momil.training.fit import FitResult, fit
+from momil.training.inference import predict_all, predict_pairs
 from momil.training.settings import TrainSettings
 
 
@@ -112,18 +111,6 @@ def conformal_thresholds(
                 row["th_neg"] = min(0.5, float(np.quantile(p[correct], 1.0 - q)))
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-@torch.no_grad()
-def predict_all(model, store: InstanceStore, wells: np.ndarray, device, batch_wells: int = 64) -> np.ndarray:
-    """Probabilities (wells, assays) of every assay of the model."""
-    model.eval()
-    out = []
-    for start in range(0, len(wells), batch_wells):
-        batch = np.asarray(wells[start : start + batch_wells], dtype=np.int64)
-        bags, mask = load_bags(store, batch, device)
-        out.append(model.predict(bags, mask).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(model.assays)), np.float32)
 
 
 def impute_round(

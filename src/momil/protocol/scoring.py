@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from momil.data.bags import load_bags
+from momil.data.bags import bag_batches
 from momil.errors import MomilError
 from momil.io.contract import COMPOUND, LabelMatrix
 from momil.io.store import InstanceStore
@@ -104,9 +104,7 @@ def predict_wells(
     frames = []
     model.eval()
     with progress(total=len(wells), desc="predict", unit="well", enabled=show_progress) as bar:
-        for start in range(0, len(wells), batch_wells):
-            batch = np.asarray(wells[start : start + batch_wells], dtype=np.int64)
-            bags, mask = load_bags(store, batch, device)
+        for batch, bags, mask in bag_batches(store, wells, batch_wells, device):
             probs = model.predict(bags, mask, index).float().cpu().numpy()  # (B, T)
             if not np.isfinite(probs).all():
                 raise MomilError(

@@ -30,10 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from momil.config import Settings, setting
-from momil.data.bags import load_bags
 from momil.data.pairs import WellPairs, labelled_wells_of
 from momil.device import resolve_device
 from momil.errors import MomilError
@@ -45,6 +43,7 @@ from momil.io.store import InstanceStore
 from momil.progress import progress
 from momil.training.checkpoints import load_model, save_model
 from momil.training.fit import FitResult, fit
+from momil.training.inference import embed_all
 from momil.training.settings import TrainSettings
 
 STAGES = ("biology", "performance", "influence")
@@ -182,22 +181,6 @@ def _stl_signature(settings: TrainSettings, pairs: WellPairs, train_wells, val_w
 
 
 # ---------------------------------------------------------------------------------------------- influence
-@torch.no_grad()
-def embed_wells(
-    models: dict[str, object], store: InstanceStore, wells: np.ndarray, device, batch_wells: int = 64
-) -> dict[str, np.ndarray]:
-    """Each model's attention-pooled representation of ``wells`` (its only assay's head): (wells, head_dim)."""
-    out: dict[str, list[np.ndarray]] = {name: [] for name in models}
-    for model in models.values():
-        model.eval()
-    for start in range(0, len(wells), batch_wells):
-        batch = np.asarray(wells[start : start + batch_wells], dtype=np.int64)
-        bags, mask = load_bags(store, batch, device)
-        for name, model in models.items():
-            out[name].append(model.embed(bags, mask, 0).float().cpu().numpy())
-    return {name: (np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)) for name, parts in out.items()}
-
-
 def influence_score(
     train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, c: float = 1.0, seed: int = 0
 ) -> float:
@@ -334,8 +317,8 @@ def select_assays(
                 tr, y_tr = labelled_wells_of(store.wells, labels, p, train_wells)
                 va, y_va = labelled_wells_of(store.wells, labels, p, val_wells)
                 heads = {t: models[t] for t in [p] + mine if t in models}
-                emb_tr = embed_wells(heads, store, tr, device)
-                emb_va = embed_wells(heads, store, va, device)
+                emb_tr = embed_all(heads, store, tr, device)
+                emb_va = embed_all(heads, store, va, device)
                 own = (
                     influence_score(emb_tr[p], y_tr, emb_va[p], y_va, settings.influence_c)
                     if p in heads

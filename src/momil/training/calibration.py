@@ -7,9 +7,9 @@ import warnings
 import numpy as np
 import torch
 
-from momil.data.bags import load_bags
 from momil.data.pairs import WellPairs
 from momil.io.store import InstanceStore
+from momil.training.inference import predict_all
 
 MIN_SLOPE = 0.1  # a model that ranks its validation pairs backwards keeps its order, on a flat scale
 
@@ -28,11 +28,9 @@ def calibrate(model, store: InstanceStore, val_wells: np.ndarray, pairs: WellPai
     if len(wells) < 2:
         return model
     model.eval()
-    chunks = []
-    for start in range(0, len(wells), batch_wells):
-        bags, mask = load_bags(store, wells[start : start + batch_wells], device)
-        chunks.append(model.predict(bags, mask).double().cpu().numpy())
-    p = np.clip(np.concatenate(chunks), 1e-12, 1 - 1e-12)  # (wells, T)
+    p = np.clip(
+        predict_all(model, store, wells, device, batch_wells).astype(np.float64), 1e-12, 1 - 1e-12
+    )  # (wells, T)
     logits = np.log(p) - np.log1p(-p)
     shift = logits.mean(axis=0)
     scale = logits.std(axis=0)

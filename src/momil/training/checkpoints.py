@@ -10,7 +10,7 @@ import torch
 from momil.errors import MomilError
 from momil.io.atomic import atomic_path
 from momil.io.readers import load_torch
-from momil.model.momil import MoMIL
+from momil.model.base import MILModel
 from momil.model.registry import model_from_hparams
 
 _ARRAY_KEYS = ("task_weights", "running_loss")  # numpy arrays in the training state (AMTL)
@@ -41,7 +41,7 @@ def save_training_checkpoint(path: Path, model, optimizer, lazy, rng, state, sig
         torch.save(payload, tmp)
 
 
-def save_model(path, model: MoMIL, extra: dict | None = None) -> Path:
+def save_model(path, model: MILModel, extra: dict | None = None) -> Path:
     """A checkpoint `momil predict` can load: hyperparameters, weights, and what made it."""
     payload = {
         "format": "momil-model",
@@ -54,7 +54,7 @@ def save_model(path, model: MoMIL, extra: dict | None = None) -> Path:
     return Path(path)
 
 
-def load_model(path, device="cpu") -> tuple[MoMIL, dict]:
+def load_model(path, device="cpu") -> tuple[MILModel, dict]:
     path = Path(path)
     payload = load_torch(path, "model file", map_location=device)
     if not isinstance(payload, dict) or payload.get("format") != "momil-model":

@@ -13,20 +13,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from momil.data.bags import load_bags
+from momil.data.bags import bag_batches
 from momil.data.pairs import WellPairs
 from momil.device import autocast_for, keep_freed_memory, resolve_device
 from momil.errors import MomilError
 from momil.faults import fault_point
 from momil.io.readers import load_torch
 from momil.io.store import InstanceStore
+from momil.model.base import MILModel
 from momil.model.heads import PairPlan
-from momil.model.momil import MoMIL
 from momil.model.registry import build_model
 from momil.progress import progress
 from momil.training.calibration import calibrate
 from momil.training.checkpoints import save_training_checkpoint, state_from_checkpoint
 from momil.training.floor import blend_floor
+from momil.training.inference import predict_pairs
 from momil.training.losses import amtl_weights, balanced_loss, mean_bce, smoothed_balanced_loss
 from momil.training.metrics import validation_score
 from momil.training.optim import LazyHeadAdamW, lr_factor, make_optimizers
@@ -34,7 +35,7 @@ from momil.training.settings import TrainSettings
 
 
 def training_step(
-    model: MoMIL,
+    model: MILModel,
     bags,
     mask,
     rows,
@@ -90,7 +91,7 @@ def training_step(
 
 @dataclasses.dataclass
 class FitResult:
-    model: MoMIL
+    model: MILModel
     best_epoch: int
     best_score: float
     history: list[dict]
@@ -106,32 +107,6 @@ def _signature(settings: TrainSettings, pairs: WellPairs, train_wells: np.ndarra
     digest.update(np.asarray(train_wells, np.int64).tobytes())
     digest.update(np.asarray(val_wells, np.int64).tobytes())
     return digest.hexdigest()
-
-
-@torch.no_grad()
-def predict_pairs(
-    model: MoMIL, store: InstanceStore, wells: np.ndarray, pairs: WellPairs, device, batch_wells: int = 64
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Probabilities for the labelled pairs of ``wells``: (well, assay, label, probability) arrays."""
-    model.eval()
-    out_w, out_a, out_y, out_p = [], [], [], []
-    for start in range(0, len(wells), batch_wells):
-        batch = wells[start : start + batch_wells]
-        rows, assay, label = pairs.pairs(batch)
-        if len(rows) == 0:
-            continue
-        bags, mask = load_bags(store, batch, device)
-        with autocast_for(device):
-            out = model(bags, mask, torch.from_numpy(rows).to(device), torch.from_numpy(assay).to(device))
-        out_w.append(batch[rows])
-        out_a.append(assay)
-        out_y.append(label)
-        probability = model.calibration.pairs(model.probability(out).float(), torch.from_numpy(assay))
-        out_p.append(probability.cpu().numpy())
-    if not out_w:
-        empty = np.zeros(0)
-        return empty.astype(np.int64), empty.astype(np.int64), empty, empty
-    return np.concatenate(out_w), np.concatenate(out_a), np.concatenate(out_y), np.concatenate(out_p)
 
 
 def fit(
@@ -217,10 +192,8 @@ def fit(
             model.train()
             order = rng.permutation(train_wells)
             total_loss, total_pairs = 0.0, 0
-            for start in range(0, len(order), settings.batch_wells):
-                batch = order[start : start + settings.batch_wells]
+            for batch, bags, mask in bag_batches(store, order, settings.batch_wells, device):
                 rows, assay, label = pairs.pairs(batch)
-                bags, mask = load_bags(store, batch, device)
                 lr = settings.lr * lr_factor(state["step"], total_steps, warmup_steps)
                 weights = torch.as_tensor(state["task_weights"], dtype=torch.float32) if amtl else None
                 step_loss = training_step(

@@ -6,12 +6,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from momil.data.bags import load_bags
+from momil.data.bags import bag_batches
 from momil.data.pairs import WellPairs
 from momil.io.contract import COMPOUND
 from momil.io.store import InstanceStore
 from momil.model.heads import attention_pool, mean_weights
 from momil.model.linear import fit_assay, well_means
+from momil.training.inference import predict_pairs
 
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)  # the linear floor's share of the blend, chosen on the validation wells
 
@@ -69,7 +70,6 @@ def blend_floor(
     training left it (share 0). On validation folds of 10-100 compounds per primary assay the chosen share jumps
     between 0 and 1 from one rotation to the next (the quality panel); judging it on every assay's validation
     pairs instead did no better (few-cells 0.653 against 0.685, mean-weak 0.577 against 0.588)."""
-    from momil.training.fit import predict_pairs  # fit imports this module
     from momil.training.metrics import validation_score
 
     floor = model.floor
@@ -81,8 +81,7 @@ def blend_floor(
         return 0.0, float("nan")
     model.eval()
     network, linear = [], []
-    for start in range(0, len(wells), 64):
-        bags, mask = load_bags(store, wells[start : start + 64], device)
+    for _, bags, mask in bag_batches(store, wells, 64, device):
         p = model.predict(bags, mask).double().clamp(1e-12, 1 - 1e-12)
         network.append((torch.log(p) - torch.log1p(-p)).cpu().numpy())
         linear.append(floor.logits(attention_pool(mean_weights(mask, bags.dtype), bags)).cpu().numpy())

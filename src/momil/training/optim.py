@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from momil.model.momil import MoMIL
+from momil.model.base import MILModel
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -117,14 +117,17 @@ def _has_fused_adamw(device: torch.device) -> bool:
 
 
 def make_optimizers(
-    model: torch.nn.Module, lr: float, weight_decay: float, lazy_heads: bool, device
+    model: MILModel, lr: float, weight_decay: float, lazy_heads: bool, device
 ) -> tuple[torch.optim.AdamW, LazyHeadAdamW | None]:
-    """AdamW for the dense parameters (torch's fused kernel where it runs) and, with ``lazy_heads`` on a MoMIL
-    model, :class:`LazyHeadAdamW` for the head table (else None: the heads are dense parameters too)."""
+    """AdamW for the dense parameters (torch's fused kernel where it runs) and, with ``lazy_heads`` on a model
+    with a head table (:meth:`MILModel.head_table`), :class:`LazyHeadAdamW` for that table (else None: the heads
+    are dense parameters too)."""
     device = torch.device(device)
-    if lazy_heads and isinstance(model, MoMIL):
-        lazy = LazyHeadAdamW(dict(model.heads.named_parameters()), weight_decay)
-        dense_params = list(model.projector.parameters())
+    table = model.head_table() if lazy_heads else None
+    if table:
+        lazy = LazyHeadAdamW(table, weight_decay)
+        in_table = {id(p) for p in table.values()}
+        dense_params = [p for p in model.parameters() if id(p) not in in_table]
     else:
         lazy, dense_params = None, list(model.parameters())
     if not dense_params:  # lazy heads without a shared projector: a placeholder keeps the schedule's bookkeeping
