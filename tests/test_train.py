@@ -19,15 +19,62 @@ from momil.io.store import InstanceStore, StoreWriter
 from momil.training.checkpoints import load_model, save_model
 from momil.training.fit import fit, predict_pairs
 from momil.training.metrics import roc_auc
-from momil.training.optim import lr_factor
+from momil.training.optim import resume_schedule, warmup_cosine
 from momil.training.settings import TrainSettings
 
 
+def _schedule_factors(warmup: int, total: int) -> list[float]:
+    """The rate warmup_cosine gives each of ``total`` steps, as a fraction of the base rate."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=1.0)
+    scheduler = warmup_cosine(optimizer, warmup, total)
+    factors = []
+    for _ in range(total):
+        factors.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return factors
+
+
 def test_warmup_then_cosine():
-    factors = [lr_factor(s, 100, 20) for s in range(100)]
+    factors = _schedule_factors(20, 100)
     assert factors[0] == pytest.approx(1 / 20) and factors[19] == pytest.approx(1.0)
     assert factors[20] == pytest.approx(1.0) and factors[60] == pytest.approx(0.5)
     assert factors[99] < 0.01 and all(a >= b for a, b in zip(factors[20:], factors[21:]))
+
+
+@pytest.mark.parametrize("warmup,total", [(20, 100), (0, 50), (1, 20), (5, 5), (30, 250)])
+def test_schedule_equals_the_closed_form(warmup, total):
+    """torch's LinearLR + CosineAnnealingLR recurse; they equal the closed form the schedule was written as."""
+
+    def closed_form(step):
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    assert _schedule_factors(warmup, total) == pytest.approx([closed_form(s) for s in range(total)], rel=1e-12)
+
+
+def test_schedule_resumes_from_its_state_or_by_replay():
+    param = torch.nn.Parameter(torch.zeros(1))
+    expected = _schedule_factors(4, 30)
+    for saved in (True, False):
+        optimizer = torch.optim.AdamW([param], lr=1.0)
+        first = warmup_cosine(optimizer, 4, 30)
+        for _ in range(11):
+            optimizer.step()
+            first.step()
+        state = optimizer.state_dict()
+        resumed = torch.optim.AdamW([param], lr=1.0)
+        scheduler = warmup_cosine(resumed, 4, 30)
+        resumed.load_state_dict(state)
+        resume_schedule(scheduler, first.state_dict() if saved else None, 11)
+        rates = []
+        for _ in range(11, 30):
+            rates.append(resumed.param_groups[0]["lr"])
+            resumed.step()
+            scheduler.step()
+        assert rates == pytest.approx(expected[11:], rel=1e-12)
 
 
 def test_roc_auc_undefined_for_one_class():

@@ -49,8 +49,8 @@ from momil.training.metrics import (  # noqa: F401
 from momil.training.optim import (  # noqa: F401
     LazyHeadAdamW,
     _has_fused_adamw,
-    lr_factor,
     make_optimizers,
+    warmup_cosine,
 )
 from momil.training.settings import (  # noqa: F401
     MODELS,

@@ -25,11 +25,12 @@ def state_from_checkpoint(state: dict) -> dict:
     return {k: v.numpy() if k in _ARRAY_KEYS and isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
-def save_training_checkpoint(path: Path, model, optimizer, lazy, rng, state, signature, device) -> None:
+def save_training_checkpoint(path: Path, model, optimizer, lazy, rng, state, signature, device, scheduler) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
         "lazy": lazy.state_dict() if lazy is not None else None,
         "numpy_rng": rng.bit_generator.state,
         "torch_rng": torch.get_rng_state(),

@@ -30,7 +30,7 @@ from momil.training.floor import blend_floor
 from momil.training.inference import predict_pairs
 from momil.training.losses import amtl_weights, balanced_loss, mean_bce, smoothed_balanced_loss
 from momil.training.metrics import validation_score
-from momil.training.optim import LazyHeadAdamW, lr_factor, make_optimizers
+from momil.training.optim import LazyHeadAdamW, make_optimizers, resume_schedule, warmup_cosine
 from momil.training.settings import TrainSettings
 
 
@@ -144,6 +144,7 @@ def fit(
     steps_per_epoch = math.ceil(len(train_wells) / settings.batch_wells)
     total_steps = steps_per_epoch * settings.epochs
     warmup_steps = steps_per_epoch * min(settings.warmup_epochs, settings.epochs)
+    scheduler = warmup_cosine(optimizer, warmup_steps, total_steps)
     rng = np.random.default_rng(settings.seed)
     state = {
         "epoch": 0,
@@ -177,6 +178,7 @@ def fit(
             )
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
+        resume_schedule(scheduler, saved.get("scheduler"), saved["state"]["step"])
         if lazy is not None:
             lazy.load_state_dict(saved["lazy"])
         rng.bit_generator.state = saved["numpy_rng"]
@@ -194,7 +196,7 @@ def fit(
             total_loss, total_pairs = 0.0, 0
             for batch, bags, mask in bag_batches(store, order, settings.batch_wells, device):
                 rows, assay, label = pairs.pairs(batch)
-                lr = settings.lr * lr_factor(state["step"], total_steps, warmup_steps)
+                lr = optimizer.param_groups[0]["lr"]
                 weights = torch.as_tensor(state["task_weights"], dtype=torch.float32) if amtl else None
                 step_loss = training_step(
                     model,
@@ -219,6 +221,7 @@ def fit(
                 total_loss += step_loss
                 total_pairs += len(rows)
                 state["step"] += 1
+                scheduler.step()
             _, v_assay, v_label, v_prob = predict_pairs(model, store, val_wells, pairs, device)
             score, per_assay = validation_score(v_assay, v_label, v_prob, primary)
             if amtl:
@@ -231,7 +234,7 @@ def fit(
                     "train_loss": total_loss / max(1, total_pairs),
                     "val_auc": score,
                     "val_loss": val_loss,
-                    "lr": optimizer.param_groups[0]["lr"],
+                    "lr": lr,
                 }
             )
             comparable = score if not math.isnan(score) else -total_loss / max(1, total_pairs)
@@ -259,7 +262,7 @@ def fit(
                 best=f"{state['best_score']:.3f}",
             )
             if checkpoint is not None:
-                save_training_checkpoint(checkpoint, model, optimizer, lazy, rng, state, signature, device)
+                save_training_checkpoint(checkpoint, model, optimizer, lazy, rng, state, signature, device, scheduler)
                 fault_point("train.epoch")
             if on_epoch_end is not None:
                 on_epoch_end(epoch)

@@ -2,20 +2,40 @@
 
 from __future__ import annotations
 
-import math
+import warnings
 
 import torch
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
 from momil.model.base import MILModel
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
-    """Linear warm-up to 1, then cosine annealing to 0."""
-    if warmup_steps and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    remaining = max(1, total_steps - warmup_steps)
-    progress_ = min(1.0, (step - warmup_steps) / remaining)
-    return 0.5 * (1.0 + math.cos(math.pi * progress_))
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, eta_min: float = 0.0
+) -> LRScheduler:
+    """torch's schedulers, stepped once per optimiser step: step s < ``warmup_steps`` runs at (s + 1) /
+    ``warmup_steps`` of the base rate (:class:`~torch.optim.lr_scheduler.LinearLR`), then the rate anneals on a
+    cosine to ``eta_min`` at ``total_steps`` (:class:`~torch.optim.lr_scheduler.CosineAnnealingLR`)."""
+    cosine = CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps), eta_min=eta_min)
+    if warmup_steps <= 0:
+        return cosine
+    warmup = LinearLR(optimizer, start_factor=1.0 / warmup_steps, end_factor=1.0, total_iters=warmup_steps - 1)
+    return SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
+
+
+def resume_schedule(scheduler: LRScheduler, saved: dict | None, steps_done: int) -> None:
+    """Put a fresh :func:`warmup_cosine` schedule where a checkpoint left it: its saved state, or, for a
+    checkpoint written before schedules were saved, ``steps_done`` steps replayed (the same recursion, so the same
+    rates)."""
+    if saved is not None:
+        scheduler.load_state_dict(saved)
+        return
+    for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr()):
+        group["lr"] = lr  # the fresh schedule's first rate: loading the optimiser's state overwrote it
+    with warnings.catch_warnings():  # replaying without optimiser steps is what torch warns about
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(steps_done):
+            scheduler.step()
 
 
 class LazyHeadAdamW:
