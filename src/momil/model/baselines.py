@@ -7,7 +7,7 @@
 
 Like :class:`momil.model.momil.MoMIL` they are evaluated on (well, assay) pairs, so unknown labels add nothing,
 and give ``predict``, ``embed`` and ``attention``. The sanity baseline that reads only the number of instances per
-well is :func:`momil.protocol.cv.instance_count_predictions` and the linear floor on well means is
+well is :func:`momil.model.linear.instance_count_predictions` and the linear floor on well means is
 :mod:`momil.model.linear` (logistic regressions, no network).
 """
 

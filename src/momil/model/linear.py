@@ -109,3 +109,44 @@ def mean_lr_predictions(
         )
     columns = [PLATE, WELL, COMPOUND, "assay", "probability"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def instance_count_predictions(
+    store: InstanceStore, labels: LabelMatrix, assays: list[str], train_wells: np.ndarray, test_wells: np.ndarray
+) -> pd.DataFrame:
+    """The sanity baseline: a logistic regression per assay on log(1 + instances per well), nothing else.
+
+    Fitted on the training wells with a label; an assay whose training labels hold one class predicts its
+    training active rate. Rows as :func:`momil.protocol.scoring.predict_wells`."""
+    from sklearn.linear_model import LogisticRegression
+
+    feature = np.log1p(store.counts.astype(np.float64))[:, None]
+    frames = []
+    meta = store.wells.iloc[test_wells]
+    for assay in assays:
+        pairs = WellPairs.build(store.wells, labels, [assay])
+        wells = pairs.labelled_wells(np.asarray(train_wells, np.int64))
+        _, _, y = pairs.pairs(wells)
+        if len(y) == 0:
+            continue
+        if y.min() == y.max():
+            prob = np.full(len(test_wells), float(y.mean()))
+        else:
+            model = LogisticRegression(max_iter=1000).fit(feature[wells], y.astype(int))
+            prob = model.predict_proba(feature[test_wells])[:, 1]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "Metadata_Plate": meta["Metadata_Plate"].to_numpy(),
+                    "Metadata_Well": meta["Metadata_Well"].to_numpy(),
+                    COMPOUND: meta[COMPOUND].to_numpy(),
+                    "assay": assay,
+                    "probability": prob,
+                }
+            )
+        )
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["Metadata_Plate", "Metadata_Well", COMPOUND, "assay", "probability"])
+    )

@@ -31,11 +31,12 @@ from momil.training.settings import TrainSettings
 if TYPE_CHECKING:  # pragma: no cover
     from momil.protocol.imputation import ImputeSettings
     from momil.protocol.selection import SelectSettings
-from momil.model.linear import mean_lr_predictions
+from momil.model.linear import instance_count_predictions, mean_lr_predictions  # noqa: F401 (re-exported)
 from momil.model.registry import LINEAR_MODELS
 from momil.protocol.conformal import save_validation_predictions
 from momil.protocol.executor import FitTask, check_executor, run_tasks
 from momil.protocol.scoring import assay_metrics, attach_labels, compound_predictions, predict_wells, summarise
+from momil.protocol.selection import single_task_potentials  # noqa: F401 (re-exported)
 
 CONFIGURATIONS = ("mtl-all", "mtl-primary", "stl")
 
@@ -91,67 +92,6 @@ def grid(settings: CVSettings) -> list[dict]:
             _parse_grid(settings.lrs, float, "--lrs"),
         )
     ]
-
-
-def instance_count_predictions(
-    store: InstanceStore, labels: LabelMatrix, assays: list[str], train_wells: np.ndarray, test_wells: np.ndarray
-) -> pd.DataFrame:
-    """The sanity baseline: a logistic regression per assay on log(1 + instances per well), nothing else.
-
-    Fitted on the training wells with a label; an assay whose training labels hold one class predicts its
-    training active rate. Rows as :func:`predict_wells`."""
-    from sklearn.linear_model import LogisticRegression
-
-    feature = np.log1p(store.counts.astype(np.float64))[:, None]
-    frames = []
-    meta = store.wells.iloc[test_wells]
-    for assay in assays:
-        pairs = WellPairs.build(store.wells, labels, [assay])
-        wells = pairs.labelled_wells(np.asarray(train_wells, np.int64))
-        _, _, y = pairs.pairs(wells)
-        if len(y) == 0:
-            continue
-        if y.min() == y.max():
-            prob = np.full(len(test_wells), float(y.mean()))
-        else:
-            model = LogisticRegression(max_iter=1000).fit(feature[wells], y.astype(int))
-            prob = model.predict_proba(feature[test_wells])[:, 1]
-        frames.append(
-            pd.DataFrame(
-                {
-                    "Metadata_Plate": meta["Metadata_Plate"].to_numpy(),
-                    "Metadata_Well": meta["Metadata_Well"].to_numpy(),
-                    COMPOUND: meta[COMPOUND].to_numpy(),
-                    "assay": assay,
-                    "probability": prob,
-                }
-            )
-        )
-    return (
-        pd.concat(frames, ignore_index=True)
-        if frames
-        else pd.DataFrame(columns=["Metadata_Plate", "Metadata_Well", COMPOUND, "assay", "probability"])
-    )
-
-
-def single_task_potentials(
-    store: InstanceStore,
-    labels: LabelMatrix,
-    assays: list[str],
-    train_wells,
-    val_wells,
-    train: TrainSettings,
-    select,
-    folder,
-) -> np.ndarray:
-    """Each assay's single-task validation AUC (the selection's single-assay models, reused from ``folder``)."""
-    from momil.protocol.selection import stl_settings, train_single_assay
-
-    settings = stl_settings(dataclasses.replace(train, balancing="none"), select)
-    return np.array(
-        [train_single_assay(store, labels, a, train_wells, val_wells, settings, Path(folder))[1] for a in assays],
-        dtype=np.float64,
-    )
 
 
 # --------------------------------------------------------------------------------------------------------- cv
@@ -233,13 +173,54 @@ def cross_validate(
     reused when the command is run again, so an interrupted cross-validation resumes where it stopped.
     """
     from momil.io.contract import default_assays
-    from momil.protocol.imputation import ImputeSettings, self_train
-    from momil.protocol.selection import SelectSettings, load_selection, select_assays
+    from momil.protocol.imputation import ImputeSettings
+    from momil.protocol.selection import SelectSettings
 
     cv = cv or CVSettings()
     train = train or TrainSettings()
     select = select or SelectSettings()
     impute = impute or ImputeSettings()
+    _check_cv(cv, train, select, impute, associations)
+    started = time.perf_counter()
+    out = _prepare_out(Path(out), cv.overwrite)
+    assays = labels.labelled_assays()
+    primary = [a for a in primary if a in set(assays)]
+    if not primary:
+        raise MomilError("no primary assay has labels -- check assays.parquet roles and the labels")
+    walk = _Walk(
+        store,
+        labels,
+        folds,
+        primary,
+        out,
+        cv,
+        train,
+        select,
+        impute,
+        extra_labels,
+        default_assays(labels.assays) if assays_frame is None else assays_frame,
+        associations,
+        assays,
+        grid(cv),
+        _model_assay_sets(cv.configuration, assays, primary),
+        resolve_device(train.device),
+    )
+    test_folds = parse_test_folds(cv.rotations, n_folds(folds))
+    runs = len(test_folds) * len(walk.model_sets) * len(walk.points)
+    with progress(total=runs, desc=f"cv {cv.configuration}", unit="fit", enabled=show_progress) as bar:
+        # fits whose assays are known before the walk (no selection inside it, no AMTL potentials) fan out
+        fans_out = cv.executor != "local" and not walk.selecting and train.balancing != "amtl"
+        if fans_out and train.model not in LINEAR_MODELS:
+            bar.set_postfix(executor=cv.executor)
+            _fan_out(
+                store, labels, folds, test_folds, walk.model_sets, walk.points, primary, train, cv, out, extra_labels
+            )
+        for k in test_folds:
+            walk.rotation(k, bar)
+    return walk.write(test_folds, time.perf_counter() - started)
+
+
+def _check_cv(cv: CVSettings, train: TrainSettings, select, impute, associations) -> None:
     selecting = cv.select or bool(cv.selection)
     if selecting and cv.configuration != "mtl-all":
         raise MomilError(
@@ -255,218 +236,247 @@ def cross_validate(
             "assay selection's biology stage needs protein associations (--associations) -- pass "
             "them, or leave biology out of --stages"
         )
-    started = time.perf_counter()
-    out = Path(out)
+
+
+def _prepare_out(out: Path, overwrite: bool) -> Path:
     if out.exists() and (out / "summary.json").exists():
-        if not cv.overwrite:
+        if not overwrite:
             raise MomilError(f"{out}: holds a finished cross-validation -- choose another --out or pass --overwrite")
         shutil.rmtree(out)  # start afresh: fits kept from the old run would not match new settings
     out.mkdir(parents=True, exist_ok=True)
-    assays = labels.labelled_assays()
-    primary = [a for a in primary if a in set(assays)]
-    if not primary:
-        raise MomilError("no primary assay has labels -- check assays.parquet roles and the labels")
-    test_folds = parse_test_folds(cv.rotations, n_folds(folds))
-    points = grid(cv)
-    model_sets = _model_assay_sets(cv.configuration, assays, primary)
-    device = resolve_device(train.device)
+    return out
 
-    if assays_frame is None:
-        assays_frame = default_assays(labels.assays)
 
-    well_predictions, selections = [], []
-    selection_tables, imputed_frames, threshold_frames, round_frames = [], [], [], []
-    per_rotation: dict[int, dict] = {}
-    runs = len(test_folds) * len(model_sets) * len(points)
-    with progress(total=runs, desc=f"cv {cv.configuration}", unit="fit", enabled=show_progress) as bar:
-        # fits whose assays are known before the walk (no selection inside it, no AMTL potentials) fan out
-        fans_out = cv.executor != "local" and not selecting and train.balancing != "amtl"
-        if fans_out and train.model not in LINEAR_MODELS:
-            bar.set_postfix(executor=cv.executor)
-            _fan_out(store, labels, folds, test_folds, model_sets, points, primary, train, cv, out, extra_labels)
-        for k in test_folds:
-            rot, wells, extra = _rotation_inputs(store, folds, k, extra_labels)
-            train_wells, val_wells, test_wells = wells["train"], wells["val"], wells["test"]
-            rotation_sets = model_sets
-            info = per_rotation.setdefault(k, {})
-            if selecting:
-                if cv.selection:
-                    chosen = load_selection(Path(cv.selection) / f"rot{k}", train_wells, val_wells)
-                else:
-                    found = select_assays(
-                        store,
-                        labels,
-                        assays_frame,
-                        associations,
-                        train_wells,
-                        val_wells,
-                        out / "selection" / f"rot{k}",
-                        select,
-                        train,
-                        show_progress=False,
-                    )
-                    chosen = found.selected
-                    selection_tables.append(found.table.assign(test_fold=k))
-                chosen_set = set(chosen) | set(primary)
-                rotation_sets = [[a for a in assays if a in chosen_set]]
-                info["selected_secondary"] = len(chosen)
-                bar.set_postfix(rotation=k, selected=len(chosen))
-            if train.model in LINEAR_MODELS:
-                linear = instance_count_predictions if train.model == "instance-count" else mean_lr_predictions
-                frame = linear(
-                    store,
-                    labels,
-                    [a for a in assays if a in set(primary)] if cv.configuration != "mtl-all" else assays,
-                    train_wells,
-                    test_wells,
-                )
-                frame["fold"] = k
-                well_predictions.append(frame)
-                bar.update(len(rotation_sets) * len(points))
-                continue
-            for m, model_assays in enumerate(rotation_sets):
-                pairs = WellPairs.build(store.wells, labels, model_assays, extra)
-                is_primary = np.array([a in set(primary) for a in model_assays])
-                potentials = None
-                if train.balancing == "amtl":  # single-task validation AUCs: AMTL's potentials
-                    potentials = single_task_potentials(
-                        store,
-                        labels,
-                        model_assays,
-                        train_wells,
-                        val_wells,
-                        train,
-                        select,
-                        out / "potentials" / f"rot{k}",
-                    )
-                best = None
-                for g, point in enumerate(points):
-                    settings = dataclasses.replace(train, **point)
-                    run_dir = out / "runs" / f"rot{k}" / f"model{m}" / f"grid{g}"
-                    result = fit(
-                        store,
-                        pairs,
-                        train_wells,
-                        val_wells,
-                        is_primary,
-                        settings,
-                        run_dir,
-                        show_progress=False,
-                        potentials=potentials,
-                    )
-                    selections.append(
-                        {
-                            "test_fold": k,
-                            "val_fold": rot.val_fold,
-                            "model": m,
-                            "assays": len(model_assays),
-                            **point,
-                            "best_epoch": result.best_epoch,
-                            "val_auc": result.best_score,
-                            "epochs_run": len(result.history),
-                            "seconds": round(result.seconds, 2),
-                        }
-                    )
-                    if best is None or result.best_score > best[0].best_score:
-                        best = (result, g, settings)
-                    bar.update(1)
-                result, g, settings = best
-                selections[-len(points) + g]["selected"] = True
-                imputation = None
-                if cv.impute:
-                    done = self_train(
-                        store,
-                        labels,
-                        model_assays,
-                        [a for a in model_assays if a in set(primary)],
-                        train_wells,
-                        val_wells,
-                        settings,
-                        impute,
-                        out / "runs" / f"rot{k}" / f"model{m}" / "impute",
-                        first=result,
-                        show_progress=False,
-                    )
-                    result = done.fit
-                    imputation = done.summary()
-                    imputed_frames.append(done.imputed.assign(test_fold=k, model=m))
-                    threshold_frames.append(done.thresholds.assign(test_fold=k, model=m))
-                    round_frames.append(done.rounds.assign(test_fold=k, model=m))
-                    info["imputed_labels"] = info.get("imputed_labels", 0) + len(done.imputed)
-                    info["kept_round"] = imputation["kept_round"]
-                    bar.set_postfix(rotation=k, imputed=len(done.imputed))
-                info["model_assays"] = info.get("model_assays", 0) + len(model_assays)
-                model_path = out / "models" / f"rot{k}_model{m}.pt"
-                save_model(
-                    model_path,
-                    result.model,
-                    {
-                        "test_fold": k,
-                        "val_fold": rot.val_fold,
-                        "settings": dataclasses.asdict(settings),
-                        "val_auc": result.best_score,
-                        "imputation": imputation,
-                    },
-                )
-                save_validation_predictions(result.model, store, val_wells, labels, model_path, device)
-                targets = (
-                    [a for a in model_assays if a in set(primary)] if cv.configuration != "mtl-all" else model_assays
-                )
-                frame = predict_wells(result.model, store, test_wells, targets, device)
-                frame["fold"] = k
-                well_predictions.append(frame)
+@dataclasses.dataclass
+class _Walk:
+    """The protocol's walk over the rotations: its inputs, and what each rotation adds to the outputs."""
 
-    wells_frame = pd.concat(well_predictions, ignore_index=True)
-    compounds = compound_predictions(wells_frame)
-    scored = attach_labels(compounds, labels)
-    metrics = assay_metrics(scored)
-    metrics["primary"] = metrics["assay"].isin(set(primary))
-    summary = summarise(metrics, set(primary))
-    summary.update(
-        {
-            "configuration": cv.configuration,
-            "select": selecting,
-            "impute": cv.impute,
-            "rotations": test_folds,
-            "grid_points": len(points),
-            "models_per_rotation": len(model_sets),
-            "per_rotation": {str(k): v for k, v in per_rotation.items()},
-            "seconds": round(time.perf_counter() - started, 1),
+    store: InstanceStore
+    labels: LabelMatrix
+    folds: pd.DataFrame
+    primary: list[str]
+    out: Path
+    cv: CVSettings
+    train: TrainSettings
+    select: SelectSettings
+    impute: ImputeSettings
+    extra_labels: pd.DataFrame | None
+    assays_frame: pd.DataFrame
+    associations: pd.DataFrame | None
+    assays: list[str]
+    points: list[dict]
+    model_sets: list[list[str]]
+    device: object
+    well_predictions: list = dataclasses.field(default_factory=list)
+    selections: list = dataclasses.field(default_factory=list)
+    selection_tables: list = dataclasses.field(default_factory=list)
+    imputed_frames: list = dataclasses.field(default_factory=list)
+    threshold_frames: list = dataclasses.field(default_factory=list)
+    round_frames: list = dataclasses.field(default_factory=list)
+    per_rotation: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def selecting(self) -> bool:
+        return self.cv.select or bool(self.cv.selection)
+
+    def targets(self, model_assays: list[str]) -> list[str]:
+        """The assays a model's test predictions are kept for: all in mtl-all, else the primary ones."""
+        if self.cv.configuration == "mtl-all":
+            return list(model_assays)
+        return [a for a in model_assays if a in set(self.primary)]
+
+    def rotation(self, k: int, bar) -> None:
+        rot, wells, extra = _rotation_inputs(self.store, self.folds, k, self.extra_labels)
+        info = self.per_rotation.setdefault(k, {})
+        rotation_sets = self.model_sets
+        if self.selecting:
+            chosen = self.chosen_secondaries(k, wells)
+            chosen_set = set(chosen) | set(self.primary)
+            rotation_sets = [[a for a in self.assays if a in chosen_set]]
+            info["selected_secondary"] = len(chosen)
+            bar.set_postfix(rotation=k, selected=len(chosen))
+        if self.train.model in LINEAR_MODELS:
+            linear = instance_count_predictions if self.train.model == "instance-count" else mean_lr_predictions
+            frame = linear(self.store, self.labels, self.targets(self.assays), wells["train"], wells["test"])
+            frame["fold"] = k
+            self.well_predictions.append(frame)
+            bar.update(len(rotation_sets) * len(self.points))
+            return
+        for m, model_assays in enumerate(rotation_sets):
+            self.model(k, m, model_assays, rot, wells, extra, info, bar)
+
+    def chosen_secondaries(self, k: int, wells: dict) -> list[str]:
+        """The secondary assays chosen for rotation ``k``: read from ``cv.selection`` or selected here."""
+        from momil.protocol.selection import load_selection, select_assays
+
+        if self.cv.selection:
+            return load_selection(Path(self.cv.selection) / f"rot{k}", wells["train"], wells["val"])
+        found = select_assays(
+            self.store,
+            self.labels,
+            self.assays_frame,
+            self.associations,
+            wells["train"],
+            wells["val"],
+            self.out / "selection" / f"rot{k}",
+            self.select,
+            self.train,
+            show_progress=False,
+        )
+        self.selection_tables.append(found.table.assign(test_fold=k))
+        return found.selected
+
+    def model(self, k: int, m: int, model_assays: list[str], rot, wells: dict, extra, info: dict, bar) -> None:
+        """Grid search for one model of rotation ``k``, then imputation, the model file and its test predictions."""
+        pairs = WellPairs.build(self.store.wells, self.labels, model_assays, extra)
+        is_primary = np.array([a in set(self.primary) for a in model_assays])
+        potentials = None
+        if self.train.balancing == "amtl":  # single-task validation AUCs: AMTL's potentials
+            potentials = single_task_potentials(
+                self.store,
+                self.labels,
+                model_assays,
+                wells["train"],
+                wells["val"],
+                self.train,
+                self.select,
+                self.out / "potentials" / f"rot{k}",
+            )
+        best = None
+        for g, point in enumerate(self.points):
+            settings = dataclasses.replace(self.train, **point)
+            run_dir = self.out / "runs" / f"rot{k}" / f"model{m}" / f"grid{g}"
+            result = fit(
+                self.store,
+                pairs,
+                wells["train"],
+                wells["val"],
+                is_primary,
+                settings,
+                run_dir,
+                show_progress=False,
+                potentials=potentials,
+            )
+            self.selections.append(
+                {
+                    "test_fold": k,
+                    "val_fold": rot.val_fold,
+                    "model": m,
+                    "assays": len(model_assays),
+                    **point,
+                    "best_epoch": result.best_epoch,
+                    "val_auc": result.best_score,
+                    "epochs_run": len(result.history),
+                    "seconds": round(result.seconds, 2),
+                }
+            )
+            if best is None or result.best_score > best[0].best_score:
+                best = (result, g, settings)
+            bar.update(1)
+        result, g, settings = best
+        self.selections[-len(self.points) + g]["selected"] = True
+        imputation = None
+        if self.cv.impute:
+            result, imputation = self.self_train(k, m, model_assays, wells, settings, result, info, bar)
+        info["model_assays"] = info.get("model_assays", 0) + len(model_assays)
+        model_path = self.out / "models" / f"rot{k}_model{m}.pt"
+        extra_record = {
+            "test_fold": k,
+            "val_fold": rot.val_fold,
+            "settings": dataclasses.asdict(settings),
+            "val_auc": result.best_score,
+            "imputation": imputation,
         }
-    )
-    if selecting:
-        summary["mean_selected_secondary"] = float(np.mean([v["selected_secondary"] for v in per_rotation.values()]))
-    if cv.impute:
-        summary["imputed_labels"] = int(sum(v.get("imputed_labels", 0) for v in per_rotation.values()))
-    selection_frame = pd.DataFrame(selections)
-    if "selected" not in selection_frame:
-        selection_frame["selected"] = False
-    selection_frame["selected"] = selection_frame["selected"].fillna(False).astype(bool)
-    assay_selection = pd.concat(selection_tables, ignore_index=True) if selection_tables else None
-    imputed = pd.concat(imputed_frames, ignore_index=True) if imputed_frames else None
-    if assay_selection is not None:
-        with atomic_path(out / "assay_selection.csv") as tmp:
-            assay_selection.to_csv(tmp, index=False)
-    if cv.impute:
-        with atomic_path(out / "imputed_labels.parquet") as tmp:
-            (imputed if imputed is not None else pd.DataFrame()).to_parquet(tmp, index=False)
-        with atomic_path(out / "imputation_thresholds.csv") as tmp:
-            pd.concat(threshold_frames, ignore_index=True).to_csv(tmp, index=False)
-        with atomic_path(out / "imputation_rounds.csv") as tmp:
-            pd.concat(round_frames, ignore_index=True).to_csv(tmp, index=False)
-    settings_record = {"cv": dataclasses.asdict(cv), "train": dataclasses.asdict(train)}
-    if selecting:
-        settings_record["select"] = dataclasses.asdict(select)
-    if cv.impute:
-        settings_record["impute"] = dataclasses.asdict(impute)
-    record = provenance("cv", settings_record, inputs={"store": store.path}, summary=summary)
-    with atomic_path(out / "well_predictions.parquet") as tmp:
-        wells_frame.to_parquet(tmp, index=False)
-    with atomic_path(out / "compound_predictions.parquet") as tmp:
-        compounds.to_parquet(tmp, index=False)
-    with atomic_path(out / "metrics.csv") as tmp:
-        metrics.to_csv(tmp, index=False)
-    with atomic_path(out / "selections.csv") as tmp:
-        selection_frame.to_csv(tmp, index=False)
-    write_json_atomic({**record, "summary": summary}, out / "summary.json")
-    return CVResult(metrics, summary, compounds, selection_frame, assay_selection, imputed)
+        save_model(model_path, result.model, extra_record)
+        save_validation_predictions(result.model, self.store, wells["val"], self.labels, model_path, self.device)
+        frame = predict_wells(result.model, self.store, wells["test"], self.targets(model_assays), self.device)
+        frame["fold"] = k
+        self.well_predictions.append(frame)
+
+    def self_train(self, k, m, model_assays, wells, settings, first, info, bar):
+        """Conformal label imputation from the selected fit; (the kept fit, its summary)."""
+        from momil.protocol.imputation import self_train
+
+        done = self_train(
+            self.store,
+            self.labels,
+            model_assays,
+            [a for a in model_assays if a in set(self.primary)],
+            wells["train"],
+            wells["val"],
+            settings,
+            self.impute,
+            self.out / "runs" / f"rot{k}" / f"model{m}" / "impute",
+            first=first,
+            show_progress=False,
+        )
+        imputation = done.summary()
+        self.imputed_frames.append(done.imputed.assign(test_fold=k, model=m))
+        self.threshold_frames.append(done.thresholds.assign(test_fold=k, model=m))
+        self.round_frames.append(done.rounds.assign(test_fold=k, model=m))
+        info["imputed_labels"] = info.get("imputed_labels", 0) + len(done.imputed)
+        info["kept_round"] = imputation["kept_round"]
+        bar.set_postfix(rotation=k, imputed=len(done.imputed))
+        return done.fit, imputation
+
+    def summary(self, metrics: pd.DataFrame, test_folds: list[int], seconds: float) -> dict:
+        summary = summarise(metrics, set(self.primary))
+        summary.update(
+            {
+                "configuration": self.cv.configuration,
+                "select": self.selecting,
+                "impute": self.cv.impute,
+                "rotations": test_folds,
+                "grid_points": len(self.points),
+                "models_per_rotation": len(self.model_sets),
+                "per_rotation": {str(k): v for k, v in self.per_rotation.items()},
+                "seconds": round(seconds, 1),
+            }
+        )
+        if self.selecting:
+            chosen = [v["selected_secondary"] for v in self.per_rotation.values()]
+            summary["mean_selected_secondary"] = float(np.mean(chosen))
+        if self.cv.impute:
+            summary["imputed_labels"] = int(sum(v.get("imputed_labels", 0) for v in self.per_rotation.values()))
+        return summary
+
+    def write(self, test_folds: list[int], seconds: float) -> CVResult:
+        """Score the test predictions and write every output of the cross-validation atomically."""
+        out = self.out
+        wells_frame = pd.concat(self.well_predictions, ignore_index=True)
+        compounds = compound_predictions(wells_frame)
+        metrics = assay_metrics(attach_labels(compounds, self.labels))
+        metrics["primary"] = metrics["assay"].isin(set(self.primary))
+        summary = self.summary(metrics, test_folds, seconds)
+        selection_frame = pd.DataFrame(self.selections)
+        if "selected" not in selection_frame:
+            selection_frame["selected"] = False
+        selection_frame["selected"] = selection_frame["selected"].fillna(False).astype(bool)
+        assay_selection = pd.concat(self.selection_tables, ignore_index=True) if self.selection_tables else None
+        imputed = pd.concat(self.imputed_frames, ignore_index=True) if self.imputed_frames else None
+        if assay_selection is not None:
+            with atomic_path(out / "assay_selection.csv") as tmp:
+                assay_selection.to_csv(tmp, index=False)
+        if self.cv.impute:
+            with atomic_path(out / "imputed_labels.parquet") as tmp:
+                (imputed if imputed is not None else pd.DataFrame()).to_parquet(tmp, index=False)
+            with atomic_path(out / "imputation_thresholds.csv") as tmp:
+                pd.concat(self.threshold_frames, ignore_index=True).to_csv(tmp, index=False)
+            with atomic_path(out / "imputation_rounds.csv") as tmp:
+                pd.concat(self.round_frames, ignore_index=True).to_csv(tmp, index=False)
+        settings_record = {"cv": dataclasses.asdict(self.cv), "train": dataclasses.asdict(self.train)}
+        if self.selecting:
+            settings_record["select"] = dataclasses.asdict(self.select)
+        if self.cv.impute:
+            settings_record["impute"] = dataclasses.asdict(self.impute)
+        record = provenance("cv", settings_record, inputs={"store": self.store.path}, summary=summary)
+        with atomic_path(out / "well_predictions.parquet") as tmp:
+            wells_frame.to_parquet(tmp, index=False)
+        with atomic_path(out / "compound_predictions.parquet") as tmp:
+            compounds.to_parquet(tmp, index=False)
+        with atomic_path(out / "metrics.csv") as tmp:
+            metrics.to_csv(tmp, index=False)
+        with atomic_path(out / "selections.csv") as tmp:
+            selection_frame.to_csv(tmp, index=False)
+        write_json_atomic({**record, "summary": summary}, out / "summary.json")
+        return CVResult(metrics, summary, compounds, selection_frame, assay_selection, imputed)

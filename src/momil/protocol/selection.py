@@ -435,3 +435,21 @@ def selection_table_text(table: pd.DataFrame, limit: int = 40) -> str:
     shown = table.sort_values(["selected", "assay"], ascending=[False, True]).head(limit)
     cols = [c for c in ("assay", "bio_score", "perf_auc", "influence_ratio", "selected", "reason") if c in shown]
     return shown[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+
+def single_task_potentials(
+    store: InstanceStore,
+    labels: LabelMatrix,
+    assays: list[str],
+    train_wells,
+    val_wells,
+    train: TrainSettings,
+    select,
+    folder,
+) -> np.ndarray:
+    """Each assay's single-task validation AUC (the selection's single-assay models, reused from ``folder``)."""
+    settings = stl_settings(dataclasses.replace(train, balancing="none"), select)
+    return np.array(
+        [train_single_assay(store, labels, a, train_wells, val_wells, settings, Path(folder))[1] for a in assays],
+        dtype=np.float64,
+    )

@@ -138,134 +138,31 @@ def fit(
     val_wells = pairs.labelled_wells(np.asarray(val_wells, np.int64))
     if len(train_wells) == 0:
         raise MomilError("no training well carries a label for the model's assays")
-    torch.manual_seed(settings.seed)
-    model = build_model(store.dim, pairs.assays, settings).to(device)
-    optimizer, lazy = make_optimizers(model, settings.lr, settings.weight_decay, settings.lazy_heads, device)
-    steps_per_epoch = math.ceil(len(train_wells) / settings.batch_wells)
-    total_steps = steps_per_epoch * settings.epochs
-    warmup_steps = steps_per_epoch * min(settings.warmup_epochs, settings.epochs)
-    scheduler = warmup_cosine(optimizer, warmup_steps, total_steps)
-    rng = np.random.default_rng(settings.seed)
-    state = {
-        "epoch": 0,
-        "step": 0,
-        "best_score": -math.inf,
-        "best_epoch": -1,
-        "bad_epochs": 0,
-        "history": [],
-        "best_state": None,
-    }
-    if settings.balancing not in ("none", "amtl"):
-        raise MomilError(f"balancing must be 'none' or 'amtl', not {settings.balancing!r}")
-    amtl = settings.balancing == "amtl"
-    if amtl and (potentials is None or len(potentials) != len(pairs.assays)):
-        raise MomilError(
-            "AMTL balancing needs each assay's single-task validation AUC (its potential); `momil cv` computes them"
-        )
-    state["task_weights"] = np.ones(len(pairs.assays)) if amtl else None
-    state["running_loss"] = np.full(len(pairs.assays), np.nan) if amtl else None
+    _check_balancing(settings, pairs, potentials)
+    run = _Run.start(store, pairs, settings, len(train_wells), device)
     signature = _signature(settings, pairs, train_wells, val_wells)
-    if amtl:
+    if run.amtl:
         signature += hashlib.sha1(np.nan_to_num(np.asarray(potentials, np.float64), nan=-1).tobytes()).hexdigest()[:8]
-
     checkpoint = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
     if checkpoint is not None and checkpoint.exists():
-        saved = load_torch(checkpoint, "training checkpoint", map_location=device)
-        if saved.get("signature") != signature:
-            raise MomilError(
-                f"{checkpoint}: was written by a run with other settings or data -- use another "
-                "checkpoint folder or delete it to start again"
-            )
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        resume_schedule(scheduler, saved.get("scheduler"), saved["state"]["step"])
-        if lazy is not None:
-            lazy.load_state_dict(saved["lazy"])
-        rng.bit_generator.state = saved["numpy_rng"]
-        torch.set_rng_state(saved["torch_rng"])
-        if device.type == "cuda" and saved.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(saved["cuda_rng"])
-        state = state_from_checkpoint(saved["state"])
-
+        run.resume(checkpoint, signature)
+    state = run.state
     bar = progress(total=settings.epochs, desc="train", unit="epoch", enabled=show_progress, initial=state["epoch"])
     with bar:
         best_epoch_wins = settings.select_epoch == "best"
         while state["epoch"] < settings.epochs and (not best_epoch_wins or state["bad_epochs"] < settings.patience):
-            model.train()
-            order = rng.permutation(train_wells)
-            total_loss, total_pairs = 0.0, 0
-            for batch, bags, mask in bag_batches(store, order, settings.batch_wells, device):
-                rows, assay, label = pairs.pairs(batch)
-                lr = optimizer.param_groups[0]["lr"]
-                weights = torch.as_tensor(state["task_weights"], dtype=torch.float32) if amtl else None
-                step_loss = training_step(
-                    model,
-                    bags,
-                    mask,
-                    rows,
-                    assay,
-                    label,
-                    optimizer,
-                    lazy,
-                    lr,
-                    device,
-                    weights,
-                    state["running_loss"] if amtl else None,
-                )
-                if not math.isfinite(step_loss):
-                    raise MomilError(
-                        f"training diverged: the loss became {step_loss} in epoch {state['epoch']}, "
-                        f"step {state['step']} (learning rate {lr:g}) -- lower --lr (now "
-                        f"{settings.lr:g}); no model was written"
-                    )
-                total_loss += step_loss
-                total_pairs += len(rows)
-                state["step"] += 1
-                scheduler.step()
-            _, v_assay, v_label, v_prob = predict_pairs(model, store, val_wells, pairs, device)
-            score, per_assay = validation_score(v_assay, v_label, v_prob, primary)
-            if amtl:
-                state["task_weights"] = amtl_weights(per_assay, np.asarray(potentials, np.float64), settings.amtl_gamma)
-            val_loss = mean_bce(v_label, v_prob)
-            epoch = state["epoch"]
-            state["history"].append(
-                {
-                    "epoch": epoch,
-                    "train_loss": total_loss / max(1, total_pairs),
-                    "val_auc": score,
-                    "val_loss": val_loss,
-                    "lr": lr,
-                }
-            )
-            comparable = score if not math.isnan(score) else -total_loss / max(1, total_pairs)
-            # validation AUCs tie often on small validation sets: the lower validation loss breaks the tie
-            better = comparable > state["best_score"] + 1e-12 or (
-                abs(comparable - state["best_score"]) <= 1e-12 and val_loss < state.get("best_val_loss", math.inf)
-            )
-            if not best_epoch_wins:  # the model at the end is the fit; its last score ranks the grid point
-                state.update(best_score=comparable, best_epoch=epoch, best_val_loss=val_loss)
-            elif better:
-                state.update(
-                    best_score=comparable,
-                    best_epoch=epoch,
-                    bad_epochs=0,
-                    best_val_loss=val_loss,
-                    best_state={k: v.detach().clone().cpu() for k, v in model.state_dict().items()},
-                )
-            else:
-                state["bad_epochs"] += 1
-            state["epoch"] = epoch + 1
+            train_loss, lr = run.train_epoch(train_wells)
+            score = run.end_epoch(val_wells, primary, potentials, train_loss, lr, best_epoch_wins)
             bar.update(1)
-            bar.set_postfix(
-                loss=f"{total_loss / max(1, total_pairs):.4f}",
-                val_auc=f"{score:.3f}",
-                best=f"{state['best_score']:.3f}",
-            )
+            bar.set_postfix(loss=f"{train_loss:.4f}", val_auc=f"{score:.3f}", best=f"{state['best_score']:.3f}")
             if checkpoint is not None:
-                save_training_checkpoint(checkpoint, model, optimizer, lazy, rng, state, signature, device, scheduler)
+                save_training_checkpoint(
+                    checkpoint, run.model, run.optimizer, run.lazy, run.rng, state, signature, device, run.scheduler
+                )
                 fault_point("train.epoch")
             if on_epoch_end is not None:
-                on_epoch_end(epoch)
+                on_epoch_end(state["epoch"] - 1)
+    model = run.model
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
     model.eval()
@@ -279,3 +176,141 @@ def fit(
     return FitResult(
         model, state["best_epoch"], state["best_score"], state["history"], time.perf_counter() - started, floor_share
     )
+
+
+def _check_balancing(settings: TrainSettings, pairs: WellPairs, potentials: np.ndarray | None) -> None:
+    if settings.balancing not in ("none", "amtl"):
+        raise MomilError(f"balancing must be 'none' or 'amtl', not {settings.balancing!r}")
+    if settings.balancing == "amtl" and (potentials is None or len(potentials) != len(pairs.assays)):
+        raise MomilError(
+            "AMTL balancing needs each assay's single-task validation AUC (its potential); `momil cv` computes them"
+        )
+
+
+@dataclasses.dataclass
+class _Run:
+    """One fit between epochs: the model, its optimisers and schedule, the shuffling RNG and the epoch state
+    (step, best score and epoch, epochs without improvement, history, best weights, AMTL task weights)."""
+
+    store: InstanceStore
+    pairs: WellPairs
+    settings: TrainSettings
+    device: torch.device
+    model: MILModel
+    optimizer: torch.optim.AdamW
+    lazy: LazyHeadAdamW | None
+    scheduler: object
+    rng: np.random.Generator
+    state: dict
+
+    @classmethod
+    def start(cls, store, pairs: WellPairs, settings: TrainSettings, n_train: int, device) -> _Run:
+        torch.manual_seed(settings.seed)
+        model = build_model(store.dim, pairs.assays, settings).to(device)
+        optimizer, lazy = make_optimizers(model, settings.lr, settings.weight_decay, settings.lazy_heads, device)
+        steps_per_epoch = math.ceil(n_train / settings.batch_wells)
+        warmup_steps = steps_per_epoch * min(settings.warmup_epochs, settings.epochs)
+        scheduler = warmup_cosine(optimizer, warmup_steps, steps_per_epoch * settings.epochs)
+        amtl = settings.balancing == "amtl"
+        state = {
+            "epoch": 0,
+            "step": 0,
+            "best_score": -math.inf,
+            "best_epoch": -1,
+            "bad_epochs": 0,
+            "history": [],
+            "best_state": None,
+            "task_weights": np.ones(len(pairs.assays)) if amtl else None,
+            "running_loss": np.full(len(pairs.assays), np.nan) if amtl else None,
+        }
+        rng = np.random.default_rng(settings.seed)
+        return cls(store, pairs, settings, device, model, optimizer, lazy, scheduler, rng, state)
+
+    @property
+    def amtl(self) -> bool:
+        return self.settings.balancing == "amtl"
+
+    def resume(self, checkpoint: Path, signature: str) -> None:
+        saved = load_torch(checkpoint, "training checkpoint", map_location=self.device)
+        if saved.get("signature") != signature:
+            raise MomilError(
+                f"{checkpoint}: was written by a run with other settings or data -- use another "
+                "checkpoint folder or delete it to start again"
+            )
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        resume_schedule(self.scheduler, saved.get("scheduler"), saved["state"]["step"])
+        if self.lazy is not None:
+            self.lazy.load_state_dict(saved["lazy"])
+        self.rng.bit_generator.state = saved["numpy_rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        if self.device.type == "cuda" and saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng"])
+        self.state = state_from_checkpoint(saved["state"])
+
+    def train_epoch(self, train_wells: np.ndarray) -> tuple[float, float]:
+        """One pass over the training wells in a new random order; (mean loss per pair, last learning rate)."""
+        settings, state = self.settings, self.state
+        self.model.train()
+        order = self.rng.permutation(train_wells)
+        total_loss, total_pairs = 0.0, 0
+        for batch, bags, mask in bag_batches(self.store, order, settings.batch_wells, self.device):
+            rows, assay, label = self.pairs.pairs(batch)
+            lr = self.optimizer.param_groups[0]["lr"]
+            weights = torch.as_tensor(state["task_weights"], dtype=torch.float32) if self.amtl else None
+            step_loss = training_step(
+                self.model,
+                bags,
+                mask,
+                rows,
+                assay,
+                label,
+                self.optimizer,
+                self.lazy,
+                lr,
+                self.device,
+                weights,
+                state["running_loss"] if self.amtl else None,
+            )
+            if not math.isfinite(step_loss):
+                raise MomilError(
+                    f"training diverged: the loss became {step_loss} in epoch {state['epoch']}, "
+                    f"step {state['step']} (learning rate {lr:g}) -- lower --lr (now "
+                    f"{settings.lr:g}); no model was written"
+                )
+            total_loss += step_loss
+            total_pairs += len(rows)
+            state["step"] += 1
+            self.scheduler.step()
+        return total_loss / max(1, total_pairs), lr
+
+    def end_epoch(self, val_wells, primary, potentials, train_loss: float, lr: float, best_epoch_wins: bool) -> float:
+        """Score the epoch on the validation wells, keep the best model, count epochs without improvement;
+        returns the validation score."""
+        state = self.state
+        _, v_assay, v_label, v_prob = predict_pairs(self.model, self.store, val_wells, self.pairs, self.device)
+        score, per_assay = validation_score(v_assay, v_label, v_prob, primary)
+        if self.amtl:
+            state["task_weights"] = amtl_weights(
+                per_assay, np.asarray(potentials, np.float64), self.settings.amtl_gamma
+            )
+        val_loss = mean_bce(v_label, v_prob)
+        epoch = state["epoch"]
+        state["history"].append(
+            {"epoch": epoch, "train_loss": train_loss, "val_auc": score, "val_loss": val_loss, "lr": lr}
+        )
+        comparable = score if not math.isnan(score) else -train_loss
+        # validation AUCs tie often on small validation sets: the lower validation loss breaks the tie
+        better = comparable > state["best_score"] + 1e-12 or (
+            abs(comparable - state["best_score"]) <= 1e-12 and val_loss < state.get("best_val_loss", math.inf)
+        )
+        if not best_epoch_wins:  # the model at the end is the fit; its last score ranks the grid point
+            state.update(best_score=comparable, best_epoch=epoch, best_val_loss=val_loss)
+        elif better:
+            best_state = {k: v.detach().clone().cpu() for k, v in self.model.state_dict().items()}
+            state.update(best_score=comparable, best_epoch=epoch, bad_epochs=0, best_val_loss=val_loss)
+            state["best_state"] = best_state
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        return score
