@@ -3,23 +3,26 @@
 The contents now live in:
 
 - `momil.protocol.benchmark`
+- `momil.report.paper_tables` (the tables)
 """
 
 from momil.protocol.benchmark import (  # noqa: F401
     METHODS,
     BenchmarkResult,
     BenchmarkSettings,
-    _auc_cell,
     _finished,
-    _md,
     _select_once,
-    _stars,
     attention_examples,
-    auc_table,
     field_views,
     find_record,
     run_benchmark,
     run_probes,
-    table3_markdown,
     write_report,
+)
+from momil.report.paper_tables import (  # noqa: F401
+    _auc_cell,
+    _md,
+    _stars,
+    auc_table,
+    table3_markdown,
 )

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from momil.model.base import MILModel
-from momil.model.heads import FastDropout, attention_pool, full, gated, masked_softmax, mean_weights
+from momil.model.ops import FastDropout, attention_pool, full, gated, masked_softmax, mean_weights
 
 
 class PairModel(MILModel):

@@ -30,222 +30,23 @@ them (DSMIL's max-instance stream).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
-import numpy as np
 import torch
 from torch import nn
 
-
-class _Gather(torch.autograd.Function):
-    """Rows of a 2-D table: index_select forward (on CPU about 4x faster than the embedding's own forward for wide
-    rows), the embedding's backward (a sum over sorted indices: about 3x faster than index_select's index_add
-    and deterministic on CUDA)."""
-
-    @staticmethod
-    def forward(ctx, table, index):
-        ctx.save_for_backward(index)
-        ctx.n_rows = table.shape[0]
-        return table.index_select(0, index)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (index,) = ctx.saved_tensors
-        return _rows_backward(grad.contiguous(), index, ctx.n_rows), None
-
-
-def _rows_backward(grad: torch.Tensor, index: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """The gradient of gathered rows summed back into a table of ``n_rows`` rows (the embedding's backward)."""
-    return torch.ops.aten.embedding_dense_backward(grad, index, n_rows, -1, False)
-
-
-def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``table[index]`` along dim 0 for a table of any shape (see :class:`_Gather`)."""
-    flat = _Gather.apply(table.reshape(table.shape[0], -1), index)
-    return flat.view((index.shape[0],) + tuple(table.shape[1:]))
-
-
-class _Blocks(torch.autograd.Function):
-    """Blocks of a (R, K) table (rows ``index`` of it, gathered once, when an index is given) returned as views
-    shaped per block: ``layout`` lists (row_start, row_stop, col_start, col_stop, shape) tiling the table. The
-    backward writes the blocks' gradients into one (R, K) buffer (slicing under autograd would instead add a
-    zero-filled table-sized gradient per block) and, with an index, sums it into the table's rows once."""
-
-    @staticmethod
-    def forward(ctx, table, index, layout):
-        rows = table if index is None else table.index_select(0, index)
-        ctx.has_index, ctx.layout, ctx.n_rows = index is not None, layout, table.shape[0]
-        ctx.shape = rows.shape
-        if index is not None:
-            ctx.save_for_backward(index)
-            ctx.mark_non_differentiable(index)
-        return tuple(rows[r0:r1, c0:c1].view(shape) for r0, r1, c0, c1, shape in layout)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        reference = next(g for g in grads if g is not None)
-        buffer = reference.new_empty(ctx.shape)
-        for (r0, r1, c0, c1, _shape), grad in zip(ctx.layout, grads):
-            if grad is None:
-                buffer[r0:r1, c0:c1].zero_()
-            else:
-                buffer[r0:r1, c0:c1].copy_(grad.reshape(r1 - r0, c1 - c0))
-        if not ctx.has_index:
-            return buffer, None, None
-        (index,) = ctx.saved_tensors
-        return _rows_backward(buffer, index, ctx.n_rows), None, None
-
-
-@dataclasses.dataclass(frozen=True)
-class PairPlan:
-    """How a list of (well, assay) pairs is evaluated: the pairs of each assay side by side, the assays with the
-    same number of pairs in one group (fewest pairs first), so that a per-assay layer is one batched matrix
-    product per group. Built on the host from the pairs' assay indices (a few microseconds per hundred pairs).
-
-    ``order`` (P,): the pairs in planned order (positions in the caller's list); ``inverse`` (P,): the planned
-    position of each of the caller's pairs; ``assays`` (U,): the table row of each head in use, group by group;
-    ``pair_head`` (P,): the head (0..U-1) of each planned pair; ``groups``: (heads, pairs per head) per group.
-    """
-
-    order: torch.Tensor
-    inverse: torch.Tensor
-    assays: torch.Tensor
-    pair_head: torch.Tensor
-    groups: tuple[tuple[int, int], ...]
-    in_order: bool
-
-    @classmethod
-    def build(cls, assay, device=None) -> PairPlan:
-        values = assay.detach().cpu().numpy() if isinstance(assay, torch.Tensor) else np.asarray(assay)
-        if device is None:
-            device = assay.device if isinstance(assay, torch.Tensor) else torch.device("cpu")
-        values = values.astype(np.int64, copy=False).reshape(-1)
-        unique, pair_unique, counts = np.unique(values, return_inverse=True, return_counts=True)
-        by_count = np.lexsort((unique, counts))  # heads ordered by (pairs, assay)
-        rank = np.empty(len(unique), dtype=np.int64)
-        rank[by_count] = np.arange(len(unique))
-        pair_rank = rank[pair_unique.reshape(-1)]
-        order = np.argsort(pair_rank, kind="stable")
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
-        sorted_counts = counts[by_count]
-        sizes, firsts = np.unique(sorted_counts, return_index=True)
-        heads = np.diff(np.append(firsts, len(sorted_counts)))
-        as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
-        return cls(
-            as_tensor(order),
-            as_tensor(inverse),
-            as_tensor(unique[by_count]),
-            as_tensor(pair_rank[order]),
-            tuple((int(n), int(c)) for n, c in zip(heads, sizes)),
-            bool((order == np.arange(len(order))).all()),
-        )
-
-    @property
-    def sizes(self) -> list[int]:
-        """Pairs per group."""
-        return [n * c for n, c in self.groups]
-
-    @property
-    def spans(self) -> list[tuple[int, int, int, int, int, int]]:
-        """Per group: (first head, end head, first pair, end pair, heads, pairs per head)."""
-        out, row, pair = [], 0, 0
-        for heads, pairs in self.groups:
-            out.append((row, row + heads, pair, pair + heads * pairs, heads, pairs))
-            row, pair = row + heads, pair + heads * pairs
-        return out
-
-    def permute(self, t: torch.Tensor) -> torch.Tensor:
-        """A per-pair tensor of the caller's order in planned order."""
-        return t if self.in_order else t.index_select(0, self.order)
-
-    def unpermute(self, out: dict) -> dict:
-        """Planned-order outputs back in the caller's order."""
-        if self.in_order:
-            return out
-        return {k: v.index_select(0, self.inverse) for k, v in out.items()}
-
-
-class _SigmoidTanh(torch.autograd.Function):
-    """tanh(x) = 2 sigmoid(2x) - 1 (absolute error below 1e-6): on CPU torch's tanh is about 6x slower than its
-    sigmoid, and tanh is a tenth of a head's training step."""
-
-    @staticmethod
-    def forward(ctx, x):
-        y = torch.sigmoid(x * 2).mul_(2).sub_(1)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        (y,) = ctx.saved_tensors
-        return torch.ops.aten.tanh_backward(grad, y)
-
-
-def fast_tanh(x: torch.Tensor) -> torch.Tensor:
-    return _SigmoidTanh.apply(x) if x.device.type == "cpu" else torch.tanh(x)
-
-
-class FastDropout(nn.Module):
-    """Inverted dropout drawing its random bytes eight at a time (the drop probability is rounded to 1/256).
-
-    On CPU it is about 25x faster than ``nn.Dropout``'s Bernoulli sampling, which otherwise takes a quarter of
-    a training step. It draws from torch's global generator, so seeds and checkpoints govern it as usual."""
-
-    def __init__(self, p: float = 0.5):
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), not {p}")
-        self.p = p
-        self.threshold = int(round(p * 256))
-
-    @property
-    def scale(self) -> float:
-        return 256.0 / (256 - self.threshold)
-
-    def keep_mask(self, shape, device) -> torch.Tensor | None:
-        """The units kept in a tensor of ``shape`` (bool), or None where nothing is dropped (eval, p = 0)."""
-        if not self.training or self.threshold == 0:
-            return None
-        n = math.prod(shape)
-        words = torch.empty((n + 7) // 8, dtype=torch.int64, device=device).random_(-(2**63), None)
-        return words.view(torch.uint8)[:n].view(shape) >= self.threshold
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        keep = self.keep_mask(x.shape, x.device)
-        return x if keep is None else x * keep.view(torch.uint8) * self.scale
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
-def full(t: torch.Tensor) -> torch.Tensor:
-    """At least float32 (bf16/fp16 under autocast are upcast; float64 stays float64)."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-
-def attention_pool(attention: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """sum_n a_n h_n: attention (P, N), h (P, N, h) -> (P, h). Elementwise: on CPU about twice as fast as a
-    batched matrix-vector product, forward and backward."""
-    return (attention.unsqueeze(-1) * h).sum(1)
-
-
-def mean_weights(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Uniform pooling weights over each bag's instances: mean pooling is attention with these weights (the one
-    mean pooling of the package: MoMIL's ``mean`` heads and the mean-MLP baseline)."""
-    return mask.to(dtype) / mask.sum(dim=1, keepdim=True).clamp(min=1).to(dtype)
-
-
-def gated(v: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """The gated-attention gate tanh(V h) * sigmoid(U h) of Ilse et al. (the one gated attention of the package:
-    MoMIL's ``abmil`` heads and the multi-label MIL baseline); ``v``, ``u`` are the two projections."""
-    return fast_tanh(v) * torch.sigmoid(u)
-
-
-def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.softmax(full(scores), dim=-1).to(scores.dtype)
+from momil.model.ops import (  # noqa: F401 (moved there; re-exported)
+    BlockViews,
+    FastDropout,
+    PairPlan,
+    attention_pool,
+    fast_tanh,
+    full,
+    gated,
+    gather_rows,
+    masked_softmax,
+    mean_weights,
+)
 
 
 class StackedHeads(nn.Module):
@@ -332,7 +133,7 @@ class StackedHeads(nn.Module):
             ]
             row += heads
         source, index = (self.flat, plan.assays) if table is None else (table, None)
-        views = _Blocks.apply(source, index, tuple(layout))
+        views = BlockViews.apply(source, index, tuple(layout))
         width = len(self._layout)
         groups = [dict(zip(self._layout, views[g * width : (g + 1) * width])) for g in range(len(plan.groups))]
         return [lambda name, parts=parts: self._named(name, parts.__getitem__) for parts in groups]

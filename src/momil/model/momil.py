@@ -7,7 +7,8 @@ from torch import nn
 
 from momil.errors import MomilError
 from momil.model.base import MILModel
-from momil.model.heads import HEADS, FastDropout, PairPlan, attention_pool, gather_rows, mean_weights
+from momil.model.heads import HEADS
+from momil.model.ops import FastDropout, PairPlan, attention_pool, gather_rows, mean_weights
 
 
 class MoMIL(MILModel):

@@ -97,7 +97,7 @@ def render_report(folder, out=None) -> Path:
         f"{_esc(', '.join(table['label']))}</p>"
     ]
     body.append("<h2>Table 2: compound-level ROC-AUC of the primary assays</h2>")
-    from momil.protocol.benchmark import TABLE3_NOTE, table2_cells, table3_cells
+    from momil.report.paper_tables import TABLE3_NOTE, table2_cells, table3_cells
 
     pvalues = read_table(folder / "pvalues.csv", dtype_str=("assay",)) if (folder / "pvalues.csv").exists() else None
     pvalues = pvalues if pvalues is not None and len(pvalues) else pd.DataFrame(columns=["assay", "other", "p_value"])

@@ -33,9 +33,7 @@ Everything streams: one plate is in memory at a time, so paper scale (84,000 wel
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import time
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +44,30 @@ import pyarrow.parquet as pq
 from momil.config import Settings, setting
 from momil.errors import MomilError
 from momil.io.atomic import atomic_dir, write_json_atomic
-from momil.io.contract import BATCH, COMPOUND, CONTROL, INCHIKEY, PLATE, SITE, SMILES, WELL, read_labels_mtx
+from momil.io.contract import BATCH, COMPOUND, CONTROL, INCHIKEY, PLATE, SITE, SMILES, WELL
 from momil.io.provenance import provenance
 from momil.progress import progress
-
-DMSO = "DMSO"
+from momil.simulate.images import (  # noqa: F401 (moved there; re-exported)
+    CHANNELS,
+    _write_images,
+    render_field,
+)
+from momil.simulate.sources import (  # noqa: F401 (moved there; re-exported)
+    analogue_smiles,
+    data_path,
+    hti_cnn_labels,
+    hti_cnn_smiles,
+    ppi_network,
+    real_platemap,
+)
+from momil.simulate.wells import (  # noqa: F401 (moved there; re-exported)
+    DMSO,
+    _instance_counts,
+    _plate_effects,
+    _signs,
+    plate_layout,
+    well_instances,
+)
 
 
 @dataclasses.dataclass
@@ -113,81 +130,6 @@ class SimulateSettings(Settings):
     image_size: int = setting(128, low=16)
     seed: int = setting(0)
     overwrite: bool = setting(False)
-
-
-# --------------------------------------------------------------------------------------------- shipped data
-def data_path(*parts: str) -> Path:
-    return Path(str(resources.files("momil").joinpath("resources", *parts)))
-
-
-def real_platemap() -> pd.DataFrame:
-    """JUMP-Target-1's 384-well map: well_position and negcon flag (empty broad_sample = DMSO)."""
-    frame = pd.read_csv(data_path("jump-target", "JUMP-Target-1_compound_platemap.tsv"), sep="\t", dtype=str)
-    frame["negcon"] = frame["broad_sample"].isna() | (frame["broad_sample"].fillna("") == "")
-    return frame[["well_position", "negcon"]]
-
-
-def hti_cnn_labels():
-    import warnings
-
-    with warnings.catch_warnings():  # the shipped matrix repeats 5 assay ids; read_labels_mtx renames them
-        warnings.simplefilter("ignore")
-        return read_labels_mtx(
-            data_path("hti-cnn-labels", "label-matrix.mtx.gz"),
-            data_path("hti-cnn-labels", "row-compound-index.csv.gz"),
-            data_path("hti-cnn-labels", "column-assay-index.csv"),
-        )
-
-
-def hti_cnn_smiles() -> pd.DataFrame:
-    return pd.read_csv(data_path("hti-cnn-labels", "hti_compounds_smiles.csv.gz"), dtype=str)
-
-
-def ppi_network() -> pd.DataFrame:
-    with gzip.open(data_path("ppi", "irefindex_pcsf_edges.csv.gz"), "rt") as handle:
-        frame = pd.read_csv(handle, dtype={"from": str, "to": str})
-    frame["score"] = 1.0 - frame["cost"].astype(float)
-    return frame
-
-
-# -------------------------------------------------------------------------------------------------- chemistry
-_SUBSTITUENTS = ("C", "F", "Cl", "O", "N", "C(F)(F)F", "OC", "C#N", "Br", "CC")
-
-
-def analogue_smiles(parents: list[str], n: int, rng: np.random.Generator) -> list[str]:
-    """``n`` analogues of each parent: 1-2 random substituents on ring carbons bearing hydrogens."""
-    from rdkit import Chem, RDLogger
-
-    RDLogger.DisableLog("rdApp.*")
-    out = []
-    for parent in parents:
-        mol = Chem.MolFromSmiles(parent)
-        series = [Chem.MolToSmiles(mol)]
-        attempts = 0
-        while len(series) < n and attempts < 20 * n:
-            attempts += 1
-            rw = Chem.RWMol(mol)
-            sites = [a.GetIdx() for a in rw.GetAtoms() if a.GetSymbol() == "C" and a.GetTotalNumHs() > 0]
-            if not sites:
-                break
-            for _ in range(int(rng.integers(1, 3))):
-                site = int(rng.choice(sites))
-                fragment = Chem.MolFromSmiles(_SUBSTITUENTS[int(rng.integers(len(_SUBSTITUENTS)))])
-                combined = Chem.RWMol(Chem.CombineMols(rw, fragment))
-                combined.AddBond(site, rw.GetNumAtoms(), Chem.BondType.SINGLE)
-                rw = combined
-            try:
-                candidate = rw.GetMol()
-                Chem.SanitizeMol(candidate)
-                smiles = Chem.MolToSmiles(candidate)
-            except Exception:  # noqa: BLE001 - RDKit raises several sanitisation errors; try another
-                continue
-            if smiles not in series:
-                series.append(smiles)
-        while len(series) < n:  # tiny parents with no site left: repeat with a tag so ids stay distinct
-            series.append(series[-1])
-        out.append(series)
-    return out
 
 
 # --------------------------------------------------------------------------------------------- latent world
@@ -384,113 +326,6 @@ def simulate_labels(world: World, settings: SimulateSettings, rng: np.random.Gen
     return pd.DataFrame({COMPOUND: world.compounds[rows], "assay": world.assays[cols], "label": labels})
 
 
-# ----------------------------------------------------------------------------------------------------- layout
-def plate_layout(world: World, settings: SimulateSettings, rng: np.random.Generator) -> pd.DataFrame:
-    """One row per well: replicate r of a compound on the r-th plate set, so replicates are on other plates."""
-    platemap = real_platemap()
-    negcon_positions = platemap.loc[platemap["negcon"], "well_position"].tolist()
-    trt_positions = platemap.loc[~platemap["negcon"], "well_position"].tolist()
-    if settings.negcon_per_plate:
-        negcon_positions = negcon_positions[: settings.negcon_per_plate]
-    n = len(world.compounds)
-    per_plate = len(trt_positions)
-    chunks = int(np.ceil(n / per_plate))
-    order = rng.permutation(n)
-    rows = []
-    n_plates = chunks * settings.replicates
-    for r in range(settings.replicates):
-        for j in range(chunks):
-            plate_number = r * chunks + j
-            plate = f"SIM{plate_number + 1:04d}"
-            batch = f"B{(plate_number * settings.n_batches) // max(1, n_plates) + 1:02d}"
-            members = order[j * per_plate : (j + 1) * per_plate]
-            positions = rng.permutation(trt_positions)[: len(members)]
-            for c, well in zip(members, positions):
-                rows.append((plate, well, batch, world.compounds[c], "trt", int(c)))
-            for well in negcon_positions:
-                rows.append((plate, well, batch, DMSO, "negcon", -1))
-        order = np.roll(order, max(1, per_plate // 3))  # replicate sets mix compounds across plates
-    frame = pd.DataFrame(rows, columns=[PLATE, WELL, BATCH, COMPOUND, CONTROL, "_compound"])
-    return frame.sort_values([PLATE, WELL]).reset_index(drop=True)
-
-
-# -------------------------------------------------------------------------------------------------- instances
-def _plate_effects(plates: list[str], batches: dict[str, str], settings: SimulateSettings, rng) -> dict:
-    d = settings.dim
-    batch_names = sorted(set(batches.values()))
-    batch_offset = {b: rng.standard_normal(d) * settings.batch_effect for b in batch_names}
-    effects = {}
-    for plate in plates:
-        offset = rng.standard_normal(d) * settings.plate_effect + batch_offset[batches[plate]]
-        gain = np.clip(1.0 + rng.standard_normal(d) * settings.gain_effect, 0.3, None)
-        effects[plate] = (offset, gain)
-    return effects
-
-
-def well_instances(
-    world: World, compound_index: int, count: int, settings: SimulateSettings, rng
-) -> tuple[np.ndarray, np.ndarray]:
-    """(count, D) clean instances (before plate effects) and the responder mask."""
-    d = settings.dim
-    mixture = rng.dirichlet(np.ones(settings.n_states))
-    state = rng.choice(settings.n_states, size=count, p=mixture)
-    x = world.states[state] + rng.standard_normal((count, d))
-    responders = np.zeros(count, dtype=bool)
-    if compound_index >= 0:
-        potency = world.potency[compound_index]
-        if potency.any() and settings.subpopulations == "shared":
-            responders = rng.random(count) < settings.responder_fraction
-            shift = settings.effect_size * (potency @ world.signatures)  # (D,)
-            x[responders] += _signs(int(responders.sum()), settings, rng)[:, None] * shift
-        elif potency.any():
-            for target in np.flatnonzero(potency):
-                mine = (state == target % settings.n_states) & (rng.random(count) < settings.responder_fraction)
-                shift = settings.effect_size * potency[target] * world.signatures[target]
-                x[mine] += _signs(int(mine.sum()), settings, rng)[:, None] * shift
-                responders |= mine
-    return x, responders
-
-
-def _signs(n: int, settings: SimulateSettings, rng) -> np.ndarray:
-    """+1 for every responding cell ("shift"), or a random sign per cell ("hidden"; draws only then)."""
-    if settings.signal == "shift":
-        return np.ones(n)
-    return rng.choice(np.array([-1.0, 1.0]), size=n)
-
-
-def _instance_counts(n_wells: int, settings: SimulateSettings, rng) -> np.ndarray:
-    lo = max(1, settings.instances - settings.instances_jitter)
-    hi = settings.instances + settings.instances_jitter
-    return rng.integers(lo, hi + 1, size=n_wells)
-
-
-# ------------------------------------------------------------------------------------------------------- images
-CHANNELS = ("OrigDNA", "OrigER", "OrigRNA", "OrigAGP", "OrigMito")
-
-
-def render_field(
-    rng, size: int, n_cells: int, channel_gain: np.ndarray, responder_change: np.ndarray | None, responders: int
-) -> np.ndarray:
-    """(5, size, size) uint16 field: Gaussian nuclei (DNA) and cytoplasm (other channels)."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    image = np.zeros((5, size, size), dtype=np.float32)
-    for cell in range(n_cells):
-        cy, cx = rng.uniform(8, size - 8, size=2)
-        nucleus = rng.uniform(2.5, 4.0)
-        cytoplasm = nucleus * rng.uniform(2.0, 2.8)
-        level = np.array([1.0, 0.6, 0.5, 0.4, 0.5]) * rng.uniform(0.8, 1.2, size=5)
-        if cell < responders and responder_change is not None:
-            level = level * responder_change[:5]
-            nucleus *= responder_change[5]
-        r2 = (yy - cy) ** 2 + (xx - cx) ** 2
-        image[0] += level[0] * np.exp(-r2 / (2 * nucleus**2))
-        body = np.exp(-r2 / (2 * cytoplasm**2))
-        image[1:] += level[1:, None, None] * body[None]
-    image *= channel_gain[:, None, None]
-    image += rng.normal(0.02, 0.01, size=image.shape)
-    return np.clip(image * 20000, 0, 65535).astype(np.uint16)
-
-
 # --------------------------------------------------------------------------------------------------- simulate
 def simulate(out, settings: SimulateSettings | None = None, show_progress: bool = True) -> dict:
     """Write a complete screen into folder ``out``; returns a summary."""
@@ -595,54 +430,6 @@ def simulate(out, settings: SimulateSettings | None = None, show_progress: bool 
         }
         write_json_atomic(provenance("simulate", settings, summary=summary), tmp / "simulation.json")
     return summary
-
-
-def _write_images(
-    tmp: Path,
-    world: World,
-    wells: pd.DataFrame,
-    counts,
-    effects,
-    settings: SimulateSettings,
-    rng,
-    show_progress: bool,
-    responder_rows: list,
-) -> None:
-    """Rendered fields: one uint16 TIFF per channel and site, and a LoadData index."""
-    import tifffile
-
-    image_dir = tmp / "images"
-    image_dir.mkdir()
-    # per target: channel intensity and nucleus size changes of responding cells
-    changes = 1.0 + 0.8 * np.tanh(rng.standard_normal((settings.n_targets, 6)))
-    rows = []
-    with progress(
-        total=len(wells) * settings.sites, desc="simulate: render", unit="field", enabled=show_progress
-    ) as bar:
-        for i in range(len(wells)):
-            plate, well = wells[PLATE].iat[i], wells[WELL].iat[i]
-            offset, gain = effects[plate]
-            channel_gain = np.clip(1.0 + 0.1 * offset[:5] / max(settings.plate_effect, 1e-6), 0.5, 1.5)
-            c = int(wells["_compound"].iat[i])
-            change = None
-            if c >= 0 and world.potency[c].any():
-                weights = world.potency[c] / world.potency[c].sum()
-                change = weights @ changes
-            cells_per_site = max(1, int(counts[i]) // settings.sites)
-            for site in range(1, settings.sites + 1):
-                n_resp = int(rng.binomial(cells_per_site, settings.responder_fraction)) if change is not None else 0
-                field = render_field(rng, settings.image_size, cells_per_site, channel_gain, change, n_resp)
-                row = {PLATE: plate, WELL: well, SITE: site}
-                for ch, name in enumerate(CHANNELS):
-                    file_name = f"{plate}_{well}_s{site}_{name}.tiff"
-                    tifffile.imwrite(image_dir / file_name, field[ch])
-                    row[f"FileName_{name}"] = file_name
-                    row[f"PathName_{name}"] = "images"
-                rows.append(row)
-                for r in range(n_resp):
-                    responder_rows.append((plate, well, (site - 1) * cells_per_site + r))
-                bar.update(1)
-    pq.write_table(pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False), tmp / "load_data.parquet")
 
 
 def compound_classes(screen) -> pd.Series:

@@ -21,7 +21,7 @@ from momil.faults import fault_point
 from momil.io.readers import load_torch
 from momil.io.store import InstanceStore
 from momil.model.base import MILModel
-from momil.model.heads import PairPlan
+from momil.model.ops import PairPlan
 from momil.model.registry import build_model
 from momil.progress import progress
 from momil.training.calibration import calibrate

@@ -10,8 +10,8 @@ from momil.data.bags import bag_batches
 from momil.data.pairs import WellPairs
 from momil.io.contract import COMPOUND
 from momil.io.store import InstanceStore
-from momil.model.heads import attention_pool, mean_weights
 from momil.model.linear import fit_assay, well_means
+from momil.model.ops import attention_pool, mean_weights
 from momil.training.inference import predict_pairs
 
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)  # the linear floor's share of the blend, chosen on the validation wells
