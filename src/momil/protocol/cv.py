@@ -36,7 +36,7 @@ from momil.model.registry import LINEAR_MODELS
 from momil.protocol.conformal import save_validation_predictions
 from momil.protocol.executor import FitTask, check_executor, run_tasks
 from momil.protocol.scoring import assay_metrics, attach_labels, compound_predictions, predict_wells, summarise
-from momil.protocol.selection import single_task_potentials  # noqa: F401 (re-exported)
+from momil.protocol.single_assay import single_task_potentials
 
 CONFIGURATIONS = ("mtl-all", "mtl-primary", "stl")
 

@@ -236,15 +236,7 @@ def self_train(
             new = impute_round(current.model, store, pairs, train_wells, thresholds, device)
             new = cap_imputed(new, imputed, measured_train, settings.max_ratio)
             new.insert(0, "round", r)
-            counts = new.groupby(["assay", "label"]).size().unstack(fill_value=0)
-            thresholds["round"] = r
-            thresholds["imputed_pos"] = (
-                thresholds["assay"].map(counts.get(1.0, pd.Series(dtype=int))).fillna(0).astype(int)
-            )
-            thresholds["imputed_neg"] = (
-                thresholds["assay"].map(counts.get(0.0, pd.Series(dtype=int))).fillna(0).astype(int)
-            )
-            threshold_frames.append(thresholds)
+            threshold_frames.append(_count_imputed(thresholds, new, r))
             bar.update(1)
             if new.empty:
                 break
@@ -267,11 +259,27 @@ def self_train(
                 }
             )
             bar.set_postfix(added=len(new), val_auc=f"{current.best_score:.3f}")
+    result = _kept_round(store, fits, round_rows, imputed, threshold_frames, settings.keep_best_round)
+    _write_imputation(out, result, settings, train, store, model_assays)
+    return result
+
+
+def _count_imputed(thresholds: pd.DataFrame, new: pd.DataFrame, r: int) -> pd.DataFrame:
+    """Round ``r``'s thresholds with the number of positives and negatives each assay got."""
+    counts = new.groupby(["assay", "label"]).size().unstack(fill_value=0)
+    thresholds["round"] = r
+    thresholds["imputed_pos"] = thresholds["assay"].map(counts.get(1.0, pd.Series(dtype=int))).fillna(0).astype(int)
+    thresholds["imputed_neg"] = thresholds["assay"].map(counts.get(0.0, pd.Series(dtype=int))).fillna(0).astype(int)
+    return thresholds
+
+
+def _kept_round(store, fits, round_rows, imputed, threshold_frames, keep_best_round: bool) -> ImputationResult:
+    """The round kept (the last, or with ``keep_best_round`` the best on validation, ties to the later one) and
+    the imputed labels with their wells' metadata."""
     rounds = pd.DataFrame(round_rows)
     final = len(rounds) - 1
-    if settings.keep_best_round:  # validation decides, as it decides every other choice; ties go to the later round
+    if keep_best_round:  # validation decides, as it decides every other choice; ties go to the later round
         final = int(np.flatnonzero(rounds["val_auc"].to_numpy() >= rounds["val_auc"].max() - 1e-12)[-1])
-    current = fits[final]
     rounds["kept"] = np.arange(len(rounds)) == final
     meta = store.wells.iloc[imputed["well"].to_numpy(np.int64)] if len(imputed) else store.wells.iloc[:0]
     imputed = imputed.assign(
@@ -281,11 +289,14 @@ def self_train(
     )
     imputed["label"] = imputed["label"].astype(np.int8)
     thresholds_all = pd.concat(threshold_frames, ignore_index=True) if threshold_frames else pd.DataFrame()
-    result = ImputationResult(current, imputed, thresholds_all, rounds)
+    return ImputationResult(fits[final], imputed, thresholds_all, rounds)
+
+
+def _write_imputation(out: Path, result: ImputationResult, settings, train, store, model_assays) -> None:
     with atomic_path(out / "imputed_labels.parquet") as tmp:
-        imputed.to_parquet(tmp, index=False)
+        result.imputed.to_parquet(tmp, index=False)
     with atomic_path(out / "thresholds.csv") as tmp:
-        thresholds_all.to_csv(tmp, index=False)
+        result.thresholds.to_csv(tmp, index=False)
     with atomic_path(out / "rounds.csv") as tmp:
         result.rounds.to_csv(tmp, index=False)
     write_json_atomic(
@@ -298,7 +309,6 @@ def self_train(
         ),
         out / "imputation.json",
     )
-    return result
 
 
 def _jsonable(summary: dict) -> dict:

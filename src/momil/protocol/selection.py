@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 from pathlib import Path
 
@@ -32,17 +31,21 @@ import numpy as np
 import pandas as pd
 
 from momil.config import Settings, setting
-from momil.data.pairs import WellPairs, labelled_wells_of
+from momil.data.pairs import labelled_wells_of
 from momil.device import resolve_device
 from momil.errors import MomilError
-from momil.io.atomic import atomic_path, safe_name, write_json_atomic
+from momil.io.atomic import atomic_path, write_json_atomic
 from momil.io.contract import LabelMatrix, assay_genes
 from momil.io.provenance import provenance
 from momil.io.readers import read_json
 from momil.io.store import InstanceStore
 from momil.progress import progress
-from momil.training.checkpoints import load_model, save_model
-from momil.training.fit import FitResult, fit
+from momil.protocol.single_assay import (  # noqa: F401 (moved there; re-exported)
+    _stl_signature,
+    single_task_potentials,
+    stl_settings,
+    train_single_assay,
+)
 from momil.training.inference import embed_all
 from momil.training.settings import TrainSettings
 
@@ -128,58 +131,6 @@ def biological_similarity(
     return pd.DataFrame(rows, columns=["primary", "secondary", "score", "gene_primary", "gene_secondary"])
 
 
-# ------------------------------------------------------------------------------------ single-assay models
-def stl_settings(train: TrainSettings, settings: SelectSettings) -> TrainSettings:
-    """The single-assay models of selection: no shared projector, the selection's head size and rate."""
-    return dataclasses.replace(train, shared_projector=False, head_dim=settings.stl_head_dim, lr=settings.stl_lr)
-
-
-def train_single_assay(
-    store: InstanceStore,
-    labels: LabelMatrix,
-    assay: str,
-    train_wells: np.ndarray,
-    val_wells: np.ndarray,
-    settings: TrainSettings,
-    root: Path,
-) -> tuple[object, float, int]:
-    """Fit (or reuse) one single-assay model; returns (model or None, validation AUC or NaN, training wells)."""
-    folder = root / safe_name(assay)
-    pairs = WellPairs.build(store.wells, labels, [assay])
-    n_train = len(pairs.labelled_wells(train_wells))
-    if n_train == 0:
-        return None, float("nan"), 0
-    done = folder / "model.pt"
-    if done.exists():
-        model, extra = load_model(done, resolve_device(settings.device))
-        if extra.get("signature") == _stl_signature(settings, pairs, train_wells, val_wells):
-            return model, float(extra["val_auc"]), n_train
-    result: FitResult = fit(
-        store, pairs, train_wells, val_wells, np.ones(1, bool), settings, folder / "checkpoint", show_progress=False
-    )
-    aucs = [h["val_auc"] for h in result.history]
-    auc = float(aucs[result.best_epoch]) if 0 <= result.best_epoch < len(aucs) else float("nan")
-    save_model(
-        done,
-        result.model,
-        {
-            "assay": assay,
-            "val_auc": auc,
-            "best_epoch": result.best_epoch,
-            "signature": _stl_signature(settings, pairs, train_wells, val_wells),
-        },
-    )
-    return result.model, auc, n_train
-
-
-def _stl_signature(settings: TrainSettings, pairs: WellPairs, train_wells, val_wells) -> str:
-    h = hashlib.sha1(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
-    h.update(pairs.digest().encode())
-    h.update(np.asarray(train_wells, np.int64).tobytes())
-    h.update(np.asarray(val_wells, np.int64).tobytes())
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------- influence
 def influence_score(
     train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray, c: float = 1.0, seed: int = 0
@@ -240,7 +191,48 @@ def select_assays(
     table["reason"] = ""
     alive = pd.Series(True, index=table.index)
 
-    # 1. biology ------------------------------------------------------------------------------------------
+    bio, associated, alive = _biology_stage(table, alive, genes, associations, primary, secondary, settings, stages)
+    models, alive = _performance_stage(
+        table,
+        alive,
+        store,
+        labels,
+        primary,
+        train_wells,
+        val_wells,
+        settings,
+        train,
+        stages,
+        out,
+        device,
+        show_progress,
+    )
+    influence, alive = _influence_stage(
+        table,
+        alive,
+        store,
+        labels,
+        primary,
+        associated,
+        models,
+        train_wells,
+        val_wells,
+        settings,
+        stages,
+        device,
+        show_progress,
+    )
+    table["selected"] = alive.to_numpy()
+    table.loc[table["selected"], "reason"] = "kept by " + ", ".join(stages)
+    selected = list(table.loc[table["selected"], "assay"])
+    result = SelectionResult(table, influence, bio, selected)
+    _write(out, result, settings, train, stages, primary, store, train_wells, val_wells)
+    return result
+
+
+def _biology_stage(table, alive, genes, associations, primary, secondary, settings, stages):
+    """Stage 1: each secondary's strongest protein association with a primary's targets; (associations table,
+    the secondaries associated with each primary, the candidates still alive)."""
     bio = biological_similarity(genes, associations, primary, secondary)
     associated: dict[str, set[str]] = {p: set(secondary) for p in primary}
     if "biology" in stages:
@@ -274,8 +266,14 @@ def select_assays(
                 "secondary assay can be associated with them",
                 stacklevel=2,
             )
+    return bio, associated, alive
 
-    # 2. performance --------------------------------------------------------------------------------------
+
+def _performance_stage(
+    table, alive, store, labels, primary, train_wells, val_wells, settings, train, stages, out, device, show_progress
+):
+    """Stage 2: the single-assay models (also the influence stage's heads) and their validation AUCs; (models,
+    the candidates still alive)."""
     stl = stl_settings(train, settings)
     need_models = "performance" in stages or "influence" in stages
     models: dict[str, object] = {}
@@ -306,8 +304,26 @@ def select_assays(
             for a, n in zip(table.loc[dropped, "perf_auc"], table.loc[dropped, "train_wells"])
         ]
         alive &= table["perf_kept"]
+    return models, alive
 
-    # 3. influence ----------------------------------------------------------------------------------------
+
+def _influence_stage(
+    table,
+    alive,
+    store,
+    labels,
+    primary,
+    associated,
+    models,
+    train_wells,
+    val_wells,
+    settings,
+    stages,
+    device,
+    show_progress,
+):
+    """Stage 3: how well a secondary's head embeds each associated primary's wells, as a share of the primary's
+    own head; (influence table, the candidates still alive)."""
     influence_rows = []
     if "influence" in stages:
         candidates = set(table.loc[alive, "assay"])
@@ -369,13 +385,7 @@ def select_assays(
         alive &= table["influence_kept"]
     else:
         influence = pd.DataFrame(columns=["primary", "assay", "influence", "self_influence", "ratio", "kept"])
-
-    table["selected"] = alive.to_numpy()
-    table.loc[table["selected"], "reason"] = "kept by " + ", ".join(stages)
-    selected = list(table.loc[table["selected"], "assay"])
-    result = SelectionResult(table, influence, bio, selected)
-    _write(out, result, settings, train, stages, primary, store, train_wells, val_wells)
-    return result
+    return influence, alive
 
 
 def _write(
@@ -435,21 +445,3 @@ def selection_table_text(table: pd.DataFrame, limit: int = 40) -> str:
     shown = table.sort_values(["selected", "assay"], ascending=[False, True]).head(limit)
     cols = [c for c in ("assay", "bio_score", "perf_auc", "influence_ratio", "selected", "reason") if c in shown]
     return shown[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}")
-
-
-def single_task_potentials(
-    store: InstanceStore,
-    labels: LabelMatrix,
-    assays: list[str],
-    train_wells,
-    val_wells,
-    train: TrainSettings,
-    select,
-    folder,
-) -> np.ndarray:
-    """Each assay's single-task validation AUC (the selection's single-assay models, reused from ``folder``)."""
-    settings = stl_settings(dataclasses.replace(train, balancing="none"), select)
-    return np.array(
-        [train_single_assay(store, labels, a, train_wells, val_wells, settings, Path(folder))[1] for a in assays],
-        dtype=np.float64,
-    )
