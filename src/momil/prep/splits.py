@@ -229,6 +229,53 @@ def structure_features(smiles: Sequence, settings: SplitSettings) -> tuple[np.nd
     return valid, keys
 
 
+def _check_split(settings: SplitSettings) -> None:
+    if settings.n_folds < 3:
+        raise MomilError(f"n_folds must be at least 3 for the train/validation/test rotation, not {settings.n_folds}")
+    if settings.method not in ("butina", "scaffold"):
+        raise MomilError(f"split method must be 'butina' or 'scaffold', not {settings.method!r}")
+    if not 0.0 < settings.cutoff < 1.0:
+        raise MomilError(f"cutoff is a Tanimoto distance in (0, 1), not {settings.cutoff}")
+
+
+def _label_dims(compounds: np.ndarray, labels: LabelMatrix | None) -> tuple[int, np.ndarray, np.ndarray]:
+    """The dimensions fold packing balances: a compound count plus one per (assay, class); (dims, the row of
+    each known label's compound, its dimension)."""
+    if labels is not None and labels.n_labels:
+        position = pd.Index(compounds).get_indexer(labels.compounds)
+        row = position[labels.rows]
+        known = row >= 0
+        dims = 1 + 2 * len(labels.assays)
+        label_dim = 1 + 2 * labels.cols[known] + labels.values[known].astype(np.int64)
+        row = row[known]
+    else:
+        dims, row, label_dim = 1, np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return dims, row, label_dim
+
+
+def _hash_unstructured(table, compounds, has_structure, cluster_key, folds, n_folds: int, unparsable: int) -> None:
+    """Compounds without a usable structure go to folds by a stable hash of their InChIKey skeleton or identifier
+    (``cluster_key`` and ``folds`` are filled in place), with a warning that says how many."""
+    n = len(compounds)
+    unstructured = np.flatnonzero(~has_structure)
+    if len(unstructured):
+        inchikeys = table[INCHIKEY].to_numpy(dtype=object)
+        for i in unstructured:
+            key = inchikeys[i]
+            if isinstance(key, str) and key.strip():
+                key = "inchikey:" + key.strip().split("-")[0]
+            else:
+                key = "id:" + str(compounds[i])
+            cluster_key[i] = key
+            folds[i] = stable_fold(key, n_folds)
+        warnings.warn(
+            f"{len(unstructured)} of {n} compounds have no usable structure"
+            + (f" ({unparsable} SMILES could not be parsed)" if unparsable else "")
+            + "; they are put in folds by a stable hash of their InChIKey skeleton or identifier",
+            stacklevel=3,
+        )
+
+
 def make_folds(
     compounds: Sequence[str],
     structures: pd.DataFrame | None = None,
@@ -239,12 +286,7 @@ def make_folds(
     """Folds for ``compounds``. ``structures`` holds Metadata_Compound with Metadata_SMILES and/or
     Metadata_InChIKey (contract part 3); ``labels`` balances per-assay label counts across folds."""
     settings = settings or SplitSettings()
-    if settings.n_folds < 3:
-        raise MomilError(f"n_folds must be at least 3 for the train/validation/test rotation, not {settings.n_folds}")
-    if settings.method not in ("butina", "scaffold"):
-        raise MomilError(f"split method must be 'butina' or 'scaffold', not {settings.method!r}")
-    if not 0.0 < settings.cutoff < 1.0:
-        raise MomilError(f"cutoff is a Tanimoto distance in (0, 1), not {settings.cutoff}")
+    _check_split(settings)
     compounds = pd.unique(pd.Series(list(compounds), dtype="string").dropna()).astype(object)
     n = len(compounds)
     if n == 0:
@@ -273,16 +315,7 @@ def make_folds(
             _, cluster = np.unique(np.array(features, dtype=object), return_inverse=True)
         cluster_key[structured] = [f"{settings.method}:{c}" for c in cluster]
 
-    # labels per compound -> per cluster counts, (assay, class) dims plus a compound count
-    if labels is not None and labels.n_labels:
-        position = pd.Index(compounds).get_indexer(labels.compounds)
-        row = position[labels.rows]
-        known = row >= 0
-        dims = 1 + 2 * len(labels.assays)
-        label_dim = 1 + 2 * labels.cols[known] + labels.values[known].astype(np.int64)
-        row = row[known]
-    else:
-        dims, row, label_dim = 1, np.zeros(0, np.int64), np.zeros(0, np.int64)
+    dims, row, label_dim = _label_dims(compounds, labels)
 
     folds = np.full(n, -1, dtype=np.int64)
     if len(structured):
@@ -295,23 +328,7 @@ def make_folds(
         np.add.at(vectors, (of_compound[row][in_cluster], label_dim[in_cluster]), 1.0)
         folds[structured] = pack_clusters(vectors, settings.n_folds, settings.seed)[cluster_index]
 
-    unstructured = np.flatnonzero(~has_structure)
-    if len(unstructured):
-        inchikeys = table[INCHIKEY].to_numpy(dtype=object)
-        for i in unstructured:
-            key = inchikeys[i]
-            if isinstance(key, str) and key.strip():
-                key = "inchikey:" + key.strip().split("-")[0]
-            else:
-                key = "id:" + str(compounds[i])
-            cluster_key[i] = key
-            folds[i] = stable_fold(key, settings.n_folds)
-        warnings.warn(
-            f"{len(unstructured)} of {n} compounds have no usable structure"
-            + (f" ({unparsable} SMILES could not be parsed)" if unparsable else "")
-            + "; they are put in folds by a stable hash of their InChIKey skeleton or identifier",
-            stacklevel=2,
-        )
+    _hash_unstructured(table, compounds, has_structure, cluster_key, folds, settings.n_folds, unparsable)
     return pd.DataFrame(
         {
             COMPOUND: pd.array(compounds, dtype="string"),
