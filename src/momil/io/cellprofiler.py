@@ -63,17 +63,10 @@ def _features(frame: pd.DataFrame, compartment: str, **keys) -> pd.DataFrame:
     return pd.concat([pd.DataFrame(keys, index=frame.index), frame[keep].add_prefix(f"{compartment}_")], axis=1)
 
 
-def read_cellprofiler(folder, compartments=("Cells", "Cytoplasm", "Nuclei")) -> tuple[pd.DataFrame, dict]:
-    """One row per cell: Metadata_Plate, Metadata_Well, Metadata_Site, Metadata_ImageNumber,
-    Metadata_ObjectNumber, then ``<Compartment>_<feature>`` columns. Returns (table, report)."""
-    from momil.io.tables import normalise_well
-
-    folder = Path(folder)
-    image = _read(folder / "Image.csv", "image")
-    _require(image, ("ImageNumber",) + IMAGE_KEYS, folder / "Image.csv")
-    tables = {c: _read(folder / f"{c}.csv", c) for c in compartments}
-    for name, table in tables.items():
-        _require(table, ("ImageNumber", "ObjectNumber"), folder / f"{name}.csv")
+def _linked_objects(tables: dict[str, pd.DataFrame], folder: Path) -> pd.DataFrame:
+    """One row per cell with every compartment's features, joined through CellProfiler's parent links
+    (Cytoplasm -> Cells and Nuclei, or Cells -> Nuclei); objects without their linked object are left out, with a
+    warning."""
     if "Cytoplasm" in tables:
         anchor = tables["Cytoplasm"]
         _require(anchor, ("Parent_Cells", "Parent_Nuclei"), folder / "Cytoplasm.csv")
@@ -111,8 +104,23 @@ def read_cellprofiler(folder, compartments=("Cells", "Cytoplasm", "Nuclei")) -> 
             warnings.warn(
                 f"{folder / (name + '.csv')}: {before - len(merged)} object(s) have no linked {name} "
                 "object and are left out",
-                stacklevel=2,
+                stacklevel=3,
             )
+    return merged
+
+
+def read_cellprofiler(folder, compartments=("Cells", "Cytoplasm", "Nuclei")) -> tuple[pd.DataFrame, dict]:
+    """One row per cell: Metadata_Plate, Metadata_Well, Metadata_Site, Metadata_ImageNumber,
+    Metadata_ObjectNumber, then ``<Compartment>_<feature>`` columns. Returns (table, report)."""
+    from momil.io.tables import normalise_well
+
+    folder = Path(folder)
+    image = _read(folder / "Image.csv", "image")
+    _require(image, ("ImageNumber",) + IMAGE_KEYS, folder / "Image.csv")
+    tables = {c: _read(folder / f"{c}.csv", c) for c in compartments}
+    for name, table in tables.items():
+        _require(table, ("ImageNumber", "ObjectNumber"), folder / f"{name}.csv")
+    merged = _linked_objects(tables, folder)
     meta = image[["ImageNumber", *IMAGE_KEYS]].copy()
     meta["Metadata_Well"] = [normalise_well(w) for w in meta["Metadata_Well"].astype(str)]
     merged = merged.merge(meta, on="ImageNumber", how="left")
