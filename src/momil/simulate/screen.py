@@ -340,7 +340,6 @@ def simulate(out, settings: SimulateSettings | None = None, show_progress: bool 
     counts = _instance_counts(len(wells), settings, rng)
     plates = list(pd.unique(wells[PLATE]))
     effects = _plate_effects(plates, dict(zip(wells[PLATE], wells[BATCH])), settings, rng)
-    feature_names = [f"f{i:03d}" for i in range(settings.dim)]
 
     with atomic_dir(out, overwrite=settings.overwrite) as tmp:
         (tmp / "truth").mkdir()
@@ -348,70 +347,8 @@ def simulate(out, settings: SimulateSettings | None = None, show_progress: bool 
         if settings.render_images:
             _write_images(tmp, world, wells, counts, effects, settings, rng, show_progress, responder_rows)
         else:
-            schema = pa.schema(
-                [(PLATE, pa.string()), (WELL, pa.string()), (SITE, pa.int32()), ("Metadata_Tile", pa.int32())]
-                + [(n, pa.float32()) for n in feature_names]
-            )
-            with (
-                pq.ParquetWriter(tmp / "instances.parquet", schema) as writer,
-                progress(total=int(counts.sum()), desc="simulate", unit="inst", enabled=show_progress) as bar,
-            ):
-                for plate in plates:
-                    offset, gain = effects[plate]
-                    idx = np.flatnonzero((wells[PLATE] == plate).to_numpy())
-                    blocks, plate_col, well_col, site_col, tile_col = [], [], [], [], []
-                    for i in idx:
-                        x, responders = well_instances(
-                            world, int(wells["_compound"].iat[i]), int(counts[i]), settings, rng
-                        )
-                        blocks.append((x * gain + offset).astype(np.float32))
-                        n_i = int(counts[i])
-                        per_site = int(np.ceil(n_i / settings.sites))
-                        plate_col += [plate] * n_i
-                        well_col += [wells[WELL].iat[i]] * n_i
-                        site_col.append(np.arange(n_i) // per_site + 1)
-                        tile_col.append(np.arange(n_i) % per_site)
-                        for r in np.flatnonzero(responders):
-                            responder_rows.append((plate, wells[WELL].iat[i], int(r)))
-                    block = np.concatenate(blocks)
-                    columns = [
-                        pa.array(plate_col, pa.string()),
-                        pa.array(well_col, pa.string()),
-                        pa.array(np.concatenate(site_col).astype(np.int32)),
-                        pa.array(np.concatenate(tile_col).astype(np.int32)),
-                    ]
-                    columns += [pa.array(block[:, j]) for j in range(settings.dim)]
-                    writer.write_table(pa.Table.from_arrays(columns, schema=schema))
-                    bar.update(len(block))
-        pq.write_table(
-            pa.Table.from_pandas(wells.drop(columns="_compound"), preserve_index=False), tmp / "wells.parquet"
-        )
-        compounds = pd.DataFrame(
-            {
-                COMPOUND: world.compounds,
-                SMILES: pd.array(world.smiles, dtype="string"),
-                INCHIKEY: pd.array(world.inchikeys, dtype="string"),
-            }
-        )
-        pq.write_table(pa.Table.from_pandas(compounds, preserve_index=False), tmp / "compounds.parquet")
-        pq.write_table(pa.Table.from_pandas(labels, preserve_index=False), tmp / "labels.parquet")
-        assays = pd.DataFrame(
-            {"assay": world.assays, "role": world.assay_role, "target_genes": ["|".join(g) for g in world.assay_genes]}
-        )
-        pq.write_table(pa.Table.from_pandas(assays, preserve_index=False), tmp / "assays.parquet")
-        pq.write_table(pa.Table.from_pandas(associations, preserve_index=False), tmp / "associations.parquet")
-        # ground truth for tests and benchmarks
-        truth_assays = assays.assign(latent_target=world.assay_target, kind=world.assay_kind)
-        truth_assays.to_parquet(tmp / "truth" / "assays.parquet", index=False)
-        potency = pd.DataFrame(world.potency, columns=[f"target_{k}" for k in range(settings.n_targets)])
-        potency.insert(0, COMPOUND, world.compounds)
-        potency.to_parquet(tmp / "truth" / "compound_potency.parquet", index=False)
-        pd.DataFrame(responder_rows, columns=[PLATE, WELL, "instance"]).to_parquet(
-            tmp / "truth" / "responders.parquet", index=False
-        )
-        pd.DataFrame(
-            {"target": range(settings.n_targets), "genes": ["|".join(g) for g in world.target_genes]}
-        ).to_parquet(tmp / "truth" / "targets.parquet", index=False)
+            _write_instances(tmp, world, wells, counts, effects, settings, rng, show_progress, responder_rows)
+        _write_tables(tmp, world, wells, labels, associations, responder_rows, settings)
         summary = {
             "mode": settings.mode,
             "wells": int(len(wells)),
@@ -430,6 +367,79 @@ def simulate(out, settings: SimulateSettings | None = None, show_progress: bool 
         }
         write_json_atomic(provenance("simulate", settings, summary=summary), tmp / "simulation.json")
     return summary
+
+
+def _write_instances(
+    tmp: Path, world, wells, counts, effects, settings: SimulateSettings, rng, show_progress, responder_rows
+):
+    """instances.parquet: each well's instances with its plate's effect, plate by plate (``responder_rows`` gets
+    each responding instance)."""
+    feature_names = [f"f{i:03d}" for i in range(settings.dim)]
+    plates = list(pd.unique(wells[PLATE]))
+    schema = pa.schema(
+        [(PLATE, pa.string()), (WELL, pa.string()), (SITE, pa.int32()), ("Metadata_Tile", pa.int32())]
+        + [(n, pa.float32()) for n in feature_names]
+    )
+    with (
+        pq.ParquetWriter(tmp / "instances.parquet", schema) as writer,
+        progress(total=int(counts.sum()), desc="simulate", unit="inst", enabled=show_progress) as bar,
+    ):
+        for plate in plates:
+            offset, gain = effects[plate]
+            idx = np.flatnonzero((wells[PLATE] == plate).to_numpy())
+            blocks, plate_col, well_col, site_col, tile_col = [], [], [], [], []
+            for i in idx:
+                x, responders = well_instances(world, int(wells["_compound"].iat[i]), int(counts[i]), settings, rng)
+                blocks.append((x * gain + offset).astype(np.float32))
+                n_i = int(counts[i])
+                per_site = int(np.ceil(n_i / settings.sites))
+                plate_col += [plate] * n_i
+                well_col += [wells[WELL].iat[i]] * n_i
+                site_col.append(np.arange(n_i) // per_site + 1)
+                tile_col.append(np.arange(n_i) % per_site)
+                for r in np.flatnonzero(responders):
+                    responder_rows.append((plate, wells[WELL].iat[i], int(r)))
+            block = np.concatenate(blocks)
+            columns = [
+                pa.array(plate_col, pa.string()),
+                pa.array(well_col, pa.string()),
+                pa.array(np.concatenate(site_col).astype(np.int32)),
+                pa.array(np.concatenate(tile_col).astype(np.int32)),
+            ]
+            columns += [pa.array(block[:, j]) for j in range(settings.dim)]
+            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+            bar.update(len(block))
+
+
+def _write_tables(tmp: Path, world, wells, labels, associations, responder_rows, settings: SimulateSettings):
+    """The screen's input tables (wells, compounds, labels, assays, associations) and its ground truth."""
+    pq.write_table(pa.Table.from_pandas(wells.drop(columns="_compound"), preserve_index=False), tmp / "wells.parquet")
+    compounds = pd.DataFrame(
+        {
+            COMPOUND: world.compounds,
+            SMILES: pd.array(world.smiles, dtype="string"),
+            INCHIKEY: pd.array(world.inchikeys, dtype="string"),
+        }
+    )
+    pq.write_table(pa.Table.from_pandas(compounds, preserve_index=False), tmp / "compounds.parquet")
+    pq.write_table(pa.Table.from_pandas(labels, preserve_index=False), tmp / "labels.parquet")
+    assays = pd.DataFrame(
+        {"assay": world.assays, "role": world.assay_role, "target_genes": ["|".join(g) for g in world.assay_genes]}
+    )
+    pq.write_table(pa.Table.from_pandas(assays, preserve_index=False), tmp / "assays.parquet")
+    pq.write_table(pa.Table.from_pandas(associations, preserve_index=False), tmp / "associations.parquet")
+    # ground truth for tests and benchmarks
+    truth_assays = assays.assign(latent_target=world.assay_target, kind=world.assay_kind)
+    truth_assays.to_parquet(tmp / "truth" / "assays.parquet", index=False)
+    potency = pd.DataFrame(world.potency, columns=[f"target_{k}" for k in range(settings.n_targets)])
+    potency.insert(0, COMPOUND, world.compounds)
+    potency.to_parquet(tmp / "truth" / "compound_potency.parquet", index=False)
+    pd.DataFrame(responder_rows, columns=[PLATE, WELL, "instance"]).to_parquet(
+        tmp / "truth" / "responders.parquet", index=False
+    )
+    pd.DataFrame({"target": range(settings.n_targets), "genes": ["|".join(g) for g in world.target_genes]}).to_parquet(
+        tmp / "truth" / "targets.parquet", index=False
+    )
 
 
 def compound_classes(screen) -> pd.Series:
