@@ -82,11 +82,6 @@ def probe_unseen(
     fold -> model file whose assays include the primary and exclude the unseen assay), and a single-task model on
     each unseen assay when ``stl`` is given. Rows: assay, primary, source, shots, auc_mean, auc_sd, draws,
     n_compounds."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     settings = settings or ProbeSettings()
     shots = shot_counts(settings.shots)
     rotations = sorted(model_paths) if rotations is None else rotations
@@ -95,9 +90,8 @@ def probe_unseen(
     bar = progress(total=len(unseen), desc=f"probes ({label})", unit="assay", enabled=show_progress)
     for assay, primary in unseen.items():
         bar.update(1)
-        # per shot count and draw, the pooled compound-level test predictions
-        pooled: dict[tuple[int, int], list[pd.DataFrame]] = {}
-        stl_frames = []
+        pooled: dict[tuple[int, int], list[pd.DataFrame]] = {}  # per (shots, draw): compound-level test predictions
+        stl_frames: list[pd.DataFrame] = []
         for k in rotations:
             model, _ = load_model(model_paths[k], device)
             if assay in model.assays:
@@ -110,70 +104,101 @@ def probe_unseen(
             if len(te_wells) == 0 or len(np.unique(tr_y)) < 2:
                 continue
             head = model.assays.index(primary)
-            tr_x = embed_all({"m": model}, store, tr_wells, device, head=head)["m"]
-            te_x = embed_all({"m": model}, store, te_wells, device, head=head)["m"]
-            tr_c = store.wells[COMPOUND].to_numpy()[tr_wells]
-            te_c = store.wells[COMPOUND].to_numpy()[te_wells]
-            for n in shots:
-                for r in range(1 if n == 0 else settings.repeats):
-                    rng = np.random.default_rng([settings.seed, k, n, r])
-                    keep = _draw(tr_wells, tr_y, tr_c, n, rng)
-                    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-                    clf.fit(tr_x[keep], tr_y[keep])
-                    prob = clf.predict_proba(te_x)[:, 1]
-                    pooled.setdefault((n, r), []).append(
-                        pd.DataFrame({COMPOUND: te_c, "label": te_y, "probability": prob})
-                    )
+            probe = _Probe(store, tr_wells, tr_y, te_wells, te_y, k)
+            probe.shots(model, head, shots, settings, pooled, device)
             if stl is not None:
-                pairs = WellPairs.build(store.wells, labels, [assay])
                 folder = Path(work) / f"stl-{safe_name(assay, 30)}-rot{k}" if work else None
-                result = fit(
-                    store, pairs, parts["train"], parts["val"], np.ones(1, bool), stl, folder, show_progress=False
-                )
-                prob = predict_all(result.model, store, te_wells, device)[:, 0]
-                stl_frames.append(pd.DataFrame({COMPOUND: te_c, "label": te_y, "probability": prob}))
-
-        def compound_auc(frames):
-            both = (
-                pd.concat(frames).groupby(COMPOUND).agg(label=("label", "first"), probability=("probability", "mean"))
-            )
-            if both["label"].nunique() < 2:
-                return float("nan"), len(both)
-            return float(roc_auc_score(both["label"], both["probability"])), len(both)
-
-        for n in shots:
-            aucs = [compound_auc(frames) for (m, _), frames in pooled.items() if m == n]
-            values = [a for a, _ in aucs if not np.isnan(a)]
-            rows.append(
-                {
-                    "assay": assay,
-                    "primary": primary,
-                    "source": label,
-                    "shots": "all" if n == 0 else n,
-                    "auc_mean": float(np.mean(values)) if values else float("nan"),
-                    "auc_sd": float(np.std(values)) if values else float("nan"),
-                    "draws": len(values),
-                    "n_compounds": aucs[0][1] if aucs else 0,
-                }
-            )
-        if stl_frames:
-            auc, count = compound_auc(stl_frames)
-            rows.append(
-                {
-                    "assay": assay,
-                    "primary": primary,
-                    "source": "single-task model on the assay",
-                    "shots": "all",
-                    "auc_mean": auc,
-                    "auc_sd": 0.0,
-                    "draws": 1,
-                    "n_compounds": count,
-                }
-            )
+                stl_frames.append(probe.single_task(labels, assay, parts, stl, folder, device))
+        rows += _rows(assay, primary, label, shots, pooled, stl_frames)
     bar.close()
     return pd.DataFrame(
         rows, columns=["assay", "primary", "source", "shots", "auc_mean", "auc_sd", "draws", "n_compounds"]
     )
+
+
+@dataclasses.dataclass
+class _Probe:
+    """One rotation's wells of an unseen assay: its labelled training and test wells and their labels."""
+
+    store: InstanceStore
+    tr_wells: np.ndarray
+    tr_y: np.ndarray
+    te_wells: np.ndarray
+    te_y: np.ndarray
+    rotation: int
+
+    def frame(self, probability: np.ndarray) -> pd.DataFrame:
+        te_c = self.store.wells[COMPOUND].to_numpy()[self.te_wells]
+        return pd.DataFrame({COMPOUND: te_c, "label": self.te_y, "probability": probability})
+
+    def shots(self, model, head: int, shots: list[int], settings: ProbeSettings, pooled: dict, device) -> None:
+        """A logistic regression on the head's embeddings for each shot count and draw, added to ``pooled``."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        tr_x = embed_all({"m": model}, self.store, self.tr_wells, device, head=head)["m"]
+        te_x = embed_all({"m": model}, self.store, self.te_wells, device, head=head)["m"]
+        tr_c = self.store.wells[COMPOUND].to_numpy()[self.tr_wells]
+        for n in shots:
+            for r in range(1 if n == 0 else settings.repeats):
+                rng = np.random.default_rng([settings.seed, self.rotation, n, r])
+                keep = _draw(self.tr_wells, self.tr_y, tr_c, n, rng)
+                clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+                clf.fit(tr_x[keep], self.tr_y[keep])
+                pooled.setdefault((n, r), []).append(self.frame(clf.predict_proba(te_x)[:, 1]))
+
+    def single_task(self, labels, assay: str, parts: dict, stl: TrainSettings, folder, device) -> pd.DataFrame:
+        """A single-task model trained on the assay itself (the reference the probes are read against)."""
+        pairs = WellPairs.build(self.store.wells, labels, [assay])
+        result = fit(
+            self.store, pairs, parts["train"], parts["val"], np.ones(1, bool), stl, folder, show_progress=False
+        )
+        return self.frame(predict_all(result.model, self.store, self.te_wells, device)[:, 0])
+
+
+def _compound_auc(frames: list[pd.DataFrame]) -> tuple[float, int]:
+    """Compound-level ROC-AUC of pooled well predictions (mean per compound) and the number of compounds."""
+    from sklearn.metrics import roc_auc_score
+
+    both = pd.concat(frames).groupby(COMPOUND).agg(label=("label", "first"), probability=("probability", "mean"))
+    if both["label"].nunique() < 2:
+        return float("nan"), len(both)
+    return float(roc_auc_score(both["label"], both["probability"])), len(both)
+
+
+def _rows(assay: str, primary: str, label: str, shots: list[int], pooled: dict, stl_frames: list) -> list[dict]:
+    rows = []
+    for n in shots:
+        aucs = [_compound_auc(frames) for (m, _), frames in pooled.items() if m == n]
+        values = [a for a, _ in aucs if not np.isnan(a)]
+        rows.append(
+            {
+                "assay": assay,
+                "primary": primary,
+                "source": label,
+                "shots": "all" if n == 0 else n,
+                "auc_mean": float(np.mean(values)) if values else float("nan"),
+                "auc_sd": float(np.std(values)) if values else float("nan"),
+                "draws": len(values),
+                "n_compounds": aucs[0][1] if aucs else 0,
+            }
+        )
+    if stl_frames:
+        auc, count = _compound_auc(stl_frames)
+        rows.append(
+            {
+                "assay": assay,
+                "primary": primary,
+                "source": "single-task model on the assay",
+                "shots": "all",
+                "auc_mean": auc,
+                "auc_sd": 0.0,
+                "draws": 1,
+                "n_compounds": count,
+            }
+        )
+    return rows
 
 
 def choose_unseen(selection_tables: list[pd.DataFrame], labels: LabelMatrix, limit: int = 12) -> dict[str, str]:
