@@ -121,8 +121,7 @@ def run_benchmark(
     show_progress: bool = True,
 ) -> BenchmarkResult:
     """Run every method (reusing finished runs) and write the report folder ``out``."""
-    from momil.protocol.cv import CVSettings, cross_validate
-    from momil.protocol.scoring import attach_labels, paired_bootstrap
+    from momil.protocol.cv import CVSettings
     from momil.training.settings import TrainSettings
 
     settings = settings or BenchmarkSettings()
@@ -151,49 +150,12 @@ def run_benchmark(
         )
     scored, seconds = {}, {}
     for name in methods:
-        label, train_over, cv_over = METHODS[name]
-        folder = out / "runs" / name
-        started = time.perf_counter()
-        method_cv = dataclasses.replace(cv, **cv_over, overwrite=False)
-        if method_cv.select:  # the shared selection made above
-            method_cv = dataclasses.replace(method_cv, select=False)
-        else:
-            method_cv = dataclasses.replace(method_cv, selection="")
-        if _finished(folder):
-            _check_reusable(folder, name, method_cv, dataclasses.replace(train, **train_over), impute)
-        else:
-            if show_progress:
-                print(f"benchmark: {name} ({label})", flush=True)
-            cross_validate(
-                store,
-                labels,
-                folds,
-                primary,
-                folder,
-                method_cv,
-                dataclasses.replace(train, **train_over),
-                show_progress=show_progress,
-                assays_frame=assays,
-                associations=associations,
-                select=select,
-                impute=impute,
-            )
-        compounds = read_parquet_frame(folder / "compound_predictions.parquet", "compound predictions")
-        scored[name] = attach_labels(compounds, labels)
-        with atomic_path(out / "scored" / f"{name}.parquet") as tmp:
-            scored[name].to_parquet(tmp, index=False)
-        summary = read_json(folder / "summary.json", "cross-validation summary")
-        seconds[name] = float(summary.get("summary", {}).get("seconds", time.perf_counter() - started))
-
+        scored[name], seconds[name] = _run_method(
+            name, store, labels, folds, primary, out, cv, train, select, impute, assays, associations, show_progress
+        )
     table = auc_table(scored, primary, methods)
     focus = settings.focus if settings.focus in scored else methods[-1]
-    tests = []
-    for other in methods:
-        if other == focus:
-            continue
-        test = paired_bootstrap(scored[focus], scored[other], primary, settings.n_boot, seed=0)
-        tests.append(test.assign(focus=focus, other=other))
-    pvalues = pd.concat(tests, ignore_index=True) if tests else pd.DataFrame()
+    pvalues = _bootstrap_tests(scored, focus, methods, primary, settings.n_boot)
     write_report(out, table, pvalues, focus, settings.reference, methods, seconds)
     table3 = None
     if settings.probes and {"momil-as", "momil-stl"} <= set(methods):
@@ -214,6 +176,61 @@ def run_benchmark(
 
     render_report(out)
     return BenchmarkResult(table, pvalues, scored, seconds, table3)
+
+
+def _run_method(name, store, labels, folds, primary, out, cv, train, select, impute, assays, associations, show):
+    """One method's cross-validation (reused when its folder holds a finished one with the same settings); its
+    labelled compound predictions and seconds."""
+    from momil.protocol.cv import cross_validate
+    from momil.protocol.scoring import attach_labels
+
+    label, train_over, cv_over = METHODS[name]
+    folder = out / "runs" / name
+    started = time.perf_counter()
+    method_cv = dataclasses.replace(cv, **cv_over, overwrite=False)
+    if method_cv.select:  # the shared selection made by run_benchmark
+        method_cv = dataclasses.replace(method_cv, select=False)
+    else:
+        method_cv = dataclasses.replace(method_cv, selection="")
+    method_train = dataclasses.replace(train, **train_over)
+    if _finished(folder):
+        _check_reusable(folder, name, method_cv, method_train, impute)
+    else:
+        if show:
+            print(f"benchmark: {name} ({label})", flush=True)
+        cross_validate(
+            store,
+            labels,
+            folds,
+            primary,
+            folder,
+            method_cv,
+            method_train,
+            show_progress=show,
+            assays_frame=assays,
+            associations=associations,
+            select=select,
+            impute=impute,
+        )
+    compounds = read_parquet_frame(folder / "compound_predictions.parquet", "compound predictions")
+    scored = attach_labels(compounds, labels)
+    with atomic_path(out / "scored" / f"{name}.parquet") as tmp:
+        scored.to_parquet(tmp, index=False)
+    summary = read_json(folder / "summary.json", "cross-validation summary")
+    return scored, float(summary.get("summary", {}).get("seconds", time.perf_counter() - started))
+
+
+def _bootstrap_tests(scored: dict, focus: str, methods: list[str], primary: list[str], n_boot: int) -> pd.DataFrame:
+    """Paired bootstrap tests of ``focus`` against every other method."""
+    from momil.protocol.scoring import paired_bootstrap
+
+    tests = []
+    for other in methods:
+        if other == focus:
+            continue
+        test = paired_bootstrap(scored[focus], scored[other], primary, n_boot, seed=0)
+        tests.append(test.assign(focus=focus, other=other))
+    return pd.concat(tests, ignore_index=True) if tests else pd.DataFrame()
 
 
 def _select_once(store, labels, folds, assays, associations, out: Path, cv, train, select, show_progress) -> Path:
