@@ -141,74 +141,23 @@ class ExtractResult:
     tiles_per_second: float | None
 
 
-def extract(
-    load_data,
-    wells,
-    out,
-    field: FieldSettings | None = None,
-    settings: ExtractSettings | None = None,
-    root=None,
-    show_progress: bool = True,
-):
-    """Embed every field of ``load_data`` (a LoadData table) into a new store ``out``; returns the store.
-
-    ``wells`` is the contract's wells table (compound and control type of every plate/well); ``root`` resolves
-    relative PathName_ columns (default: the LoadData file's folder). Returns an :class:`ExtractResult`."""
-    from momil.device import resolve_device
-    from momil.io.store import InstanceStore, StoreWriter
-
-    field = field or FieldSettings()
-    settings = settings or ExtractSettings()
-    if field.size and field.tile > field.size:
-        raise MomilError(
-            f"--tile {field.tile} is larger than the resized field (--size {field.size}) -- choose a "
-            "tile of at most the field size"
-        )
-    out = check_output(
-        out,
-        "dir",
-        {"--load-data": load_data, "--wells": wells, "--weights": settings.weights or None},
-        settings.overwrite,
-    )
-    table, available = read_load_data(load_data)
-    well_table = read_wells(wells)
-    root = Path(root) if root else Path(load_data).parent
-    channels = channel_map(field, available)
-    names = [m for m, _ in channels]
-    if field.nuclei_channel not in names:
-        raise MomilError(f"nuclei_channel {field.nuclei_channel!r} is not a model channel ({', '.join(names)})")
-    nuclei = names.index(field.nuclei_channel)
-    require_listed_fields(table, well_table, load_data)
-    device = resolve_device(settings.device)
-    if not settings.weights:
-        warnings.warn(
-            "no --weights: the backbone has random weights (pretrain one with `momil pretrain` or name "
-            "a DINO / DINOv2 checkpoint)",
-            stacklevel=2,
-        )
-    torch.manual_seed(0)  # random weights, when used, are the same every run
-    model = make_backbone(settings.backbone, len(channels), field.tile, settings.weights or None).to(device).eval()
-
+def _prepare_cache(out: Path, signature: str) -> Path:
+    """The folder of per-field embeddings beside ``out`` (kept across interrupted runs with the same settings,
+    started again otherwise; temporaries a killed run left are removed)."""
     cache = out.parent / f"{out.name}.extract"
-    signature = _signature(field, settings, channels)
     stamp = cache / "signature.txt"
     if cache.exists() and (not stamp.exists() or stamp.read_text() != signature):
         shutil.rmtree(cache)  # made with other settings: start again
     (cache / "fields").mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(cache / "fields", "*")  # fields a killed run was writing
     stamp.write_text(signature)
+    return cache
 
-    order = table.sort_values([PLATE, WELL, SITE], kind="stable")
-    rows = [(int(i), row) for i, row in order.iterrows()]
-    todo = [(i, row) for i, row in rows if not (cache / "fields" / f"{_field_key(row)}.npz").exists()]
-    skipped = read_json(cache / "skipped.json", "extraction cache record") if (cache / "skipped.json").exists() else []
-    started = time.perf_counter()
-    n_tiles = _embed_fields(todo, channels, field, root, nuclei, model, device, settings, cache, skipped, show_progress)
-    with atomic_path(cache / "skipped.json") as tmp:
-        tmp.write_text(json.dumps(skipped, indent=1))
 
-    # assemble the store, one bag per well
-    dim = int(model.num_features)
+def _assemble(out, cache, order, well_table, dim, settings, field, load_data, wells, channels, root, skipped):
+    """The store from the cached field embeddings, one bag per well (in plate, well, site order)."""
+    from momil.io.store import StoreWriter
+
     with StoreWriter.create(
         out,
         dim=dim,
@@ -250,6 +199,69 @@ def extract(
                 skipped_fields=len(skipped),
             )
         )
+
+
+def extract(
+    load_data,
+    wells,
+    out,
+    field: FieldSettings | None = None,
+    settings: ExtractSettings | None = None,
+    root=None,
+    show_progress: bool = True,
+):
+    """Embed every field of ``load_data`` (a LoadData table) into a new store ``out``; returns the store.
+
+    ``wells`` is the contract's wells table (compound and control type of every plate/well); ``root`` resolves
+    relative PathName_ columns (default: the LoadData file's folder). Returns an :class:`ExtractResult`."""
+    from momil.device import resolve_device
+    from momil.io.store import InstanceStore
+
+    field = field or FieldSettings()
+    settings = settings or ExtractSettings()
+    if field.size and field.tile > field.size:
+        raise MomilError(
+            f"--tile {field.tile} is larger than the resized field (--size {field.size}) -- choose a "
+            "tile of at most the field size"
+        )
+    out = check_output(
+        out,
+        "dir",
+        {"--load-data": load_data, "--wells": wells, "--weights": settings.weights or None},
+        settings.overwrite,
+    )
+    table, available = read_load_data(load_data)
+    well_table = read_wells(wells)
+    root = Path(root) if root else Path(load_data).parent
+    channels = channel_map(field, available)
+    names = [m for m, _ in channels]
+    if field.nuclei_channel not in names:
+        raise MomilError(f"nuclei_channel {field.nuclei_channel!r} is not a model channel ({', '.join(names)})")
+    nuclei = names.index(field.nuclei_channel)
+    require_listed_fields(table, well_table, load_data)
+    device = resolve_device(settings.device)
+    if not settings.weights:
+        warnings.warn(
+            "no --weights: the backbone has random weights (pretrain one with `momil pretrain` or name "
+            "a DINO / DINOv2 checkpoint)",
+            stacklevel=2,
+        )
+    torch.manual_seed(0)  # random weights, when used, are the same every run
+    model = make_backbone(settings.backbone, len(channels), field.tile, settings.weights or None).to(device).eval()
+
+    cache = _prepare_cache(out, _signature(field, settings, channels))
+
+    order = table.sort_values([PLATE, WELL, SITE], kind="stable")
+    rows = [(int(i), row) for i, row in order.iterrows()]
+    todo = [(i, row) for i, row in rows if not (cache / "fields" / f"{_field_key(row)}.npz").exists()]
+    skipped = read_json(cache / "skipped.json", "extraction cache record") if (cache / "skipped.json").exists() else []
+    started = time.perf_counter()
+    n_tiles = _embed_fields(todo, channels, field, root, nuclei, model, device, settings, cache, skipped, show_progress)
+    with atomic_path(cache / "skipped.json") as tmp:
+        tmp.write_text(json.dumps(skipped, indent=1))
+
+    dim = int(model.num_features)
+    _assemble(out, cache, order, well_table, dim, settings, field, load_data, wells, channels, root, skipped)
     store = InstanceStore(out)
     shutil.rmtree(cache, ignore_errors=True)
     seconds = time.perf_counter() - started
