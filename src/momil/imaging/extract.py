@@ -287,6 +287,44 @@ def reader_count(readers: int, device) -> int:
     return 1
 
 
+class _TileBuffer:
+    """Tiles of finished reads waiting to be embedded together; each field is written once its tiles are."""
+
+    def __init__(self, model, device, cache: Path):
+        from momil.device import autocast_for
+
+        self.model, self.device, self.cache = model, device, cache
+        self.autocast = autocast_for(device)
+        self.pending: list[dict] = []  # fields whose tiles wait in the buffer
+        self.buffer: list[np.ndarray] = []
+        self.buffered = 0
+        self.done_tiles = 0
+
+    def add(self, info: dict, tiles: np.ndarray) -> None:
+        self.pending.append(info)
+        if len(tiles):
+            self.buffer.append(tiles)
+            self.buffered += len(tiles)
+
+    def flush(self) -> None:
+        if not self.buffered:
+            for info in self.pending:
+                _save_field(self.cache, info, np.zeros((0, self.model.num_features), np.float32))
+            self.pending = []
+            return
+        batch = torch.from_numpy(np.concatenate(self.buffer)).to(self.device)
+        with torch.inference_mode(), self.autocast:
+            embedded = self.model(batch).float().cpu().numpy()
+        start = 0
+        for info in self.pending:
+            n = info["n"]
+            _save_field(self.cache, info, embedded[start : start + n])
+            fault_point("extract.field")
+            start += n
+        self.done_tiles += self.buffered
+        self.buffer, self.buffered, self.pending = [], 0, []
+
+
 def _embed_fields(
     todo,
     channels,
@@ -316,34 +354,8 @@ def _embed_fields(
     ]
     for thread in threads:
         thread.start()
-    pending: list[tuple[dict, np.ndarray]] = []  # fields whose tiles wait in the buffer
-    buffer: list[np.ndarray] = []
-    buffered = 0
-    done_tiles = 0
+    tiles_out = _TileBuffer(model, device, cache)
     finished_readers = 0
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    )
-
-    def flush():
-        nonlocal buffer, buffered, pending, done_tiles
-        if not buffered:
-            for info, _ in pending:
-                _save_field(cache, info, np.zeros((0, model.num_features), np.float32))
-            pending = []
-            return
-        batch = torch.from_numpy(np.concatenate(buffer)).to(device)
-        with torch.inference_mode(), autocast:
-            embedded = model(batch).float().cpu().numpy()
-        start = 0
-        for info, _ in pending:
-            n = info["n"]
-            _save_field(cache, info, embedded[start : start + n])
-            fault_point("extract.field")
-            start += n
-        done_tiles += buffered
-        buffer, buffered, pending = [], 0, []
-
     try:
         with progress(total=len(todo), desc="extract", unit="field", enabled=show_progress) as bar:
             while finished_readers < len(threads):
@@ -353,15 +365,8 @@ def _embed_fields(
                     continue
                 _, _, tiles, where, error = item
                 row = todo[item[0]][1]
-                if isinstance(error, _ReaderFailure):
-                    raise MomilError(
-                        f"reading field plate {row[PLATE]} well {row[WELL]} site {row[SITE]} failed: "
-                        f"{type(error.error).__name__}: {error.error}"
-                    ) from error.error
                 if error is not None:
-                    if field.on_missing == "stop":
-                        raise error
-                    skipped.append({PLATE: row[PLATE], WELL: row[WELL], SITE: row[SITE], "problem": str(error)})
+                    _field_problem(row, error, field.on_missing, skipped)
                     bar.update(1)
                     continue
                 info = {
@@ -370,20 +375,30 @@ def _embed_fields(
                     "tile_y": where["Metadata_TileY"].to_numpy(),
                     "tile_x": where["Metadata_TileX"].to_numpy(),
                 }
-                pending.append((info, tiles))
-                if len(tiles):
-                    buffer.append(tiles)
-                    buffered += len(tiles)
-                if buffered >= settings.batch_tiles:
-                    flush()
+                tiles_out.add(info, tiles)
+                if tiles_out.buffered >= settings.batch_tiles:
+                    tiles_out.flush()
                 bar.update(1)
-                bar.set_postfix(tiles_per_s=f"{done_tiles / max(bar.format_dict['elapsed'], 1e-9):.1f}")
-            flush()
+                bar.set_postfix(tiles_per_s=f"{tiles_out.done_tiles / max(bar.format_dict['elapsed'], 1e-9):.1f}")
+            tiles_out.flush()
     finally:
         stop.set()
         for thread in threads:
             thread.join(timeout=5)
-    return done_tiles
+    return tiles_out.done_tiles
+
+
+def _field_problem(row, error: Exception, on_missing: str, skipped: list) -> None:
+    """A field a reader could not use: a reader failure or, with ``on_missing="stop"``, the error is raised; a
+    missing or unreadable file is otherwise recorded in ``skipped``."""
+    if isinstance(error, _ReaderFailure):
+        raise MomilError(
+            f"reading field plate {row[PLATE]} well {row[WELL]} site {row[SITE]} failed: "
+            f"{type(error.error).__name__}: {error.error}"
+        ) from error.error
+    if on_missing == "stop":
+        raise error
+    skipped.append({PLATE: row[PLATE], WELL: row[WELL], SITE: row[SITE], "problem": str(error)})
 
 
 def _save_field(cache: Path, info: dict, features: np.ndarray) -> None:
