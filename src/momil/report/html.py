@@ -22,6 +22,7 @@ from momil.io.atomic import atomic_path, safe_name
 from momil.io.readers import read_json, read_parquet_frame
 from momil.io.tables import read_table
 from momil.report import figures
+from momil.report.paper_tables import TABLE3_NOTE, table2_cells, table3_cells
 
 
 def _esc(value) -> str:
@@ -74,6 +75,22 @@ def field_file_name(plate, well, site) -> str:
     return safe_name(f"{plate}_{well}_{site}")
 
 
+class _Figure:
+    """Saves a matplotlib figure as PNG + SVG under ``figures/`` beside the page and returns its HTML (the PNG
+    inline, a link to the SVG)."""
+
+    def __init__(self, target_folder: Path):
+        self.target_folder = target_folder
+        self.folder = target_folder / "figures"
+
+    def __call__(self, fig, name: str, caption: str = "") -> str:
+        png, svg = figures.save_figure(fig, self.folder, name)
+        data = base64.b64encode(png.read_bytes()).decode()
+        link = os.path.relpath(svg, self.target_folder)
+        note = f"<p class='note'>{_esc(caption)} <a href='{_esc(link)}'>SVG</a></p>"
+        return f"<figure><img alt='{_esc(name)}' src='data:image/png;base64,{data}'/>{note}</figure>"
+
+
 def render_report(folder, out=None) -> Path:
     """Write ``folder``/report.html (or ``out``) from a `momil benchmark` folder."""
     folder = Path(folder)
@@ -90,14 +107,29 @@ def render_report(folder, out=None) -> Path:
     primary = [
         c for c in table.columns if c not in ("method", "label", "mean", "mean_per_rotation", "mean_pr_auc", "seconds")
     ]
-
     body = [
         f"<h1>momil benchmark</h1><p class='note'>{_esc(folder.resolve())} &mdash; momil "
         f"{_esc(record.get('momil_version', ''))}, made {_esc(record.get('created', ''))}; methods: "
         f"{_esc(', '.join(table['label']))}</p>"
     ]
+    body += _table2_section(folder, table, record, labels_of)
+    target = Path(out) if out else folder / "report.html"
+    figure = _Figure(target.parent)
+    body += _figure_sections(folder, scored, primary, labels_of, record, figure)
+    body += _attention_section(folder, figure)
+    page = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>momil benchmark</title><style>{STYLE}</style>"
+        f"</head><body>{''.join(body)}</body></html>"
+    )
+    with atomic_path(target) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return target
+
+
+def _table2_section(folder: Path, table: pd.DataFrame, record: dict, labels_of: dict) -> list[str]:
+    """Table 2 with its bootstrap marks, and the p-values of the focus method against each other one."""
+    body = []
     body.append("<h2>Table 2: compound-level ROC-AUC of the primary assays</h2>")
-    from momil.report.paper_tables import TABLE3_NOTE, table2_cells, table3_cells
 
     pvalues = read_table(folder / "pvalues.csv", dtype_str=("assay",)) if (folder / "pvalues.csv").exists() else None
     pvalues = pvalues if pvalues is not None and len(pvalues) else pd.DataFrame(columns=["assay", "other", "p_value"])
@@ -114,17 +146,12 @@ def render_report(folder, out=None) -> Path:
         focus_label = labels_of.get(pvalues["focus"].iloc[0], pvalues["focus"].iloc[0])
         body.append(f"<h3>Paired one-sided bootstrap: {_esc(focus_label)} better than &hellip;</h3>")
         body.append(table_html(text))
-    target = Path(out) if out else folder / "report.html"
-    target_folder = target.parent
-    figures_folder = target_folder / "figures"
+    return body
 
-    def figure(fig, name: str, caption: str = "") -> str:
-        png, svg = figures.save_figure(fig, figures_folder, name)
-        data = base64.b64encode(png.read_bytes()).decode()
-        link = os.path.relpath(svg, target_folder)
-        note = f"<p class='note'>{_esc(caption)} <a href='{_esc(link)}'>SVG</a></p>"
-        return f"<figure><img alt='{_esc(name)}' src='data:image/png;base64,{data}'/>{note}</figure>"
 
+def _figure_sections(folder: Path, scored: dict, primary: list, labels_of: dict, record: dict, figure) -> list[str]:
+    """Per-assay AUC bars, ROC curves, the selection funnel, imputed labels, the store's mAP and Table 3."""
+    body = []
     if scored:
         aucs = figures.auc_table(scored, primary, n_boot=BOOTSTRAP, seed=0)
         body.append("<h2>Per-assay AUC</h2>")
@@ -158,35 +185,36 @@ def render_report(folder, out=None) -> Path:
         body.append("<h2>Table 3: unseen assays, few-shot probes on a primary head</h2>")
         table3 = read_table(folder / "table3.csv", dtype_str=("assay", "primary", "source", "shots"))
         body.append(table_html(table3_cells(table3), note=TABLE3_NOTE) if len(table3) else "<p>No unseen assay.</p>")
-    if (folder / "attention.parquet").exists():
-        attention = read_parquet_frame(folder / "attention.parquet", "attention table")
-        body.append("<h2>Attention over the instances of top-scored active test wells</h2>")
-        groups = attention.groupby(["Metadata_Plate", "Metadata_Well", "assay"], sort=False)
-        for n, ((plate, well, assay), frame) in enumerate(groups):
-            title = (
-                f"{assay}: plate {plate}, well {well}, compound {frame['Metadata_Compound'].iloc[0]}, "
-                f"probability {frame['probability'].iloc[0]:.3f}"
-            )
-            body.append(f"<h4>{_esc(title)}</h4>")
-            body.append(figure(figures.attention_bars(frame, "attention per instance"), f"attention_{n}"))
-            for site, tiles in frame.groupby("Metadata_Site") if "Metadata_TileY" in frame else []:
-                png = folder / "fields" / f"{field_file_name(plate, well, site)}.png"
-                info = folder / "fields" / f"{field_file_name(plate, well, site)}.json"
-                if png.exists() and info.exists():
-                    import matplotlib.image
+    return body
 
-                    meta = read_json(info, "field view record")
-                    rgb = matplotlib.image.imread(png)[..., :3]
-                    view = figures.attention_field(rgb, meta["scale"], meta["tile"], tiles, f"site {site}")
-                    body.append(figure(view, f"attention_{n}_site_{safe_name(str(site), 20)}", "tiles by attention"))
-        body.append(
-            "<p class='note'>Attention weight per instance of the focus method's head (rotation 0 model), the three "
-            "largest in red; on the field, each tile shaded by its weight.</p>"
+
+def _attention_section(folder: Path, figure) -> list[str]:
+    """Attention over the instances (and tiles on the field) of the top-scored active test wells."""
+    body = []
+    if not (folder / "attention.parquet").exists():
+        return body
+    attention = read_parquet_frame(folder / "attention.parquet", "attention table")
+    body.append("<h2>Attention over the instances of top-scored active test wells</h2>")
+    groups = attention.groupby(["Metadata_Plate", "Metadata_Well", "assay"], sort=False)
+    for n, ((plate, well, assay), frame) in enumerate(groups):
+        title = (
+            f"{assay}: plate {plate}, well {well}, compound {frame['Metadata_Compound'].iloc[0]}, "
+            f"probability {frame['probability'].iloc[0]:.3f}"
         )
-    page = (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>momil benchmark</title><style>{STYLE}</style>"
-        f"</head><body>{''.join(body)}</body></html>"
+        body.append(f"<h4>{_esc(title)}</h4>")
+        body.append(figure(figures.attention_bars(frame, "attention per instance"), f"attention_{n}"))
+        for site, tiles in frame.groupby("Metadata_Site") if "Metadata_TileY" in frame else []:
+            png = folder / "fields" / f"{field_file_name(plate, well, site)}.png"
+            info = folder / "fields" / f"{field_file_name(plate, well, site)}.json"
+            if png.exists() and info.exists():
+                import matplotlib.image
+
+                meta = read_json(info, "field view record")
+                rgb = matplotlib.image.imread(png)[..., :3]
+                view = figures.attention_field(rgb, meta["scale"], meta["tile"], tiles, f"site {site}")
+                body.append(figure(view, f"attention_{n}_site_{safe_name(str(site), 20)}", "tiles by attention"))
+    body.append(
+        "<p class='note'>Attention weight per instance of the focus method's head (rotation 0 model), the three "
+        "largest in red; on the field, each tile shaded by its weight.</p>"
     )
-    with atomic_path(target) as tmp:
-        tmp.write_text(page, encoding="utf-8")
-    return target
+    return body
