@@ -20,25 +20,8 @@ DEMO_TRAIN = preset_values("quick", "train")  # the 2-core settings: `momil cv -
 DEMO_GRID = preset_values("quick", "cv")
 
 
-def run_demo(
-    out: Path, n_compounds: int = 600, show_progress: bool = True, rotations: str = "all", epochs: int | None = None
-) -> dict:
-    from momil.io.contract import COMPOUND, CONTROL, align_labels, read_compounds, read_labels, read_wells
-    from momil.io.ingest import IngestSettings, ingest
-    from momil.io.provenance import provenance
-    from momil.io.tables import write_table_atomic
-    from momil.prep.correct import CorrectSettings, correct, plate_variance_fraction
-    from momil.prep.splits import SplitSettings, split
+def _simulate_step(out: Path, n_compounds: int, show_progress: bool) -> dict:
     from momil.simulate.screen import SimulateSettings, simulate
-
-    out = Path(out)
-    if out.exists():
-        if not (out / "screen" / "simulation.json").exists() and any(out.iterdir()):
-            raise MomilError(f"{out}: exists and does not hold an earlier demo -- choose another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    started = time.perf_counter()
-    print(f"momil demo: a screen simulated over the real hti-cnn label matrix, in {out}/\n")
 
     settings = SimulateSettings(
         mode="hti-cnn",
@@ -63,6 +46,57 @@ def run_demo(
         f"({summary['negcon_wells']} DMSO wells at the JUMP-Target-1 positions), "
         f"{summary['instances']} instances x {summary['dim']} features"
     )
+    return summary
+
+
+def _split_step(out: Path, show_progress: bool):
+    """Read the simulated screen's labels and make the chemical folds; (labels, folds, fold table)."""
+    import warnings
+
+    from momil.io.contract import COMPOUND, CONTROL, align_labels, read_compounds, read_labels, read_wells
+    from momil.io.provenance import provenance
+    from momil.io.tables import write_table_atomic
+    from momil.prep.splits import SplitSettings, split
+
+    wells = read_wells(out / "screen" / "wells.parquet")
+    labels = read_labels(out / "screen" / "labels.parquet")
+    labels, _ = align_labels(labels, wells)
+    structures = read_compounds(out / "screen" / "compounds.parquet")
+    compounds = pd.unique(wells.loc[wells[CONTROL] == "trt", COMPOUND])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        folds, fold_table, seconds = split(compounds, structures, labels, SplitSettings(), show_progress=show_progress)
+    write_table_atomic(
+        folds,
+        out / "folds.parquet",
+        metadata=provenance("split", SplitSettings(), inputs={"labels": out / "screen" / "labels.parquet"}),
+    )
+    print(
+        f"\n4. split -> {out / 'folds.parquet'}: Butina clusters of Morgan fingerprints packed into 5 folds "
+        f"({seconds:.1f} s)"
+    )
+    for warning in caught:
+        print(f"   note: {warning.message}")
+    print("   " + fold_table.to_string(index=False).replace("\n", "\n   "))
+    return labels, folds, fold_table
+
+
+def run_demo(
+    out: Path, n_compounds: int = 600, show_progress: bool = True, rotations: str = "all", epochs: int | None = None
+) -> dict:
+    from momil.io.ingest import IngestSettings, ingest
+    from momil.prep.correct import CorrectSettings, correct, plate_variance_fraction
+
+    out = Path(out)
+    if out.exists():
+        if not (out / "screen" / "simulation.json").exists() and any(out.iterdir()):
+            raise MomilError(f"{out}: exists and does not hold an earlier demo -- choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    started = time.perf_counter()
+    print(f"momil demo: a screen simulated over the real hti-cnn label matrix, in {out}/\n")
+
+    summary = _simulate_step(out, n_compounds, show_progress)
 
     raw = ingest(
         out / "screen" / "instances.parquet",
@@ -81,28 +115,7 @@ def run_demo(
     print(f"\n3. correct -> {out / 'store-corrected'}: plate-wise robust z-score against DMSO wells")
     print(f"   share of DMSO-well variance explained by plate: {before:.2f} before, {after:.2f} after")
 
-    wells = read_wells(out / "screen" / "wells.parquet")
-    labels = read_labels(out / "screen" / "labels.parquet")
-    labels, _ = align_labels(labels, wells)
-    structures = read_compounds(out / "screen" / "compounds.parquet")
-    compounds = pd.unique(wells.loc[wells[CONTROL] == "trt", COMPOUND])
-    import warnings
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        folds, fold_table, seconds = split(compounds, structures, labels, SplitSettings(), show_progress=show_progress)
-    write_table_atomic(
-        folds,
-        out / "folds.parquet",
-        metadata=provenance("split", SplitSettings(), inputs={"labels": out / "screen" / "labels.parquet"}),
-    )
-    print(
-        f"\n4. split -> {out / 'folds.parquet'}: Butina clusters of Morgan fingerprints packed into 5 folds "
-        f"({seconds:.1f} s)"
-    )
-    for warning in caught:
-        print(f"   note: {warning.message}")
-    print("   " + fold_table.to_string(index=False).replace("\n", "\n   "))
+    labels, folds, fold_table = _split_step(out, show_progress)
     from momil.io.contract import read_assays
     from momil.protocol.cv import CVSettings, cross_validate
     from momil.protocol.scoring import metrics_table
