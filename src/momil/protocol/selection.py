@@ -192,42 +192,31 @@ def select_assays(
     alive = pd.Series(True, index=table.index)
 
     bio, associated, alive = _biology_stage(table, alive, genes, associations, primary, secondary, settings, stages)
-    models, alive = _performance_stage(
-        table,
-        alive,
-        store,
-        labels,
-        primary,
-        train_wells,
-        val_wells,
-        settings,
-        train,
-        stages,
-        out,
-        device,
-        show_progress,
-    )
-    influence, alive = _influence_stage(
-        table,
-        alive,
-        store,
-        labels,
-        primary,
-        associated,
-        models,
-        train_wells,
-        val_wells,
-        settings,
-        stages,
-        device,
-        show_progress,
-    )
+    run = _Rotation(store, labels, primary, train_wells, val_wells, settings, stages, device, show_progress)
+    models, alive = _performance_stage(run, table, alive, train, out)
+    influence, alive = _influence_stage(run, table, alive, associated, models)
     table["selected"] = alive.to_numpy()
     table.loc[table["selected"], "reason"] = "kept by " + ", ".join(stages)
     selected = list(table.loc[table["selected"], "assay"])
     result = SelectionResult(table, influence, bio, selected)
     _write(out, result, settings, train, stages, primary, store, train_wells, val_wells)
     return result
+
+
+@dataclasses.dataclass
+class _Rotation:
+    """What every selection stage reads: the store and labels, the primary assays, one rotation's training and
+    validation wells, the settings and stages, the device and whether to show progress."""
+
+    store: InstanceStore
+    labels: LabelMatrix
+    primary: list[str]
+    train_wells: np.ndarray
+    val_wells: np.ndarray
+    settings: SelectSettings
+    stages: list[str]
+    device: object
+    show_progress: bool
 
 
 def _biology_stage(table, alive, genes, associations, primary, secondary, settings, stages):
@@ -269,11 +258,11 @@ def _biology_stage(table, alive, genes, associations, primary, secondary, settin
     return bio, associated, alive
 
 
-def _performance_stage(
-    table, alive, store, labels, primary, train_wells, val_wells, settings, train, stages, out, device, show_progress
-):
+def _performance_stage(run: _Rotation, table, alive, train: TrainSettings, out: Path):
     """Stage 2: the single-assay models (also the influence stage's heads) and their validation AUCs; (models,
     the candidates still alive)."""
+    store, labels, primary, settings, stages = run.store, run.labels, run.primary, run.settings, run.stages
+    train_wells, val_wells, device, show_progress = run.train_wells, run.val_wells, run.device, run.show_progress
     stl = stl_settings(train, settings)
     need_models = "performance" in stages or "influence" in stages
     models: dict[str, object] = {}
@@ -307,23 +296,11 @@ def _performance_stage(
     return models, alive
 
 
-def _influence_stage(
-    table,
-    alive,
-    store,
-    labels,
-    primary,
-    associated,
-    models,
-    train_wells,
-    val_wells,
-    settings,
-    stages,
-    device,
-    show_progress,
-):
+def _influence_stage(run: _Rotation, table, alive, associated: dict, models: dict):
     """Stage 3: how well a secondary's head embeds each associated primary's wells, as a share of the primary's
     own head; (influence table, the candidates still alive)."""
+    store, labels, primary, settings, stages = run.store, run.labels, run.primary, run.settings, run.stages
+    train_wells, val_wells, device, show_progress = run.train_wells, run.val_wells, run.device, run.show_progress
     influence_rows = []
     if "influence" in stages:
         candidates = set(table.loc[alive, "assay"])
