@@ -51,7 +51,7 @@ def run(*argv) -> int:
 
 
 def killed(fault: str, *argv) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MOMIL_FAULT": fault, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = {**os.environ, "MOMIL_FAULT": fault, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     return subprocess.run(
         [sys.executable, "-m", "momil", *map(str, argv), "--quiet"],
         env=env,
