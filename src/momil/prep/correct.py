@@ -3,7 +3,7 @@
 For every plate and feature: ``z = (x - median) / (1.4826 * MAD + eps)``, with median and MAD (median absolute
 deviation) taken over all instances of the plate's ``negcon`` wells (``stats="instance"``, the paper's
 setting) or over those wells' mean vectors (``stats="well"``). This is pycytominer's ``RobustMAD`` /
-``normalize(method="mad_robustize")`` applied per plate; ``tests/test_correct.py`` checks the numbers against
+``normalize(method="mad_robustize")`` applied per plate; ``tests/prep/test_correct.py`` checks the numbers against
 pycytominer on a real LINCS plate.
 """
 

@@ -43,7 +43,7 @@ class LazyHeadAdamW:
 
     Like TensorFlow's LazyAdam: a head's weights, moments and bias-correction step count change only in steps
     where it has labelled pairs, so a step costs the same with 200 or 2,000 assays. When every head has pairs in
-    every step it is exactly AdamW (decoupled weight decay, bias correction), which ``tests/test_train.py``
+    every step it is exactly AdamW (decoupled weight decay, bias correction), which ``tests/training/test_train.py``
     checks. ``lazy_heads=False`` trains the heads with plain AdamW instead.
 
     Each used row is handed to torch's fused AdamW kernel (CPU and CUDA from torch 2.4, the floor momil depends
