@@ -40,6 +40,7 @@ from momil.model.ops import (  # noqa: F401 (moved there; re-exported)
     FastDropout,
     PairPlan,
     attention_pool,
+    block_views,
     fast_tanh,
     full,
     gated,
@@ -133,7 +134,7 @@ class StackedHeads(nn.Module):
             ]
             row += heads
         source, index = (self.flat, plan.assays) if table is None else (table, None)
-        views = BlockViews.apply(source, index, tuple(layout))
+        views = block_views(source, index, tuple(layout))
         width = len(self._layout)
         groups = [dict(zip(self._layout, views[g * width : (g + 1) * width])) for g in range(len(plan.groups))]
         return [lambda name, parts=parts: self._named(name, parts.__getitem__) for parts in groups]

@@ -5,12 +5,33 @@ stand, with the reason each pays."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 
 import numpy as np
 import torch
 from torch import nn
+
+CUSTOM_OPS = ("gather", "blocks", "tanh", "dropout")
+_REFERENCE: frozenset = frozenset()
+
+
+@contextlib.contextmanager
+def reference_ops(*names: str):
+    """Run the plain autograd form of the custom ops named (default: all of :data:`CUSTOM_OPS`): ``gather``
+    (index_select), ``blocks`` (slices), ``tanh`` (``torch.tanh``), ``dropout`` (``nn.functional.dropout``).
+    The reference the custom ops are tested against, and the other side of ``benchmarks/bench_train.py``'s
+    whole-step comparison, which is why each stays. Not thread-safe (a module-wide switch)."""
+    global _REFERENCE
+    unknown = set(names) - set(CUSTOM_OPS)
+    if unknown:
+        raise ValueError(f"unknown custom ops {sorted(unknown)}; known: {', '.join(CUSTOM_OPS)}")
+    before, _REFERENCE = _REFERENCE, _REFERENCE | frozenset(names or CUSTOM_OPS)
+    try:
+        yield
+    finally:
+        _REFERENCE = before
 
 
 class _Gather(torch.autograd.Function):
@@ -37,6 +58,8 @@ def _rows_backward(grad: torch.Tensor, index: torch.Tensor, n_rows: int) -> torc
 
 def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``table[index]`` along dim 0 for a table of any shape (see :class:`_Gather`)."""
+    if "gather" in _REFERENCE:
+        return table.index_select(0, index)
     flat = _Gather.apply(table.reshape(table.shape[0], -1), index)
     return flat.view((index.shape[0],) + tuple(table.shape[1:]))
 
@@ -70,6 +93,14 @@ class BlockViews(torch.autograd.Function):
             return buffer, None, None
         (index,) = ctx.saved_tensors
         return _rows_backward(buffer, index, ctx.n_rows), None, None
+
+
+def block_views(table: torch.Tensor, index: torch.Tensor | None, layout: tuple) -> tuple:
+    """The blocks of :class:`BlockViews` (plain slices under autograd in :func:`reference_ops`)."""
+    if "blocks" not in _REFERENCE:
+        return BlockViews.apply(table, index, layout)
+    rows = table if index is None else table.index_select(0, index)
+    return tuple(rows[r0:r1, c0:c1].reshape(shape) for r0, r1, c0, c1, shape in layout)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +190,7 @@ class _SigmoidTanh(torch.autograd.Function):
 
 
 def fast_tanh(x: torch.Tensor) -> torch.Tensor:
-    return _SigmoidTanh.apply(x) if x.device.type == "cpu" else torch.tanh(x)
+    return _SigmoidTanh.apply(x) if x.device.type == "cpu" and "tanh" not in _REFERENCE else torch.tanh(x)
 
 
 class FastDropout(nn.Module):
@@ -188,6 +219,8 @@ class FastDropout(nn.Module):
         return words.view(torch.uint8)[:n].view(shape) >= self.threshold
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if "dropout" in _REFERENCE:
+            return nn.functional.dropout(x, self.threshold / 256, self.training)
         keep = self.keep_mask(x.shape, x.device)
         return x if keep is None else x * keep.view(torch.uint8) * self.scale
 
