@@ -177,16 +177,6 @@ def test_pair_plan_groups_the_pairs_of_each_assay():
     assert plan.spans == [(0, 2, 0, 2, 2, 1), (2, 3, 2, 4, 1, 2), (3, 4, 4, 7, 1, 3)]
 
 
-def test_fast_tanh():
-    from momil.model.heads import fast_tanh
-
-    x = torch.linspace(-20, 20, 100_001, requires_grad=True)
-    y = fast_tanh(x)
-    torch.testing.assert_close(y, torch.tanh(x), rtol=0, atol=1e-6)
-    y.sum().backward()
-    torch.testing.assert_close(x.grad, 1 - torch.tanh(x.detach()) ** 2, rtol=0, atol=2e-6)
-
-
 def test_cost_follows_pairs_not_wells_times_assays():
     """The head evaluates exactly the pairs asked for: tensors inside scale with P, not B x T."""
     torch.manual_seed(5)
@@ -213,18 +203,6 @@ def test_checkpoints_with_one_parameter_per_weight_still_load(kind):
     fresh = HEADS[kind](n_assays=3, in_dim=5, hidden=4, dropout=0.0).double().eval()
     fresh.load_state_dict(old)
     torch.testing.assert_close(fresh.flat, heads.flat, rtol=0, atol=0)
-
-
-def test_fast_dropout_keeps_the_expected_fraction_and_scale():
-    from momil.model.heads import FastDropout
-
-    torch.manual_seed(0)
-    drop = FastDropout(0.25).train()
-    out = drop(torch.ones(100_001))
-    kept = out > 0
-    assert abs(float(kept.float().mean()) - 0.75) < 0.01
-    assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / 0.75))
-    assert torch.equal(drop.eval()(torch.ones(5)), torch.ones(5))
 
 
 def test_masked_softmax():

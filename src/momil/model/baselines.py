@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from momil.model.base import MILModel
-from momil.model.ops import FastDropout, attention_pool, full, gated, masked_softmax, mean_weights
+from momil.model.ops import attention_pool, full, gated, masked_softmax, mean_weights
 
 
 class PairModel(MILModel):
@@ -100,10 +100,10 @@ class MeanMLP(PairModel):
         self.mlp = nn.Sequential(
             nn.Linear(in_dim, projector_dim),
             nn.ReLU(),
-            FastDropout(dropout),
+            nn.Dropout(dropout),
             nn.Linear(projector_dim, head_dim),
             nn.ReLU(),
-            FastDropout(dropout),
+            nn.Dropout(dropout),
         )
         self.out = nn.Linear(head_dim, len(self.assays))
 
@@ -119,7 +119,7 @@ class MultiLabelMIL(PairModel):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         in_dim, projector_dim, head_dim, dropout = self._sizes()
-        self.projector = nn.Sequential(nn.Linear(in_dim, projector_dim), nn.ReLU(), FastDropout(dropout))
+        self.projector = nn.Sequential(nn.Linear(in_dim, projector_dim), nn.ReLU(), nn.Dropout(dropout))
         self.v = nn.Linear(projector_dim, head_dim)
         self.u = nn.Linear(projector_dim, head_dim)
         self.w = nn.Linear(head_dim, 1)

@@ -37,11 +37,9 @@ from torch import nn
 
 from momil.model.ops import (  # noqa: F401 (moved there; re-exported)
     BlockViews,
-    FastDropout,
     PairPlan,
     attention_pool,
     block_views,
-    fast_tanh,
     full,
     gated,
     gather_rows,
@@ -59,7 +57,7 @@ class StackedHeads(nn.Module):
         super().__init__()
         self.n_assays, self.in_dim, self.hidden = n_assays, in_dim, hidden
         self.mean_dim = mean_dim
-        self.dropout = FastDropout(dropout)
+        self.dropout = nn.Dropout(dropout)
 
     def _build(self, parts: list[tuple[str, tuple[int, ...], int]], aliases: dict[str, tuple[str, int, int]]) -> None:
         """``parts``: (name, per-head shape, fan_in) stored in this order in a row of ``flat``, each initialised
@@ -127,17 +125,31 @@ class StackedHeads(nn.Module):
 
     def planned_weights(self, plan: PairPlan, table: torch.Tensor | None = None) -> list:
         """Per group of ``plan``, a function name -> (heads of the group, *shape) view of their weights."""
-        layout, row = [], 0
-        for heads, _pairs in plan.groups:
-            layout += [
-                (row, row + heads, start, stop, (heads,) + tuple(shape)) for start, stop, shape in self._layout.values()
-            ]
-            row += heads
-        source, index = (self.flat, plan.assays) if table is None else (table, None)
-        views = block_views(source, index, tuple(layout))
-        width = len(self._layout)
-        groups = [dict(zip(self._layout, views[g * width : (g + 1) * width])) for g in range(len(plan.groups))]
-        return [lambda name, parts=parts: self._named(name, parts.__getitem__) for parts in groups]
+        from momil.model import ops
+
+        if "blocks" not in ops._REFERENCE:
+            layout, row = [], 0
+            for heads, _pairs in plan.groups:
+                layout += [
+                    (row, row + heads, start, stop, (heads,) + tuple(shape))
+                    for start, stop, shape in self._layout.values()
+                ]
+                row += heads
+            source, index = (self.flat, plan.assays) if table is None else (table, None)
+            views = block_views(source, index, tuple(layout))
+            width = len(self._layout)
+            groups = [dict(zip(self._layout, views[g * width : (g + 1) * width])) for g in range(len(plan.groups))]
+            return [lambda name, parts=parts: self._named(name, parts.__getitem__) for parts in groups]
+        rows = gather_rows(self.flat, plan.assays) if table is None else table
+        widths = [stop - start for start, stop, _shape in self._layout.values()]
+        out = []
+        for block, (heads, _pairs) in zip(rows.split([h for h, _ in plan.groups]), plan.groups):
+            parts = {
+                name: part.view((heads,) + tuple(shape))
+                for (name, (_s, _e, shape)), part in zip(self._layout.items(), block.split(widths, dim=1))
+            }
+            out.append(lambda name, parts=parts: self._named(name, parts.__getitem__))
+        return out
 
     @staticmethod
     def _per_group(x: torch.Tensor, plan: PairPlan, fn) -> torch.Tensor:
@@ -293,7 +305,7 @@ class DSMILHeads(StackedHeads):
         critical = instance.argmax(dim=1)  # (P,)
         rows = torch.arange(len(critical), device=x.device)
         max_logit = instance[rows, critical]
-        queries = fast_tanh(qi[..., :q])  # (P, N, q)
+        queries = torch.tanh(qi[..., :q])  # (P, N, q)
         q_critical = queries[rows, critical]  # (P, q)
         scores = (queries * (q_critical / math.sqrt(q)).unsqueeze(1)).sum(-1)
         attention = masked_softmax(scores, mask)

@@ -8,7 +8,7 @@ from torch import nn
 from momil.errors import MomilError
 from momil.model.base import MILModel
 from momil.model.heads import HEADS
-from momil.model.ops import FastDropout, PairPlan, attention_pool, gather_rows, mean_weights
+from momil.model.ops import PairPlan, attention_pool, gather_rows, mean_weights
 
 
 class MoMIL(MILModel):
@@ -49,7 +49,7 @@ class MoMIL(MILModel):
         }
         super().__init__(in_dim, assays, hparams, linear_floor)
         if shared_projector:
-            self.projector = nn.Sequential(nn.Linear(in_dim, projector_dim), nn.ReLU(), FastDropout(dropout))
+            self.projector = nn.Sequential(nn.Linear(in_dim, projector_dim), nn.ReLU(), nn.Dropout(dropout))
             head_in = projector_dim
         else:
             self.projector = nn.Identity()

@@ -1,28 +1,29 @@
 """The building blocks the heads and baselines share: row gathers, the pair plan (assays grouped for batched
-products), dropout, gated attention, masked softmax and (attention or mean) pooling. Written once here so that
-MoMIL heads and the baselines pool the same way; the custom autograd functions are documented where they
-stand, with the reason each pays."""
+products), the heads' weight blocks, gated attention, masked softmax and (attention or mean) pooling. Written
+once here so that MoMIL heads and the baselines pool the same way. One custom autograd function stays,
+:class:`BlockViews`, because ``benchmarks/bench_train.py`` shows it pays for the whole training step (1.5-2.5x
+on 2 CPU cores); :func:`reference_ops` runs its plain autograd form, its reference in the tests."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 
 import numpy as np
 import torch
 from torch import nn
 
-CUSTOM_OPS = ("gather", "blocks", "tanh", "dropout")
+CUSTOM_OPS = ("blocks",)
 _REFERENCE: frozenset = frozenset()
 
 
 @contextlib.contextmanager
 def reference_ops(*names: str):
-    """Run the plain autograd form of the custom ops named (default: all of :data:`CUSTOM_OPS`): ``gather``
-    (index_select), ``blocks`` (slices), ``tanh`` (``torch.tanh``), ``dropout`` (``nn.functional.dropout``).
-    The reference the custom ops are tested against, and the other side of ``benchmarks/bench_train.py``'s
-    whole-step comparison, which is why each stays. Not thread-safe (a module-wide switch)."""
+    """Run the plain autograd form of the custom ops named (default: all of :data:`CUSTOM_OPS`; ``blocks``:
+    :class:`BlockViews` as slices under autograd). The reference the custom ops are tested against, and the
+    other side of ``benchmarks/bench_train.py``'s whole-step comparison, which is why each stays (a custom op
+    stays only where it makes the whole training step at least 1.5x faster). Not thread-safe (a module-wide
+    switch)."""
     global _REFERENCE
     unknown = set(names) - set(CUSTOM_OPS)
     if unknown:
@@ -34,33 +35,15 @@ def reference_ops(*names: str):
         _REFERENCE = before
 
 
-class _Gather(torch.autograd.Function):
-    """Rows of a 2-D table: index_select forward (on CPU about 4x faster than the embedding's own forward for wide
-    rows), the embedding's backward (a sum over sorted indices: about 3x faster than index_select's index_add
-    and deterministic on CUDA)."""
-
-    @staticmethod
-    def forward(ctx, table, index):
-        ctx.save_for_backward(index)
-        ctx.n_rows = table.shape[0]
-        return table.index_select(0, index)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (index,) = ctx.saved_tensors
-        return _rows_backward(grad.contiguous(), index, ctx.n_rows), None
-
-
 def _rows_backward(grad: torch.Tensor, index: torch.Tensor, n_rows: int) -> torch.Tensor:
     """The gradient of gathered rows summed back into a table of ``n_rows`` rows (the embedding's backward)."""
     return torch.ops.aten.embedding_dense_backward(grad, index, n_rows, -1, False)
 
 
 def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``table[index]`` along dim 0 for a table of any shape (see :class:`_Gather`)."""
-    if "gather" in _REFERENCE:
-        return table.index_select(0, index)
-    flat = _Gather.apply(table.reshape(table.shape[0], -1), index)
+    """``table[index]`` along dim 0 for a table of any shape, as an embedding lookup: its backward sums the
+    rows' gradients over sorted indices, deterministic on CUDA (index_select's index_add is not)."""
+    flat = nn.functional.embedding(index, table.reshape(table.shape[0], -1))
     return flat.view((index.shape[0],) + tuple(table.shape[1:]))
 
 
@@ -173,61 +156,6 @@ class PairPlan:
         return {k: v.index_select(0, self.inverse) for k, v in out.items()}
 
 
-class _SigmoidTanh(torch.autograd.Function):
-    """tanh(x) = 2 sigmoid(2x) - 1 (absolute error below 1e-6): on CPU torch's tanh is about 6x slower than its
-    sigmoid, and tanh is a tenth of a head's training step."""
-
-    @staticmethod
-    def forward(ctx, x):
-        y = torch.sigmoid(x * 2).mul_(2).sub_(1)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        (y,) = ctx.saved_tensors
-        return torch.ops.aten.tanh_backward(grad, y)
-
-
-def fast_tanh(x: torch.Tensor) -> torch.Tensor:
-    return _SigmoidTanh.apply(x) if x.device.type == "cpu" and "tanh" not in _REFERENCE else torch.tanh(x)
-
-
-class FastDropout(nn.Module):
-    """Inverted dropout drawing its random bytes eight at a time (the drop probability is rounded to 1/256).
-
-    On CPU it is about 25x faster than ``nn.Dropout``'s Bernoulli sampling, which otherwise takes a quarter of
-    a training step. It draws from torch's global generator, so seeds and checkpoints govern it as usual."""
-
-    def __init__(self, p: float = 0.5):
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), not {p}")
-        self.p = p
-        self.threshold = int(round(p * 256))
-
-    @property
-    def scale(self) -> float:
-        return 256.0 / (256 - self.threshold)
-
-    def keep_mask(self, shape, device) -> torch.Tensor | None:
-        """The units kept in a tensor of ``shape`` (bool), or None where nothing is dropped (eval, p = 0)."""
-        if not self.training or self.threshold == 0:
-            return None
-        n = math.prod(shape)
-        words = torch.empty((n + 7) // 8, dtype=torch.int64, device=device).random_(-(2**63), None)
-        return words.view(torch.uint8)[:n].view(shape) >= self.threshold
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if "dropout" in _REFERENCE:
-            return nn.functional.dropout(x, self.threshold / 256, self.training)
-        keep = self.keep_mask(x.shape, x.device)
-        return x if keep is None else x * keep.view(torch.uint8) * self.scale
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
 def full(t: torch.Tensor) -> torch.Tensor:
     """At least float32 (bf16/fp16 under autocast are upcast; float64 stays float64)."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
@@ -248,7 +176,7 @@ def mean_weights(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def gated(v: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """The gated-attention gate tanh(V h) * sigmoid(U h) of Ilse et al. (the one gated attention of the package:
     MoMIL's ``abmil`` heads and the multi-label MIL baseline); ``v``, ``u`` are the two projections."""
-    return fast_tanh(v) * torch.sigmoid(u)
+    return torch.tanh(v) * torch.sigmoid(u)
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
