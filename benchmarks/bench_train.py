@@ -12,11 +12,7 @@
    per-step times over ``--rounds`` rounds that alternate the methods, so drift on a shared machine hits all.
 2. The step time when the number of assays grows 10x (2,000) at the same number of labelled pairs.
 3. The head path's achieved GFLOP/s against a plain matmul of the same total size on this machine.
-4. The custom autograd ops of ``momil.model.ops`` (the heads' weight blocks, ``BlockViews``) against their plain
-   autograd forms (``reference_ops``): the whole training step, paper-shaped and at the README's 2-core
-   settings, side by side in one run. (A row gather, a sigmoid-form tanh and a byte-wise dropout were removed
-   on 2026-12-02: measured here, they made the whole step 0.91-1.02x, 0.94-1.02x and 1.11-1.28x faster.)
-5. With --store (a paper-scale corrected store, e.g. from the README's paper-scale commands): one full training
+4. With --store (a paper-scale corrected store, e.g. from the README's paper-scale commands): one full training
    epoch over its 84,000 wells read from the memory-mapped store.
 """
 
@@ -34,7 +30,6 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from momil.device import keep_freed_memory
 from momil.model.momil import MoMIL  # noqa: E402
-from momil.model.ops import CUSTOM_OPS, reference_ops
 from momil.training.fit import training_step
 from momil.training.optim import make_optimizers
 
@@ -172,41 +167,6 @@ def loop_step(model, optimizer, batch, plain: bool = False):
     return step
 
 
-def ops_comparison(steps: int, rounds: int) -> list[dict]:
-    """Whole training steps with every custom op, with each one alone in its plain autograd form and with all
-    of them plain (``reference_ops``), for the paper's shape (D=768, projector 128, head 64) and the README's
-    2-core settings (D=128, 16 instances, projector 64, head 32), alternated in one run."""
-    global D, N
-    shapes = {"paper (D 768, 36 inst, 128/64)": (768, 36, 128, 64), "quick (D 128, 16 inst, 64/32)": (128, 16, 64, 32)}
-    variants = {"custom": None, **{f"plain {op}": (op,) for op in CUSTOM_OPS}}
-    if len(CUSTOM_OPS) > 1:
-        variants["all plain"] = CUSTOM_OPS
-    rows = []
-    for name, (d, n, proj, head) in shapes.items():
-        D, N = d, n
-        batch = make_batch(32, 200, None)
-        for kind in ("dsmil", "abmil"):
-            timed = {}
-            for variant, ops in variants.items():
-                torch.manual_seed(0)
-                step = batched_step(MoMIL(d, [f"t{i}" for i in range(200)], kind, proj, head), batch)
-                timed[variant] = (step if ops is None else _with_reference(step, ops), steps)
-            t = time_alternating(timed, rounds)
-            row = {"shape": name, "head": kind, "custom ms/step": f"{1000 * t['custom']:.2f}"}
-            row.update({f"{v} / custom": f"{t[v] / t['custom']:.2f}x" for v in variants if v != "custom"})
-            rows.append(row)
-    D, N = 768, 36
-    return rows
-
-
-def _with_reference(step, ops):
-    def run():
-        with reference_ops(*ops):
-            step()
-
-    return run
-
-
 def head_flops(pairs: int, d: int = 128, h: int = 64) -> float:
     """Forward multiply-adds x2 of the DSMIL head path per step, times 3 for forward + backward."""
     per_pair = N * (d * h + h * 1 + h * h + h) + N * h + h
@@ -338,10 +298,6 @@ def main() -> None:
     )
     print(f"   head path at {100 * gflops_head / gflops_mm:.0f} % of the matmul rate\n")
 
-    print("4. custom ops against plain autograd, whole training step (forward, backward, AdamW)")
-    print_table(ops_comparison(args.steps, args.rounds))
-    print("   a custom op stays only where it makes the whole step >= 1.5x faster\n")
-
     if args.store:
         import pandas as pd
 
@@ -374,7 +330,7 @@ def main() -> None:
         started = time.perf_counter()
         fit(store, pairs_all, wells, wells[:0], np.ones(200, bool), settings, show_progress=True)
         seconds = time.perf_counter() - started
-        print("5. one full training epoch over the memory-mapped store")
+        print("4. one full training epoch over the memory-mapped store")
         print_table(
             [
                 {

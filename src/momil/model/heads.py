@@ -36,10 +36,8 @@ import torch
 from torch import nn
 
 from momil.model.ops import (  # noqa: F401 (moved there; re-exported)
-    BlockViews,
     PairPlan,
     attention_pool,
-    block_views,
     full,
     gated,
     gather_rows,
@@ -124,22 +122,9 @@ class StackedHeads(nn.Module):
         raise NotImplementedError
 
     def planned_weights(self, plan: PairPlan, table: torch.Tensor | None = None) -> list:
-        """Per group of ``plan``, a function name -> (heads of the group, *shape) view of their weights."""
-        from momil.model import ops
-
-        if "blocks" not in ops._REFERENCE:
-            layout, row = [], 0
-            for heads, _pairs in plan.groups:
-                layout += [
-                    (row, row + heads, start, stop, (heads,) + tuple(shape))
-                    for start, stop, shape in self._layout.values()
-                ]
-                row += heads
-            source, index = (self.flat, plan.assays) if table is None else (table, None)
-            views = block_views(source, index, tuple(layout))
-            width = len(self._layout)
-            groups = [dict(zip(self._layout, views[g * width : (g + 1) * width])) for g in range(len(plan.groups))]
-            return [lambda name, parts=parts: self._named(name, parts.__getitem__) for parts in groups]
+        """Per group of ``plan``, a function name -> (heads of the group, *shape) view of their weights: the
+        rows of the heads in use split by group, then by part (``torch.split``: its backward writes the parts'
+        gradients into one buffer, where slicing would add a zero-filled table-sized gradient per part)."""
         rows = gather_rows(self.flat, plan.assays) if table is None else table
         widths = [stop - start for start, stop, _shape in self._layout.values()]
         out = []

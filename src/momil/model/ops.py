@@ -1,43 +1,17 @@
 """The building blocks the heads and baselines share: row gathers, the pair plan (assays grouped for batched
-products), the heads' weight blocks, gated attention, masked softmax and (attention or mean) pooling. Written
-once here so that MoMIL heads and the baselines pool the same way. One custom autograd function stays,
-:class:`BlockViews`, because ``benchmarks/bench_train.py`` shows it pays for the whole training step (1.5-2.5x
-on 2 CPU cores); :func:`reference_ops` runs its plain autograd form, its reference in the tests."""
+products), gated attention, masked softmax and (attention or mean) pooling. Written once here so that MoMIL
+heads and the baselines pool the same way. All of it is plain autograd: the custom autograd functions that
+stood here (a row gather, the heads' weight blocks, a sigmoid-form tanh, a byte-wise dropout) were measured
+by ``benchmarks/bench_train.py`` on 2026-12-02 against their plain forms over the whole training step and
+removed (0.91-1.28x; the weight blocks as ``torch.split`` under autograd ran 0.97-1.03x of the custom ones)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import numpy as np
 import torch
 from torch import nn
-
-CUSTOM_OPS = ("blocks",)
-_REFERENCE: frozenset = frozenset()
-
-
-@contextlib.contextmanager
-def reference_ops(*names: str):
-    """Run the plain autograd form of the custom ops named (default: all of :data:`CUSTOM_OPS`; ``blocks``:
-    :class:`BlockViews` as slices under autograd). The reference the custom ops are tested against, and the
-    other side of ``benchmarks/bench_train.py``'s whole-step comparison, which is why each stays (a custom op
-    stays only where it makes the whole training step at least 1.5x faster). Not thread-safe (a module-wide
-    switch)."""
-    global _REFERENCE
-    unknown = set(names) - set(CUSTOM_OPS)
-    if unknown:
-        raise ValueError(f"unknown custom ops {sorted(unknown)}; known: {', '.join(CUSTOM_OPS)}")
-    before, _REFERENCE = _REFERENCE, _REFERENCE | frozenset(names or CUSTOM_OPS)
-    try:
-        yield
-    finally:
-        _REFERENCE = before
-
-
-def _rows_backward(grad: torch.Tensor, index: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """The gradient of gathered rows summed back into a table of ``n_rows`` rows (the embedding's backward)."""
-    return torch.ops.aten.embedding_dense_backward(grad, index, n_rows, -1, False)
 
 
 def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -45,45 +19,6 @@ def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     rows' gradients over sorted indices, deterministic on CUDA (index_select's index_add is not)."""
     flat = nn.functional.embedding(index, table.reshape(table.shape[0], -1))
     return flat.view((index.shape[0],) + tuple(table.shape[1:]))
-
-
-class BlockViews(torch.autograd.Function):
-    """Blocks of a (R, K) table (rows ``index`` of it, gathered once, when an index is given) returned as views
-    shaped per block: ``layout`` lists (row_start, row_stop, col_start, col_stop, shape) tiling the table. The
-    backward writes the blocks' gradients into one (R, K) buffer (slicing under autograd would instead add a
-    zero-filled table-sized gradient per block) and, with an index, sums it into the table's rows once."""
-
-    @staticmethod
-    def forward(ctx, table, index, layout):
-        rows = table if index is None else table.index_select(0, index)
-        ctx.has_index, ctx.layout, ctx.n_rows = index is not None, layout, table.shape[0]
-        ctx.shape = rows.shape
-        if index is not None:
-            ctx.save_for_backward(index)
-            ctx.mark_non_differentiable(index)
-        return tuple(rows[r0:r1, c0:c1].view(shape) for r0, r1, c0, c1, shape in layout)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        reference = next(g for g in grads if g is not None)
-        buffer = reference.new_empty(ctx.shape)
-        for (r0, r1, c0, c1, _shape), grad in zip(ctx.layout, grads):
-            if grad is None:
-                buffer[r0:r1, c0:c1].zero_()
-            else:
-                buffer[r0:r1, c0:c1].copy_(grad.reshape(r1 - r0, c1 - c0))
-        if not ctx.has_index:
-            return buffer, None, None
-        (index,) = ctx.saved_tensors
-        return _rows_backward(buffer, index, ctx.n_rows), None, None
-
-
-def block_views(table: torch.Tensor, index: torch.Tensor | None, layout: tuple) -> tuple:
-    """The blocks of :class:`BlockViews` (plain slices under autograd in :func:`reference_ops`)."""
-    if "blocks" not in _REFERENCE:
-        return BlockViews.apply(table, index, layout)
-    rows = table if index is None else table.index_select(0, index)
-    return tuple(rows[r0:r1, c0:c1].reshape(shape) for r0, r1, c0, c1, shape in layout)
 
 
 @dataclasses.dataclass(frozen=True)
