@@ -9,7 +9,6 @@ from momil.protocol.selection import (  # noqa: F401
     STAGES,
     SelectionResult,
     SelectSettings,
-    _stl_signature,
     _write,
     biological_similarity,
     influence_score,

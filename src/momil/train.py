@@ -31,7 +31,6 @@ from momil.training.checkpoints import (  # noqa: F401
 )
 from momil.training.fit import (  # noqa: F401
     FitResult,
-    _signature,
     fit,
     training_step,
 )

@@ -14,7 +14,6 @@ from momil.cli.common import (
 )
 from momil.config import add_settings_arguments, build_settings
 from momil.data.pairs import rotation_wells
-from momil.errors import MomilError
 from momil.io.paths import check_output
 from momil.io.provenance import provenance
 from momil.prep.splits import n_folds, test_folds
@@ -31,14 +30,10 @@ def cmd_select(args) -> int:
 
     settings = build_settings(SelectSettings, args, args.config, "select")
     train_settings = build_settings(TrainSettings, args, args.config, "train")
-    stages = settings.stage_list()
+    settings.stage_list()  # a bad --stages is refused before the inputs are read
     store, labels, folds, assays, primary = model_inputs(args)
     associations = associations_of(args)
-    if "biology" in stages and associations is None:
-        raise MomilError(
-            "the biology stage needs --associations (STRING links + --string-info, a gene_a, gene_b, "
-            "score table, or a from, to, cost network) -- or leave biology out of --stages"
-        )
+    settings.require_associations(associations)
     out = Path(args.out)
     for k in test_folds(args.rotations, n_folds(folds)):
         rot, wells = rotation_wells(store.wells, folds, k)

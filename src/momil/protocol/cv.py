@@ -231,11 +231,8 @@ def _check_cv(cv: CVSettings, train: TrainSettings, select, impute, associations
         raise MomilError(f"the {train.model} baseline takes neither --select nor --impute")
     if cv.impute:
         impute.check()
-    if cv.select and "biology" in select.stage_list() and associations is None:
-        raise MomilError(
-            "assay selection's biology stage needs protein associations (--associations) -- pass "
-            "them, or leave biology out of --stages"
-        )
+    if cv.select:
+        select.require_associations(associations)
 
 
 def _prepare_out(out: Path, overwrite: bool) -> Path:

@@ -41,7 +41,6 @@ from momil.io.readers import read_json
 from momil.io.store import InstanceStore
 from momil.progress import progress
 from momil.protocol.single_assay import (  # noqa: F401 (moved there; re-exported)
-    _stl_signature,
     single_task_potentials,
     stl_settings,
     train_single_assay,
@@ -80,6 +79,15 @@ class SelectSettings(Settings):
         if unknown or not chosen:
             raise MomilError(f"stages must be a comma-separated subset of {','.join(STAGES)}, not {self.stages!r}")
         return [s for s in STAGES if s in chosen]
+
+    def require_associations(self, associations) -> None:
+        """Refuse, before anything runs, a biology stage without the protein associations it reads."""
+        if "biology" in self.stage_list() and associations is None:
+            raise MomilError(
+                "assay selection's biology stage needs protein associations (--associations: STRING links + "
+                "--string-info, a gene_a, gene_b, score table, or a from, to, cost network) -- pass them, or "
+                "leave biology out of --stages"
+            )
 
 
 @dataclasses.dataclass
@@ -170,11 +178,7 @@ def select_assays(
     train = train or TrainSettings()
     stages = settings.stage_list()
     out = Path(out)
-    if "biology" in stages and associations is None:
-        raise MomilError(
-            "the biology stage needs protein associations (--associations) -- pass them, or "
-            "leave biology out of --stages"
-        )
+    settings.require_associations(associations)
     device = resolve_device(train.device)
     train_wells = np.asarray(train_wells, np.int64)
     val_wells = np.asarray(val_wells, np.int64)

@@ -4,8 +4,6 @@ validation AUCs as each task's potential. Each is trained once per rotation and 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +15,7 @@ from momil.io.atomic import safe_name
 from momil.io.contract import LabelMatrix
 from momil.io.store import InstanceStore
 from momil.training.checkpoints import load_model, save_model
-from momil.training.fit import FitResult, fit
+from momil.training.fit import FitResult, fit, fit_signature
 from momil.training.settings import TrainSettings
 
 if TYPE_CHECKING:  # assay selection's settings; selection imports this module
@@ -48,7 +46,7 @@ def train_single_assay(
     done = folder / "model.pt"
     if done.exists():
         model, extra = load_model(done, resolve_device(settings.device))
-        if extra.get("signature") == _stl_signature(settings, pairs, train_wells, val_wells):
+        if extra.get("signature") == fit_signature(settings, pairs, train_wells, val_wells, with_assays=False):
             return model, float(extra["val_auc"]), n_train
     result: FitResult = fit(
         store, pairs, train_wells, val_wells, np.ones(1, bool), settings, folder / "checkpoint", show_progress=False
@@ -62,18 +60,10 @@ def train_single_assay(
             "assay": assay,
             "val_auc": auc,
             "best_epoch": result.best_epoch,
-            "signature": _stl_signature(settings, pairs, train_wells, val_wells),
+            "signature": fit_signature(settings, pairs, train_wells, val_wells, with_assays=False),
         },
     )
     return result.model, auc, n_train
-
-
-def _stl_signature(settings: TrainSettings, pairs: WellPairs, train_wells, val_wells) -> str:
-    h = hashlib.sha1(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
-    h.update(pairs.digest().encode())
-    h.update(np.asarray(train_wells, np.int64).tobytes())
-    h.update(np.asarray(val_wells, np.int64).tobytes())
-    return h.hexdigest()
 
 
 def single_task_potentials(

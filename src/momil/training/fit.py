@@ -99,10 +99,13 @@ class FitResult:
     floor_share: float = 0.0  # with a linear floor: its share of the blend, chosen on the validation wells
 
 
-def _signature(settings: TrainSettings, pairs: WellPairs, train_wells: np.ndarray, val_wells: np.ndarray) -> str:
+def fit_signature(settings: TrainSettings, pairs: WellPairs, train_wells, val_wells, with_assays: bool = True) -> str:
+    """What a finished fit is reused by: its settings, pairs and wells (and the assays' names, except in the
+    single-assay models of selection, whose cached files predate that and stay valid)."""
     digest = hashlib.sha1()
     digest.update(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
-    digest.update("\x1f".join(pairs.assays).encode())
+    if with_assays:
+        digest.update("\x1f".join(pairs.assays).encode())
     digest.update(pairs.digest().encode())
     digest.update(np.asarray(train_wells, np.int64).tobytes())
     digest.update(np.asarray(val_wells, np.int64).tobytes())
@@ -140,7 +143,7 @@ def fit(
         raise MomilError("no training well carries a label for the model's assays")
     _check_balancing(settings, pairs, potentials)
     run = _Run.start(store, pairs, settings, len(train_wells), device)
-    signature = _signature(settings, pairs, train_wells, val_wells)
+    signature = fit_signature(settings, pairs, train_wells, val_wells)
     if run.amtl:
         signature += hashlib.sha1(np.nan_to_num(np.asarray(potentials, np.float64), nan=-1).tobytes()).hexdigest()[:8]
     checkpoint = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
