@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import shutil
 import signal
 import sys
@@ -17,7 +18,7 @@ import threading
 import warnings
 from pathlib import Path
 
-from momil import __version__
+from momil import __version__, distributed
 from momil.cli import imaging, model, protocol, screen
 from momil.errors import MomilError
 from momil.io.paths import OutputLocked, output_lock
@@ -80,14 +81,24 @@ def main(argv=None) -> int:
     out = _output_of(args)
     existed = out is not None and (out.exists() or out.is_symlink())
     try:
-        with output_lock(out):
+        ctx = distributed.init_from_env(args.command, getattr(args, "device", None) or "auto")
+    except MomilError as err:
+        print(f"momil: error: {err}", file=sys.stderr)
+        return 2
+    main_rank = ctx.is_main  # under torchrun: rank 0 holds the output's lock, reports, warns and cleans up
+    if not main_rank:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of this process
+        warnings.simplefilter("ignore")
+    try:
+        with output_lock(out if main_rank else None):
             return int(args.func(args) or 0)
     except OutputLocked as err:
         print(f"momil: error: {err}", file=sys.stderr)
         return 2
     except MomilError as err:
-        _remove_new_output(out, existed)
-        print(f"momil: error: {err}", file=sys.stderr)
+        if main_rank:
+            _remove_new_output(out, existed)
+            print(f"momil: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM):
@@ -107,6 +118,8 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":  # pragma: no cover

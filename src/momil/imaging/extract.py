@@ -6,6 +6,10 @@ autocast on CUDA, fp32 on CPU). Each finished field's embeddings are written to 
 every finished field and ends with the same store. When all fields are done the store is built in one pass (one
 bag per well: its fields' tiles in site order, with site and tile position as instance metadata) and the cache
 is removed.
+
+Under torchrun (``torchrun --nproc-per-node N -m momil extract ...``) each rank embeds every N-th field that is
+not cached yet into the shared cache folder, and rank 0 builds the store from the cache once every rank is done;
+the store is the one a single process makes (features within float rounding: each rank batches other tiles).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from momil import distributed
 from momil.config import Settings, check_device_name, setting
 from momil.errors import InputError, MomilError
 from momil.faults import fault_point
@@ -239,8 +244,10 @@ def extract(
         raise MomilError(f"nuclei_channel {field.nuclei_channel!r} is not a model channel ({', '.join(names)})")
     nuclei = names.index(field.nuclei_channel)
     require_listed_fields(table, well_table, load_data)
-    device = resolve_device(settings.device)
-    if not settings.weights:
+    ctx = distributed.context()
+    device = distributed.rank_device(resolve_device(settings.device))
+    show_progress = show_progress and ctx.is_main
+    if not settings.weights and ctx.is_main:
         warnings.warn(
             "no --weights: the backbone has random weights (pretrain one with `momil pretrain` or name "
             "a DINO / DINOv2 checkpoint)",
@@ -249,21 +256,31 @@ def extract(
     torch.manual_seed(0)  # random weights, when used, are the same every run
     model = make_backbone(settings.backbone, len(channels), field.tile, settings.weights or None).to(device).eval()
 
-    cache = _prepare_cache(out, _signature(field, settings, channels))
+    distributed.barrier()  # every rank has checked its inputs and the output before any rank writes
+    signature = _signature(field, settings, channels)
+    cache = _prepare_cache(out, signature) if ctx.is_main else out.parent / f"{out.name}.extract"
+    distributed.barrier()
 
     order = table.sort_values([PLATE, WELL, SITE], kind="stable")
     rows = [(int(i), row) for i, row in order.iterrows()]
     todo = [(i, row) for i, row in rows if not (cache / "fields" / f"{_field_key(row)}.npz").exists()]
     skipped = read_json(cache / "skipped.json", "extraction cache record") if (cache / "skipped.json").exists() else []
     started = time.perf_counter()
-    n_tiles = _embed_fields(todo, channels, field, root, nuclei, model, device, settings, cache, skipped, show_progress)
-    with atomic_path(cache / "skipped.json") as tmp:
-        tmp.write_text(json.dumps(skipped, indent=1))
+    mine, skipped_now = distributed.shard(todo), []  # under torchrun each rank embeds every world-th field
+    n_tiles = _embed_fields(
+        mine, channels, field, root, nuclei, model, device, settings, cache, skipped_now, show_progress
+    )
+    skipped += [item for part in distributed.all_gather_object(skipped_now) for item in part]
+    n_tiles = sum(distributed.all_gather_object(n_tiles))
 
     dim = int(model.num_features)
-    _assemble(out, cache, order, well_table, dim, settings, field, load_data, wells, channels, root, skipped)
+    if ctx.is_main:  # one rank builds the store from the fields every rank wrote to the shared cache
+        with atomic_path(cache / "skipped.json") as tmp:
+            tmp.write_text(json.dumps(skipped, indent=1))
+        _assemble(out, cache, order, well_table, dim, settings, field, load_data, wells, channels, root, skipped)
+        shutil.rmtree(cache, ignore_errors=True)
+    distributed.barrier()
     store = InstanceStore(out)
-    shutil.rmtree(cache, ignore_errors=True)
     seconds = time.perf_counter() - started
     return ExtractResult(
         store=store,
