@@ -161,6 +161,35 @@ def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return tensor
 
 
+def sum_gradients(params: list, extra: list | tuple = ()) -> list:
+    """Sum the gradients of ``params`` over the ranks in one all-reduce (a parameter no rank has a gradient for
+    keeps none, as in one process), with the tensors of ``extra`` summed in the same call; returns the summed
+    ``extra``. Written by hand rather than with ``DistributedDataParallel``: momil's models are called through
+    other methods than ``forward`` (planned pairs, DINO's token paths), which DDP's hooks do not see, and a
+    step's head rows differ between ranks."""
+    if not _CONTEXT.active:
+        return list(extra)
+    device = params[0].device if params else (extra[0].device if extra else torch.device("cpu"))
+    zeros = torch.zeros
+    parts = [p.grad.reshape(-1).float() if p.grad is not None else zeros(p.numel(), device=device) for p in params]
+    parts.append(torch.tensor([float(p.grad is not None) for p in params], device=device))
+    parts += [t.reshape(-1).float() for t in extra]
+    flat = all_reduce_(torch.cat(parts))
+    sizes = [p.numel() for p in params]
+    offset = sum(sizes)
+    had = (flat[offset : offset + len(params)] > 0).tolist()
+    start = 0
+    for p, size, keep in zip(params, sizes, had):
+        p.grad = flat[start : start + size].view_as(p).to(p.dtype).clone() if keep else None
+        start += size
+    offset += len(params)
+    out = []
+    for t in extra:
+        out.append(flat[offset : offset + t.numel()].view_as(t).to(t.dtype))
+        offset += t.numel()
+    return out
+
+
 def shard(items, rank: int | None = None, world: int | None = None):
     """This rank's share of ``items``: every ``world``-th item from position ``rank`` (all of them for one
     process)."""

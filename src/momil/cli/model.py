@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from momil import distributed
 from momil.cli.common import (
     add_association_inputs,
     add_model_inputs,
@@ -56,6 +57,8 @@ def cmd_train(args) -> int:
         out / "checkpoint",
         show_progress=not args.quiet,
     )
+    if not distributed.context().is_main:  # under torchrun rank 0 writes the model and its records
+        return 0
     record = provenance(
         "train",
         settings,

@@ -54,19 +54,31 @@ class WellBags(Dataset):
 
 
 def bag_batches(
-    store: InstanceStore, wells: np.ndarray, batch_wells: int = 64, device: torch.device | str = "cpu"
+    store: InstanceStore,
+    wells: np.ndarray,
+    batch_wells: int = 64,
+    device: torch.device | str = "cpu",
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[BagBatch]:
-    """The bags of ``wells`` in order, ``batch_wells`` wells at a time, on ``device``."""
+    """The bags of ``wells`` in order, ``batch_wells`` wells at a time, on ``device``.
+
+    With ``shard=(rank, world)`` (training under torchrun) batch k holds the wells ``rank, rank + world, ...`` of
+    the k-th ``batch_wells`` wells: the ranks' batches together are the one-process batch (a rank's batch may be
+    empty at the end)."""
     dataset = WellBags(store, wells)
+    size = max(1, int(batch_wells))
     # a generator of its own: a DataLoader's iterator draws a base seed, which must not move the global torch
     # RNG that dropout and initialisation draw from (training stays the same with or without this loader)
-    loader = DataLoader(
-        dataset,
-        batch_size=max(1, int(batch_wells)),
-        shuffle=False,
-        collate_fn=dataset.collate,
-        generator=torch.Generator(),
-    )
+    if shard is None:
+        loader = DataLoader(
+            dataset, batch_size=size, shuffle=False, collate_fn=dataset.collate, generator=torch.Generator()
+        )
+    else:
+        rank, world = shard
+        steps = [
+            list(range(start, min(start + size, len(dataset))))[rank::world] for start in range(0, len(dataset), size)
+        ]
+        loader = DataLoader(dataset, batch_sampler=steps, collate_fn=dataset.collate, generator=torch.Generator())
     for batch in loader:
         yield BagBatch(batch.wells, batch.bags.to(device), batch.mask.to(device))
 

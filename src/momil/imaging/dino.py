@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 
+from momil import distributed
 from momil.errors import MomilError
 from momil.imaging.backbone import NAMES
 
@@ -91,11 +93,17 @@ def teacher_targets(
         raise MomilError(f"centering must be 'sinkhorn' or 'center', not {centering!r}")
     shape = logits.shape
     scores = logits.reshape(-1, shape[-1]).float() / temp
-    q = torch.exp(scores - scores.max())  # (samples, K)
-    q = q / q.sum()
-    samples, prototypes = q.shape
+    # under torchrun the batch is every rank's samples (as DINOv2 does it): the prototypes' mass and the number
+    # of samples are summed over the ranks; a one-process run reduces nothing
+    top = scores.max() if scores.numel() else torch.tensor(-torch.inf, device=scores.device)
+    top = distributed.all_reduce_(top.detach().clone(), "max")
+    q = torch.exp(scores - top)  # (samples, K)
+    q = q / distributed.all_reduce_(q.sum()).clamp(min=1e-30)
+    samples = int(distributed.all_reduce_(torch.tensor(float(len(q)), device=q.device)).item())
+    prototypes = q.shape[1]
     for _ in range(iterations):
-        q = q / q.sum(dim=0, keepdim=True).clamp(min=1e-30) / prototypes  # each prototype: mass 1 / K
+        column = distributed.all_reduce_(q.sum(dim=0, keepdim=True))
+        q = q / column.clamp(min=1e-30) / prototypes  # each prototype: mass 1 / K
         q = q / q.sum(dim=1, keepdim=True).clamp(min=1e-30) / samples  # each sample: mass 1 / samples
     return (q * samples).reshape(shape)
 
@@ -136,7 +144,7 @@ def ibot_loss(
     if centering == "sinkhorn":
         chosen = mask.bool()
         target = torch.zeros_like(teacher_patches)
-        if chosen.any():
+        if chosen.any() or distributed.context().active:  # every rank joins the reduction, masked tokens or none
             target[chosen] = teacher_targets(teacher_patches[chosen], center, teacher_temp, centering, iterations)
     else:
         target = teacher_targets(teacher_patches, center, teacher_temp, centering)
@@ -157,7 +165,8 @@ def koleo_loss(embeddings: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 
 def step_loss(student: Branch, teacher: Branch, g_views, l_views, center, patch_center, settings, teacher_temp, rng):
-    """The DINO (+ iBOT + KoLeo) loss of one step; returns (loss, parts, teacher CLS logits, teacher patch logits)."""
+    """The DINO (+ iBOT + KoLeo) loss of one step; returns (loss, parts, teacher CLS logits, teacher patch logits).
+    ``rng``: one generator per field of the batch (its iBOT masks)."""
     ibot = settings.method == "dinov2"
     with torch.no_grad():
         t_tokens = [teacher.tokens(v) for v in g_views]
@@ -165,12 +174,12 @@ def step_loss(student: Branch, teacher: Branch, g_views, l_views, center, patch_
         prefix = teacher.backbone.num_prefix_tokens
         t_patch = [teacher.ibot_head(t[:, prefix:]) for t in t_tokens] if ibot else None
     masks = None
-    if ibot:
+    if ibot:  # each field's masks from its own generator (``rng``: one per field), whichever rank holds it
         n_patches = t_tokens[0].shape[1] - prefix
         masks = []
         for v in g_views:
-            m = torch.from_numpy(rng.random((v.shape[0], n_patches)) < settings.mask_ratio).to(v.device)
-            masks.append(m)
+            drawn = np.stack([r.random(n_patches) for r in rng]) < settings.mask_ratio
+            masks.append(torch.from_numpy(drawn).to(v.device))
     s_tokens = [student.tokens(v, masks[k] if masks else None) for k, v in enumerate(g_views)]
     s_cls = [student.dino_head(t[:, 0]) for t in s_tokens]
     s_cls += [student.dino_head(student.tokens(v)[:, 0]) for v in l_views]

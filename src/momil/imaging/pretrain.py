@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from momil import distributed
 from momil.config import Settings, check_device_name, setting
 from momil.errors import MomilError
 from momil.faults import fault_point
@@ -142,15 +143,22 @@ class DinoRun:
 
     @classmethod
     def start(cls, settings: PretrainSettings, channels: list, steps_per_epoch: int, device) -> DinoRun:
+        """``steps_per_epoch`` of the global batch: ``batch_fields`` per rank x torchrun's ranks."""
         torch.manual_seed(settings.seed)
         student = make_branch(settings, len(channels)).to(device)
+        if distributed.context().active:  # one student on every rank
+            import torch.distributed as dist
+
+            for tensor in student.state_dict().values():
+                dist.broadcast(tensor, src=0)
         teacher = copy.deepcopy(student).to(device)
         for p in teacher.parameters():
             p.requires_grad_(False)
         params = [p for p in student.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if p.ndim > 1]}, {"params": [p for p in params if p.ndim <= 1]}]
         groups[1]["weight_decay"] = 0.0
-        optimizer = torch.optim.AdamW(groups, lr=settings.lr * settings.batch_fields / 256)  # the peak rate
+        global_batch = settings.batch_fields * distributed.context().world
+        optimizer = torch.optim.AdamW(groups, lr=settings.lr * global_batch / 256)  # the peak rate
         total = steps_per_epoch * settings.epochs
         warmup = steps_per_epoch * min(settings.warmup_epochs, settings.epochs)
         return cls(
@@ -172,6 +180,12 @@ class DinoRun:
         saved = load_torch(checkpoint, "pretraining checkpoint", map_location=device)
         if saved.get("settings") != dataclasses.asdict(self.settings) or saved.get("channels") != self.channels:
             raise MomilError(f"{checkpoint}: was written with other settings -- use another --out or delete it")
+        world = distributed.context().world
+        if saved.get("world", 1) != world:
+            raise MomilError(
+                f"{checkpoint}: was written by a run on {saved.get('world', 1)} process(es); this run has {world} -- "
+                f"resume it with the same torchrun --nproc-per-node x --nnodes ({saved.get('world', 1)}), or delete it"
+            )
         self.student.load_state_dict(saved["student"])
         self.teacher.load_state_dict(saved["teacher"])
         self.optimizer.load_state_dict(saved["optimizer"])
@@ -194,6 +208,7 @@ class DinoRun:
             "state": self.state,
             "settings": dataclasses.asdict(self.settings),
             "channels": self.channels,
+            "world": distributed.context().world,
         }
         with atomic_path(checkpoint) as tmp:
             torch.save(payload, tmp)
@@ -205,19 +220,31 @@ class DinoRun:
             return s.teacher_temp
         return s.warmup_teacher_temp + (s.teacher_temp - s.warmup_teacher_temp) * epoch / max(1, s.teacher_temp_epochs)
 
-    def views(self, fields: FieldCache, batch: np.ndarray, nuclei: int, device) -> tuple[list, list]:
+    def field_rngs(self, batch: np.ndarray) -> list[np.random.Generator]:
+        """One generator per field of the step, from (seed, step, field): a field's crops and masks are the same
+        whichever rank draws them, so a run on any number of ranks draws what one process draws."""
+        step = self.state["step"]
+        return [np.random.default_rng([self.settings.seed, step, int(i)]) for i in batch]
+
+    def views(self, fields: FieldCache, batch: np.ndarray, nuclei: int, device, rngs=None) -> tuple[list, list]:
         """The batch's two global views and its local views, each stacked over the batch's fields."""
         globals_, locals_ = [[], []], [[] for _ in range(self.settings.local_crops)]
-        for i in batch:
-            views_g, views_l = crop_views(fields[int(i)], self.settings, self.rng, nuclei)
+        rngs = rngs if rngs is not None else self.field_rngs(batch)
+        for i, rng in zip(batch, rngs):
+            views_g, views_l = crop_views(fields[int(i)], self.settings, rng, nuclei)
             for k in range(2):
                 globals_[k].append(views_g[k])
             for k in range(len(views_l)):
                 locals_[k].append(views_l[k])
         return [torch.stack(v).to(device) for v in globals_], [torch.stack(v).to(device) for v in locals_ if v]
 
-    def step(self, g_views: list, l_views: list, autocast) -> tuple[float, float, dict]:
-        """One optimisation step of the student, then the teacher's EMA and the centres; (loss, lr, parts)."""
+    def step(self, g_views: list, l_views: list, autocast, rngs: list, share: float = 1.0) -> tuple[float, float, dict]:
+        """One optimisation step of the student, then the teacher's EMA and the centres; (loss, lr, parts).
+
+        ``rngs``: the fields' generators (their iBOT masks). Under torchrun ``share`` is this rank's fields over
+        the step's: the rank's loss, a mean over its fields, is weighted by it and the gradients summed, which is
+        the one-process gradient of the mean over all fields (KoLeo, as in DINOv2, is taken within each rank's
+        fields)."""
         s, step = self.settings, self.state["step"]
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.param_groups[0]["weight_decay"] = cosine(
@@ -233,25 +260,37 @@ class DinoRun:
                 self.patch_center,
                 s,
                 self.teacher_temp(),
-                self.rng,
+                rngs,
             )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * share).backward()
+        names = sorted(parts)
+        reported = torch.tensor([float(loss.detach()), *(parts[k] for k in names)]) * share
+        if distributed.context().active:
+            *_, reported = distributed.sum_gradients(list(self.student.parameters()), [reported])
+            parts = dict(zip(names, reported[1:].tolist()))
         nn.utils.clip_grad_norm_(self.student.parameters(), 3.0)
         self.optimizer.step()
         self.scheduler.step()
         self._update_teacher(cosine(step, self.total_steps, s.momentum, 1.0), teacher_cls, teacher_patch)
         self.state["step"] += 1
-        return float(loss.detach()), lr, parts
+        return float(reported[0]), lr, parts
 
     @torch.no_grad()
     def _update_teacher(self, momentum: float, teacher_cls: torch.Tensor, teacher_patch: torch.Tensor | None) -> None:
         for ps, pt in zip(self.student.parameters(), self.teacher.parameters()):
             pt.mul_(momentum).add_(ps.detach(), alpha=1 - momentum)
         keep = self.settings.center_momentum
-        self.center = self.center * keep + teacher_cls.mean(0, keepdim=True) * (1 - keep)
+        self.center = self.center * keep + _mean_over_ranks(teacher_cls, (0,)) * (1 - keep)
         if teacher_patch is not None:
-            self.patch_center = self.patch_center * keep + teacher_patch.mean((0, 1), keepdim=True) * (1 - keep)
+            self.patch_center = self.patch_center * keep + _mean_over_ranks(teacher_patch, (0, 1)) * (1 - keep)
+
+
+def _mean_over_ranks(values: torch.Tensor, dims: tuple) -> torch.Tensor:
+    """The mean of ``values`` over ``dims`` (kept) and over every rank's values (DINO's centre statistics)."""
+    total = distributed.all_reduce_(values.sum(dims, keepdim=True))
+    count = distributed.all_reduce_(torch.tensor(float(np.prod([values.shape[d] for d in dims]))))
+    return total / count.to(total.device)
 
 
 def _check(settings: PretrainSettings, field: FieldSettings) -> None:
@@ -288,9 +327,17 @@ def pretrain(
     names = [m for m, _ in channels]
     nuclei = names.index(field.nuclei_channel) if field.nuclei_channel in names else 0
     root = Path(root) if root else Path(load_data).parent
-    device = resolve_device(settings.device)
+    ctx = distributed.context()
+    device = distributed.rank_device(resolve_device(settings.device))
+    show_progress = show_progress and ctx.is_main
     n_fields = len(table)
-    run = DinoRun.start(settings, channels, math.ceil(n_fields / settings.batch_fields), device)
+    step_fields = settings.batch_fields * ctx.world  # the global batch: batch_fields on each rank
+    if ctx.active and n_fields < step_fields:
+        raise MomilError(
+            f"{load_data}: {n_fields} fields are fewer than one step of {ctx.world} ranks x --batch-fields "
+            f"{settings.batch_fields} -- lower --batch-fields or use fewer ranks"
+        )
+    run = DinoRun.start(settings, channels, _steps(n_fields, step_fields, ctx.world), device)
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():
         run.resume(checkpoint, device)
@@ -310,27 +357,51 @@ def pretrain(
             run.student.train()
             order = run.rng.permutation(n_fields)
             losses = []
-            for start in range(0, n_fields, settings.batch_fields):
-                g_views, l_views = run.views(fields, order[start : start + settings.batch_fields], nuclei, device)
-                loss, lr, parts = run.step(g_views, l_views, autocast)
+            for start in range(0, _steps(n_fields, step_fields, ctx.world) * step_fields, step_fields):
+                whole = order[start : start + step_fields]
+                mine = distributed.shard(whole)
+                rngs = run.field_rngs(mine)
+                g_views, l_views = run.views(fields, mine, nuclei, device, rngs)
+                loss, lr, parts = run.step(g_views, l_views, autocast, rngs, len(mine) / len(whole))
                 losses.append(loss)
             entry = {"epoch": run.state["epoch"], "loss": float(np.mean(losses)), "lr": lr}
             entry.update(seconds=round(time.perf_counter() - started, 2), **parts)
             run.state["history"].append(entry)
             run.state["epoch"] += 1
-            run.save(checkpoint)
+            if ctx.is_main:
+                run.save(checkpoint)
+            distributed.barrier()
             fault_point("pretrain.epoch")
             bar.update(1)
             epochs_now += 1
             rate = n_fields * epochs_now / max(1e-9, time.perf_counter() - started)
             bar.set_postfix(loss=f"{entry['loss']:.4f}", fields_per_s=f"{rate:.1f}")
-            if max_seconds is not None and time.perf_counter() - started > max_seconds:
+            out_of_time = max_seconds is not None and time.perf_counter() - started > max_seconds
+            if distributed.broadcast_object(out_of_time):  # rank 0's clock decides for every rank
                 break
     return _write_outputs(out, run, settings, field, load_data, channels, n_fields, started)
 
 
+def _steps(n_fields: int, step_fields: int, world: int) -> int:
+    """Steps per epoch: one per ``step_fields``; under torchrun a last step too small to give every rank a
+    field is left out (it comes again in the next epoch's order)."""
+    full, rest = divmod(n_fields, step_fields)
+    return full + (1 if rest >= world else 0)
+
+
 def _write_outputs(out: Path, run: DinoRun, settings, field, load_data, channels, n_fields: int, started) -> dict:
-    """backbone.pt (the teacher's backbone), history.csv and pretrain.json; returns the summary."""
+    """backbone.pt (the teacher's backbone), history.csv and pretrain.json; returns the summary (every rank;
+    rank 0 writes)."""
+    history = pd.DataFrame(run.state["history"])
+    summary = {
+        "epochs_done": run.state["epoch"],
+        "fields": n_fields,
+        "first_loss": float(history["loss"].iloc[0]),
+        "last_loss": float(history["loss"].iloc[-1]),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if not distributed.context().is_main:
+        return summary
     save_backbone(
         out / "backbone.pt",
         run.teacher.backbone,
@@ -341,16 +412,8 @@ def _write_outputs(out: Path, run: DinoRun, settings, field, load_data, channels
             "global_size": settings.global_size,
         },
     )
-    history = pd.DataFrame(run.state["history"])
     with atomic_path(out / "history.csv") as tmp:
         history.to_csv(tmp, index=False)
-    summary = {
-        "epochs_done": run.state["epoch"],
-        "fields": n_fields,
-        "first_loss": float(history["loss"].iloc[0]),
-        "last_loss": float(history["loss"].iloc[-1]),
-        "seconds": round(time.perf_counter() - started, 1),
-    }
     write_json_atomic(
         provenance(
             "pretrain",

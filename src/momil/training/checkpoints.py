@@ -25,7 +25,10 @@ def state_from_checkpoint(state: dict) -> dict:
     return {k: v.numpy() if k in _ARRAY_KEYS and isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
-def save_training_checkpoint(path: Path, model, optimizer, lazy, rng, state, signature, device, scheduler) -> None:
+def save_training_checkpoint(
+    path: Path, model, optimizer, lazy, rng, state, signature, device, scheduler, rank_rngs=None
+) -> None:
+    """The training state; under torchrun (written by rank 0) with every rank's torch RNG (``rank_rngs``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "model": model.state_dict(),
@@ -37,6 +40,7 @@ def save_training_checkpoint(path: Path, model, optimizer, lazy, rng, state, sig
         "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
         "state": state_for_checkpoint(state),
         "signature": signature,
+        "rank_torch_rng": rank_rngs if rank_rngs is not None and len(rank_rngs) > 1 else None,
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

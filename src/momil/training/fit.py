@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from momil import distributed
 from momil.data.bags import bag_batches
 from momil.data.pairs import WellPairs
 from momil.device import autocast_for, keep_freed_memory, resolve_device
@@ -47,15 +48,20 @@ def training_step(
     device,
     task_weights: torch.Tensor | None = None,
     running_loss: np.ndarray | None = None,
+    total_pairs: int | None = None,
 ) -> float:
     """One optimisation step over the labelled pairs; returns the summed loss.
 
     The objective is the mean BCE over pairs, or with ``task_weights`` (T,) AMTL's weighted geometric mean of
     the per-task losses (:func:`balanced_loss`; with ``running_loss`` its smoothed form,
-    :func:`smoothed_balanced_loss`)."""
+    :func:`smoothed_balanced_loss`). Under torchrun each rank holds its share of the step's wells and
+    ``total_pairs`` is the pairs of the whole step: the gradients, summed over the ranks
+    (:func:`reduce_gradients`), are the one-process step's."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
+    if distributed.context().active:
+        return _distributed_step(model, bags, mask, rows, assay, label, optimizer, lazy, lr, device, total_pairs)
     rows_t, target = torch.from_numpy(rows).to(device), torch.from_numpy(label).to(device)
     with autocast_for(device):
         if lazy is None:
@@ -87,6 +93,56 @@ def training_step(
     if lazy is not None:
         lazy.step(plan.assays, {name: table.grad for name, table in tables.items()}, lr)
     return float(loss_sum.detach())
+
+
+def _distributed_step(model, bags, mask, rows, assay, label, optimizer, lazy, lr, device, total_pairs) -> float:
+    """:func:`training_step` on one rank: this rank's pairs (possibly none) over the step's ``total_pairs``."""
+    loss_sum, tables, used = torch.zeros(()), {}, torch.zeros(0, dtype=torch.long)
+    if len(rows):
+        rows_t, target = torch.from_numpy(rows).to(device), torch.from_numpy(label).to(device)
+        with autocast_for(device):
+            if lazy is None:
+                out = model(bags, mask, rows_t, torch.from_numpy(assay).to(device))
+            else:
+                plan = PairPlan.build(assay, device)
+                used = plan.assays
+                tables = {
+                    name: param.detach().index_select(0, used).requires_grad_(True)
+                    for name, param in lazy.params.items()
+                }
+                out = model.forward_planned(bags, mask, plan.permute(rows_t), plan, tables["flat"])
+                target = plan.permute(target)
+            loss_sum = model.pair_loss(out, target).sum()
+        (loss_sum / max(1, total_pairs)).backward()
+    union, grads = reduce_gradients(
+        [p for group in optimizer.param_groups for p in group["params"]], lazy, used, tables, device
+    )
+    if optimizer.param_groups[0]["params"]:
+        optimizer.step()
+    if lazy is not None and len(union):
+        lazy.step(union, grads, lr)
+    return float(loss_sum.detach())
+
+
+def reduce_gradients(params: list, lazy: LazyHeadAdamW | None, used: torch.Tensor, tables: dict, device):
+    """Sum the gradients over torchrun's ranks (:func:`momil.distributed.sum_gradients`, one all-reduce) so
+    every rank takes the same step: the dense parameters' and, with lazy heads, the head rows of every rank
+    scattered into whole (assays x K) tables, with a mask of the rows any rank used. The lazy optimiser then
+    steps that union (each rank stepping only its own rows would let the replicas drift apart). Returns (the
+    union's rows, their summed gradients)."""
+    if lazy is None:
+        distributed.sum_gradients(params)
+        return torch.zeros(0, dtype=torch.long), {}
+    names = list(lazy.params)
+    full = {name: torch.zeros_like(lazy.params[name], dtype=torch.float32) for name in names}
+    mask = torch.zeros(next(iter(full.values())).shape[0], device=device)
+    if len(used):
+        for name in names:
+            full[name].index_add_(0, used, tables[name].grad.float())
+        mask[used] = 1.0
+    *heads, mask = distributed.sum_gradients(params, [*full.values(), mask])
+    union = torch.nonzero(mask > 0).flatten()
+    return union, {name: g.index_select(0, union).to(lazy.params[name].dtype) for name, g in zip(names, heads)}
 
 
 @dataclasses.dataclass
@@ -134,7 +190,14 @@ def fit(
     :func:`smoothed_balanced_loss` (labels are sparse: a task has few pairs per step). All weights start at 1."""
     settings = settings or TrainSettings()
     started = time.perf_counter()
-    device = resolve_device(settings.device)
+    ctx = distributed.context()
+    device = distributed.rank_device(resolve_device(settings.device))
+    show_progress = show_progress and ctx.is_main
+    if ctx.active and settings.balancing == "amtl":
+        raise MomilError(
+            "AMTL balancing (--balancing amtl) weighs whole tasks' losses, which torchrun's ranks each see only a "
+            "share of -- train it as one process"
+        )
     if device.type == "cpu":
         keep_freed_memory()
     train_wells = pairs.labelled_wells(np.asarray(train_wells, np.int64))
@@ -159,9 +222,13 @@ def fit(
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.4f}", val_auc=f"{score:.3f}", best=f"{state['best_score']:.3f}")
             if checkpoint is not None:
-                save_training_checkpoint(
-                    checkpoint, run.model, run.optimizer, run.lazy, run.rng, state, signature, device, run.scheduler
-                )
+                rank_rngs = distributed.all_gather_object(torch.get_rng_state())
+                if ctx.is_main:
+                    save_training_checkpoint(
+                        checkpoint, run.model, run.optimizer, run.lazy, run.rng, state, signature, device,
+                        run.scheduler, rank_rngs,
+                    )  # fmt: skip
+                distributed.barrier()
                 fault_point("train.epoch")
             if on_epoch_end is not None:
                 on_epoch_end(state["epoch"] - 1)
@@ -210,6 +277,14 @@ class _Run:
     def start(cls, store, pairs: WellPairs, settings: TrainSettings, n_train: int, device) -> _Run:
         torch.manual_seed(settings.seed)
         model = build_model(store.dim, pairs.assays, settings).to(device)
+        ctx = distributed.context()
+        if ctx.active:  # one set of weights on every rank; each rank's dropout draws its own masks
+            import torch.distributed as dist
+
+            for tensor in model.state_dict().values():
+                dist.broadcast(tensor, src=0)
+            if ctx.rank:
+                torch.manual_seed(settings.seed + 1_000_003 * ctx.rank)
         optimizer, lazy = make_optimizers(model, settings.lr, settings.weight_decay, settings.lazy_heads, device)
         steps_per_epoch = math.ceil(n_train / settings.batch_wells)
         warmup_steps = steps_per_epoch * min(settings.warmup_epochs, settings.epochs)
@@ -246,7 +321,14 @@ class _Run:
         if self.lazy is not None:
             self.lazy.load_state_dict(saved["lazy"])
         self.rng.bit_generator.state = saved["numpy_rng"]
-        torch.set_rng_state(saved["torch_rng"])
+        ctx = distributed.context()
+        rank_rngs = saved.get("rank_torch_rng") or [saved["torch_rng"]]
+        if len(rank_rngs) != ctx.world:
+            raise MomilError(
+                f"{checkpoint}: was written by a run on {len(rank_rngs)} process(es); this run has {ctx.world} -- "
+                f"resume it with the same torchrun --nproc-per-node x --nnodes ({len(rank_rngs)}), or delete it"
+            )
+        torch.set_rng_state(rank_rngs[ctx.rank])
         if self.device.type == "cuda" and saved.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(saved["cuda_rng"])
         self.state = state_from_checkpoint(saved["state"])
@@ -257,8 +339,13 @@ class _Run:
         self.model.train()
         order = self.rng.permutation(train_wells)
         total_loss, total_pairs = 0.0, 0
-        for batch, bags, mask in bag_batches(self.store, order, settings.batch_wells, self.device):
+        ctx = distributed.context()
+        shard = (ctx.rank, ctx.world) if ctx.active else None
+        batches = bag_batches(self.store, order, settings.batch_wells, self.device, shard)
+        for step, (batch, bags, mask) in enumerate(batches):
             rows, assay, label = self.pairs.pairs(batch)
+            start = step * settings.batch_wells
+            step_pairs = int(self.pairs.count(order[start : start + settings.batch_wells]).sum())
             lr = self.optimizer.param_groups[0]["lr"]
             weights = torch.as_tensor(state["task_weights"], dtype=torch.float32) if self.amtl else None
             step_loss = training_step(
@@ -274,6 +361,7 @@ class _Run:
                 self.device,
                 weights,
                 state["running_loss"] if self.amtl else None,
+                step_pairs,
             )
             if not math.isfinite(step_loss):
                 raise MomilError(
@@ -285,13 +373,16 @@ class _Run:
             total_pairs += len(rows)
             state["step"] += 1
             self.scheduler.step()
+        if ctx.active:
+            total_loss = sum(distributed.all_gather_object(total_loss))
+            total_pairs = len(self.pairs.pairs(order)[0])
         return total_loss / max(1, total_pairs), lr
 
     def end_epoch(self, val_wells, primary, potentials, train_loss: float, lr: float, best_epoch_wins: bool) -> float:
         """Score the epoch on the validation wells, keep the best model, count epochs without improvement;
         returns the validation score."""
         state = self.state
-        _, v_assay, v_label, v_prob = predict_pairs(self.model, self.store, val_wells, self.pairs, self.device)
+        _, v_assay, v_label, v_prob = _predict_shared(self.model, self.store, val_wells, self.pairs, self.device)
         score, per_assay = validation_score(v_assay, v_label, v_prob, primary)
         if self.amtl:
             state["task_weights"] = amtl_weights(
@@ -317,3 +408,12 @@ class _Run:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
         return score
+
+
+def _predict_shared(model, store, wells, pairs, device):
+    """:func:`predict_pairs` of ``wells``; under torchrun each rank predicts its share and every rank receives
+    all of them (in rank order: the validation score and loss do not depend on the pairs' order)."""
+    if not distributed.context().active:
+        return predict_pairs(model, store, wells, pairs, device)
+    parts = distributed.all_gather_object(predict_pairs(model, store, distributed.shard(wells), pairs, device))
+    return tuple(np.concatenate([part[k] for part in parts]) for k in range(4))
