@@ -133,3 +133,50 @@ def test_pretrain_on_two_ranks_gives_the_one_process_losses(rendered, tmp_path, 
     b = torch.load(tmp_path / "two" / "backbone.pt", weights_only=False)["state_dict"]
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_two_nodes_on_localhost_make_the_one_process_store(rendered, tmp_path):
+    """``--nnodes 2``: two launchers (node ranks 0 and 1, one process each) meeting at one rendezvous point, as on
+    two machines of a cluster; the store equals one process's."""
+    inputs = ["--load-data", rendered / "load_data.parquet", "--wells", rendered / "wells.parquet"]
+    momil("extract", *inputs, "--out", tmp_path / "one", *EXTRACT, "--no-drop-background")
+    port, env = _free_port(), {**os.environ, "MOMIL_NO_PROGRESS": "1", "MOMIL_THREADS": "1"}
+    args = ["extract", *inputs, "--out", tmp_path / "two", *EXTRACT, "--no-drop-background", "--quiet"]
+    launchers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--node-rank",
+                str(node),
+                "--nproc-per-node",
+                "1",
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                str(port),
+                "-m",
+                "momil",
+                *map(str, args),
+            ],  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for node in (0, 1)
+    ]
+    outputs = [launcher.communicate(timeout=300) for launcher in launchers]
+    assert [launcher.returncode for launcher in launchers] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert "instance store written" in outputs[0][0] and "instance store written" not in outputs[1][0]
+    one, two = InstanceStore(tmp_path / "one"), InstanceStore(tmp_path / "two")
+    np.testing.assert_allclose(np.asarray(two.features), np.asarray(one.features), atol=1e-5, rtol=0)
+
+
+def test_a_stage_that_does_not_run_distributed_is_refused_under_torchrun(workspace, tmp_path):
+    done = momil("correct", "--store", workspace / "store", "--out", tmp_path / "c", ranks=2, code=1)
+    assert "momil correct does not run under torchrun" in done.stderr
+    assert not (tmp_path / "c").exists()
