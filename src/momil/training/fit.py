@@ -60,50 +60,15 @@ def training_step(
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
-    if distributed.context().active:
-        return _distributed_step(model, bags, mask, rows, assay, label, optimizer, lazy, lr, device, total_pairs)
-    rows_t, target = torch.from_numpy(rows).to(device), torch.from_numpy(label).to(device)
-    with autocast_for(device):
-        if lazy is None:
-            task, ids = torch.from_numpy(assay).to(device), np.arange(len(model.assays))
-            out = model(bags, mask, rows_t, task)
-        else:  # the rows of the heads in use, in the plan's order: updated by the lazy optimizer
-            plan = PairPlan.build(assay, device)
-            tables = {
-                name: param.detach().index_select(0, plan.assays).requires_grad_(True)
-                for name, param in lazy.params.items()
-            }
-            out = model.forward_planned(bags, mask, plan.permute(rows_t), plan, tables["flat"])
-            target = plan.permute(target)
-            task, ids = plan.pair_head, plan.assays.cpu().numpy()
-        pair_loss = model.pair_loss(out, target)
-        loss_sum = pair_loss.sum()
-        if task_weights is None:
-            objective = loss_sum / len(rows)
-        else:
-            weights = task_weights.to(pair_loss.device)[torch.from_numpy(ids).to(pair_loss.device)]
-            objective = (
-                balanced_loss(pair_loss, task, weights)
-                if running_loss is None
-                else smoothed_balanced_loss(pair_loss, task, weights, running_loss, ids)
-            )
-    objective.backward()
-    if optimizer.param_groups[0]["params"]:
-        optimizer.step()
-    if lazy is not None:
-        lazy.step(plan.assays, {name: table.grad for name, table in tables.items()}, lr)
-    return float(loss_sum.detach())
-
-
-def _distributed_step(model, bags, mask, rows, assay, label, optimizer, lazy, lr, device, total_pairs) -> float:
-    """:func:`training_step` on one rank: this rank's pairs (possibly none) over the step's ``total_pairs``."""
-    loss_sum, tables, used = torch.zeros(()), {}, torch.zeros(0, dtype=torch.long)
-    if len(rows):
+    active = distributed.context().active
+    loss_sum, used, tables = torch.zeros(()), torch.zeros(0, dtype=torch.long, device=device), {}
+    if len(rows):  # under torchrun a rank's share of a step can be empty; it still joins the reduction
         rows_t, target = torch.from_numpy(rows).to(device), torch.from_numpy(label).to(device)
         with autocast_for(device):
             if lazy is None:
-                out = model(bags, mask, rows_t, torch.from_numpy(assay).to(device))
-            else:
+                task, ids = torch.from_numpy(assay).to(device), np.arange(len(model.assays))
+                out = model(bags, mask, rows_t, task)
+            else:  # the rows of the heads in use, in the plan's order: updated by the lazy optimizer
                 plan = PairPlan.build(assay, device)
                 used = plan.assays
                 tables = {
@@ -112,15 +77,29 @@ def _distributed_step(model, bags, mask, rows, assay, label, optimizer, lazy, lr
                 }
                 out = model.forward_planned(bags, mask, plan.permute(rows_t), plan, tables["flat"])
                 target = plan.permute(target)
-            loss_sum = model.pair_loss(out, target).sum()
-        (loss_sum / max(1, total_pairs)).backward()
-    union, grads = reduce_gradients(
-        [p for group in optimizer.param_groups for p in group["params"]], lazy, used, tables, device
-    )
+                task, ids = plan.pair_head, used.cpu().numpy()
+            pair_loss = model.pair_loss(out, target)
+            loss_sum = pair_loss.sum()
+            if task_weights is None:
+                objective = loss_sum / (total_pairs if active else len(rows))
+            else:
+                weights = task_weights.to(pair_loss.device)[torch.from_numpy(ids).to(pair_loss.device)]
+                objective = (
+                    balanced_loss(pair_loss, task, weights)
+                    if running_loss is None
+                    else smoothed_balanced_loss(pair_loss, task, weights, running_loss, ids)
+                )
+        objective.backward()
+    if active:
+        used, grads = reduce_gradients(
+            [p for group in optimizer.param_groups for p in group["params"]], lazy, used, tables, device
+        )
+    else:
+        grads = {name: table.grad for name, table in tables.items()}
     if optimizer.param_groups[0]["params"]:
         optimizer.step()
-    if lazy is not None and len(union):
-        lazy.step(union, grads, lr)
+    if lazy is not None and len(used):
+        lazy.step(used, grads, lr)
     return float(loss_sum.detach())
 
 
