@@ -206,6 +206,30 @@ def _assemble(out, cache, order, well_table, dim, settings, field, load_data, we
         )
 
 
+def _check_inputs(load_data, wells, out, field: FieldSettings, settings: ExtractSettings):
+    """Every check of extract's inputs and output, before anything is embedded: returns the checked output path,
+    the LoadData and wells tables, the channel map and the nuclei channel's index."""
+    if field.size and field.tile > field.size:
+        raise MomilError(
+            f"--tile {field.tile} is larger than the resized field (--size {field.size}) -- choose a "
+            "tile of at most the field size"
+        )
+    out = check_output(
+        out,
+        "dir",
+        {"--load-data": load_data, "--wells": wells, "--weights": settings.weights or None},
+        settings.overwrite,
+    )
+    table, available = read_load_data(load_data)
+    well_table = read_wells(wells)
+    channels = channel_map(field, available)
+    names = [m for m, _ in channels]
+    if field.nuclei_channel not in names:
+        raise MomilError(f"nuclei_channel {field.nuclei_channel!r} is not a model channel ({', '.join(names)})")
+    require_listed_fields(table, well_table, load_data)
+    return out, table, well_table, channels, names.index(field.nuclei_channel)
+
+
 def extract(
     load_data,
     wells,
@@ -224,26 +248,8 @@ def extract(
 
     field = field or FieldSettings()
     settings = settings or ExtractSettings()
-    if field.size and field.tile > field.size:
-        raise MomilError(
-            f"--tile {field.tile} is larger than the resized field (--size {field.size}) -- choose a "
-            "tile of at most the field size"
-        )
-    out = check_output(
-        out,
-        "dir",
-        {"--load-data": load_data, "--wells": wells, "--weights": settings.weights or None},
-        settings.overwrite,
-    )
-    table, available = read_load_data(load_data)
-    well_table = read_wells(wells)
+    out, table, well_table, channels, nuclei = _check_inputs(load_data, wells, out, field, settings)
     root = Path(root) if root else Path(load_data).parent
-    channels = channel_map(field, available)
-    names = [m for m, _ in channels]
-    if field.nuclei_channel not in names:
-        raise MomilError(f"nuclei_channel {field.nuclei_channel!r} is not a model channel ({', '.join(names)})")
-    nuclei = names.index(field.nuclei_channel)
-    require_listed_fields(table, well_table, load_data)
     ctx = distributed.context()
     device = distributed.rank_device(resolve_device(settings.device))
     show_progress = show_progress and ctx.is_main
