@@ -311,6 +311,20 @@ def test_ctrl_c_leaves_no_model_and_the_rerun_resumes(work, monkeypatch, capsys)
     same_tensors(Path("clean/model.pt"), Path("again/model.pt"), "state_dict")
 
 
+def test_sigterm_mid_epoch_checkpoints_that_step_and_the_rerun_equals_an_uninterrupted_run(work):
+    argv = ["train", *MODEL, "--epochs", 2, *SMALL, "--batch-wells", 4]
+    assert run(*argv, "--out", "clean") == 0
+    stopped = killed("train.step:3:TERM", *argv, "--out", "again")
+    assert stopped.returncode == 130, stopped.stderr
+    assert "stopped by SIGTERM in epoch 0 after step 3" in stopped.stderr
+    saved = torch.load("again/checkpoint/last.pt", weights_only=True)
+    assert saved["state"]["epoch"] == 0 and saved["state"]["step"] == 3 and saved["state"]["partial"]["steps"] == 3
+    assert not Path("again/model.pt").exists()
+    assert run(*argv, "--out", "again") == 0
+    same_tensors(Path("clean/model.pt"), Path("again/model.pt"), "state_dict")
+    same_csv(Path("clean/history.csv"), Path("again/history.csv"))
+
+
 def test_a_full_disk_is_reported_and_leaves_nothing(work, monkeypatch, capsys):
     def full(fd, data, offset):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -24,10 +24,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def momil(*argv, ranks: int = 1, timeout: int = 300, code: int = 0) -> subprocess.CompletedProcess:
+def momil(*argv, ranks: int = 1, timeout: int = 300, code: int = 0, env=None) -> subprocess.CompletedProcess:
     """``momil ARGV`` as one process, or under torchrun with ``ranks`` processes (gloo, localhost)."""
     args = [str(a) for a in argv] + ["--quiet"]
-    env = {**os.environ, "MOMIL_NO_PROGRESS": "1", "MOMIL_THREADS": "1"}
+    env = {**os.environ, "MOMIL_NO_PROGRESS": "1", "MOMIL_THREADS": "1", **(env or {})}
     if ranks == 1:
         command = [sys.executable, "-m", "momil", *args]
     else:
@@ -70,12 +70,12 @@ def workspace(tmp_path_factory):
     return prepared_workspace(tmp_path_factory.mktemp("workspace"))
 
 
-def _train(workspace, out, ranks, *extra, code=0):
+def _train(workspace, out, ranks, *extra, code=0, env=None):
     inputs = ["--store", workspace / "corr", "--labels", workspace / "screen" / "labels.parquet"]
     inputs += ["--folds", workspace / "folds.parquet", "--assays", workspace / "screen" / "assays.parquet"]
     # a fixed schedule, no dropout (each rank draws its own masks) and 8 wells per step, shared by the ranks
     fixed = ["--epochs", 3, "--warmup-epochs", 1, "--select-epoch", "last", "--dropout", 0, "--batch-wells", 8]
-    return momil("train", *inputs, "--out", out, *fixed, "--device", "cpu", *extra, ranks=ranks, code=code)
+    return momil("train", *inputs, "--out", out, *fixed, "--device", "cpu", *extra, ranks=ranks, code=code, env=env)
 
 
 @pytest.mark.parametrize("heads", ["--lazy-heads", "--no-lazy-heads"])
@@ -106,6 +106,32 @@ def test_resume_with_another_world_size_is_refused(workspace, tmp_path):
     _train(workspace, tmp_path / "run", 2)
     done = _train(workspace, tmp_path / "run", 1, code=2)  # same settings: it would resume the 2-rank checkpoint
     assert "written by a run on 2 process(es); this run has 1" in done.stderr
+
+
+def test_sigterm_on_one_rank_stops_every_rank_at_that_step_and_the_rerun_equals_an_uninterrupted_run(
+    workspace, tmp_path
+):
+    """A preemption signal reaching rank 1 alone: both ranks stop after the same step, rank 0 writes the checkpoint
+    of that step (with both ranks' RNG), and the resumed run ends where an uninterrupted 2-rank run ends."""
+    import pandas as pd
+    import torch
+
+    _train(workspace, tmp_path / "clean", 2, "--batch-wells", 4)
+    stopped = _train(
+        workspace, tmp_path / "run", 2, "--batch-wells", 4, code=1,
+        env={"MOMIL_FAULT": "train.step:3:TERM", "MOMIL_FAULT_RANK": "1"},
+    )  # fmt: skip
+    assert "stopped by SIGTERM in epoch 0 after step 3" in stopped.stderr
+    saved = torch.load(tmp_path / "run" / "checkpoint" / "last.pt", weights_only=True)
+    assert saved["state"]["partial"]["steps"] == 3 and len(saved["rank_torch_rng"]) == 2
+    _train(workspace, tmp_path / "run", 2, "--batch-wells", 4)
+    one, two = pd.read_csv(tmp_path / "clean" / "history.csv"), pd.read_csv(tmp_path / "run" / "history.csv")
+    for column in ("train_loss", "val_auc", "val_loss", "lr"):
+        np.testing.assert_allclose(two[column], one[column], rtol=1e-6, atol=1e-7, err_msg=column)
+    w1 = torch.load(tmp_path / "clean" / "model.pt", weights_only=True)["state_dict"]
+    w2 = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["state_dict"]
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
 PRETRAIN = ["--backbone", "vit-tiny", "--size", 64, "--global-size", 32, "--local-size", 16, "--local-crops", 1]

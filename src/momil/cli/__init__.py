@@ -18,10 +18,11 @@ import threading
 import warnings
 from pathlib import Path
 
-from momil import __version__, distributed
+from momil import __version__, distributed, preemption
 from momil.cli import imaging, model, protocol, screen
 from momil.errors import MomilError
 from momil.io.paths import OutputLocked, output_lock
+from momil.preemption import Preempted
 
 GROUPS = (screen, imaging, model, protocol)
 
@@ -65,10 +66,6 @@ def _remove_new_output(out: Path | None, existed: bool) -> None:
         out.unlink(missing_ok=True)
 
 
-def _on_sigterm(signum, frame):  # pragma: no cover - exercised through a subprocess in the fault tests
-    raise KeyboardInterrupt
-
-
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -76,8 +73,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     warnings.showwarning = _show_warning
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)  # preemption: the same clean stop as Ctrl-C
+    preemption.install()  # SIGTERM: a clean stop as Ctrl-C, after a checkpoint of the step when training
     out = _output_of(args)
     existed = out is not None and (out.exists() or out.is_symlink())
     try:
@@ -111,6 +107,10 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
+    except Preempted as err:
+        if main_rank:
+            print(f"momil: {err}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print(
             "momil: interrupted; nothing was committed by the unfinished step (run the same command again to "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from momil import distributed
+from momil import distributed, preemption
 from momil.data.bags import bag_batches
 from momil.data.pairs import WellPairs
 from momil.device import autocast_for, keep_freed_memory, resolve_device
@@ -24,6 +25,7 @@ from momil.io.store import InstanceStore
 from momil.model.base import MILModel
 from momil.model.ops import PairPlan
 from momil.model.registry import build_model
+from momil.preemption import Preempted
 from momil.progress import progress
 from momil.training.calibration import calibrate
 from momil.training.checkpoints import save_training_checkpoint, state_from_checkpoint
@@ -193,24 +195,24 @@ def fit(
         run.resume(checkpoint, signature)
     state = run.state
     bar = progress(total=settings.epochs, desc="train", unit="epoch", enabled=show_progress, initial=state["epoch"])
-    with bar:
+    # with a checkpoint, SIGTERM (preemption) stops at the next step after writing a checkpoint of it
+    with bar, preemption.deferred() if checkpoint is not None else contextlib.nullcontext():
         best_epoch_wins = settings.select_epoch == "best"
         while state["epoch"] < settings.epochs and (not best_epoch_wins or state["bad_epochs"] < settings.patience):
-            train_loss, lr = run.train_epoch(train_wells)
+            train_loss, lr = run.train_epoch(train_wells, checkpoint, signature)
             score = run.end_epoch(val_wells, primary, potentials, train_loss, lr, best_epoch_wins)
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.4f}", val_auc=f"{score:.3f}", best=f"{state['best_score']:.3f}")
             if checkpoint is not None:
-                rank_rngs = distributed.all_gather_object(torch.get_rng_state())
-                if ctx.is_main:
-                    save_training_checkpoint(
-                        checkpoint, run.model, run.optimizer, run.lazy, run.rng, state, signature, device,
-                        run.scheduler, rank_rngs,
-                    )  # fmt: skip
-                distributed.barrier()
+                run.save(checkpoint, signature)
                 fault_point("train.epoch")
             if on_epoch_end is not None:
                 on_epoch_end(state["epoch"] - 1)
+            if checkpoint is not None and run.stop_requested():
+                raise Preempted(
+                    f"stopped by SIGTERM after epoch {state['epoch']}; its checkpoint is {checkpoint} -- run the "
+                    "same command again to resume from it"
+                )
     model = run.model
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
@@ -279,6 +281,7 @@ class _Run:
             "best_state": None,
             "task_weights": np.ones(len(pairs.assays)) if amtl else None,
             "running_loss": np.full(len(pairs.assays), np.nan) if amtl else None,
+            "partial": None,  # an epoch stopped by SIGTERM: its order's RNG state, steps done, loss so far
         }
         rng = np.random.default_rng(settings.seed)
         return cls(store, pairs, settings, device, model, optimizer, lazy, scheduler, rng, state)
@@ -312,16 +315,44 @@ class _Run:
             torch.cuda.set_rng_state(saved["cuda_rng"])
         self.state = state_from_checkpoint(saved["state"])
 
-    def train_epoch(self, train_wells: np.ndarray) -> tuple[float, float]:
-        """One pass over the training wells in a new random order; (mean loss per pair, last learning rate)."""
+    def save(self, checkpoint: Path, signature: str) -> None:
+        """The training checkpoint; under torchrun rank 0 writes it, with every rank's torch RNG."""
+        rank_rngs = distributed.all_gather_object(torch.get_rng_state())
+        if distributed.context().is_main:
+            save_training_checkpoint(
+                checkpoint, self.model, self.optimizer, self.lazy, self.rng, self.state, signature, self.device,
+                self.scheduler, rank_rngs,
+            )  # fmt: skip
+        distributed.barrier()
+
+    def stop_requested(self) -> bool:
+        """Whether SIGTERM reached this process (under torchrun: any rank, so that every rank stops together)."""
+        flag = preemption.requested()
+        if distributed.context().active:
+            flag = bool(distributed.all_reduce_(torch.tensor([float(flag)], device=self.device), "max").item())
+        return flag
+
+    def train_epoch(self, train_wells: np.ndarray, checkpoint: Path | None = None, signature: str = "") -> tuple:
+        """One pass over the training wells in a new random order; (mean loss per pair, last learning rate).
+
+        An epoch that SIGTERM stopped (``state["partial"]``) goes on from the step after its checkpoint, in the same
+        order; with ``checkpoint``, SIGTERM stops the epoch after the current step, writing that checkpoint."""
         settings, state = self.settings, self.state
         self.model.train()
-        order = self.rng.permutation(train_wells)
-        total_loss, total_pairs = 0.0, 0
         ctx = distributed.context()
+        partial, state["partial"] = state.get("partial"), None
+        if partial is not None:
+            self.rng.bit_generator.state = partial["order_rng"]
+        order_rng = self.rng.bit_generator.state
+        order = self.rng.permutation(train_wells)
+        done = partial["steps"] if partial else 0
+        total_loss = partial["loss"][ctx.rank] if partial else 0.0
+        total_pairs = partial["pairs"][ctx.rank] if partial else 0
+        n_steps = math.ceil(len(order) / settings.batch_wells)
         shard = (ctx.rank, ctx.world) if ctx.active else None
-        batches = bag_batches(self.store, order, settings.batch_wells, self.device, shard)
-        for step, (batch, bags, mask) in enumerate(batches):
+        size = settings.batch_wells
+        batches = bag_batches(self.store, order[done * size :], size, self.device, shard)
+        for step, (batch, bags, mask) in enumerate(batches, start=done):
             rows, assay, label = self.pairs.pairs(batch)
             start = step * settings.batch_wells
             step_pairs = int(self.pairs.count(order[start : start + settings.batch_wells]).sum())
@@ -352,10 +383,27 @@ class _Run:
             total_pairs += len(rows)
             state["step"] += 1
             self.scheduler.step()
+            fault_point("train.step")
+            if checkpoint is not None and step + 1 < n_steps and self.stop_requested():
+                self._save_partial(checkpoint, signature, order_rng, step + 1, total_loss, total_pairs)
+                raise Preempted(
+                    f"stopped by SIGTERM in epoch {state['epoch']} after step {step + 1} of {n_steps}; the "
+                    f"checkpoint {checkpoint} holds that step -- run the same command again to resume from it"
+                )
         if ctx.active:
             total_loss = sum(distributed.all_gather_object(total_loss))
             total_pairs = len(self.pairs.pairs(order)[0])
         return total_loss / max(1, total_pairs), lr
+
+    def _save_partial(self, checkpoint, signature, order_rng, steps, total_loss, total_pairs) -> None:
+        sums = distributed.all_gather_object((total_loss, total_pairs))
+        self.state["partial"] = {
+            "order_rng": order_rng,
+            "steps": steps,
+            "loss": [loss for loss, _ in sums],
+            "pairs": [pairs for _, pairs in sums],
+        }
+        self.save(checkpoint, signature)
 
     def end_epoch(self, val_wells, primary, potentials, train_loss: float, lr: float, best_epoch_wins: bool) -> float:
         """Score the epoch on the validation wells, keep the best model, count epochs without improvement;
