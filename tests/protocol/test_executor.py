@@ -61,6 +61,39 @@ def test_a_killed_worker_is_resumed_and_the_result_is_unchanged(screen, monkeypa
     _same(local, fanned)
 
 
+def test_selection_inside_cv_fans_out_its_single_assay_models_and_grid(screen, monkeypatch):
+    """cv --select on processes: each rotation's single-assay models, then its grid points, are the workers' tasks;
+    the selections and test predictions are the local run's."""
+    import momil.protocol.cv as cv_module
+    import momil.protocol.single_assay as single_assay
+    from momil.protocol.selection import SelectSettings
+
+    root, store, labels, folds, primary, _ = screen
+    select = SelectSettings(stages="performance", th_perf=0.5, stl_head_dim=8)
+    cv = dataclasses.replace(CV, select=True)
+    local = cross_validate(store, labels, folds, primary, root / "sel-local", cv, TRAIN, False, select=select)
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("a fit ran in the driver, not in a worker")
+
+    monkeypatch.setattr(single_assay, "fit", not_here)
+    trained_elsewhere = cv_module.fit
+
+    def finished_only(*args, **kwargs):  # the walk only reads back the fits the workers finished
+        if not (args[6] / "last.pt").exists():
+            not_here()
+        return trained_elsewhere(*args, **kwargs)
+
+    monkeypatch.setattr(cv_module, "fit", finished_only)
+    workers = dataclasses.replace(cv, executor="processes", workers=2, threads=1)
+    fanned = cross_validate(store, labels, folds, primary, root / "sel-fanned", workers, TRAIN, False, select=select)
+    pd.testing.assert_frame_equal(
+        fanned.assay_selection.drop(columns=["perf_auc"]), local.assay_selection.drop(columns=["perf_auc"])
+    )
+    np.testing.assert_allclose(fanned.assay_selection["perf_auc"], local.assay_selection["perf_auc"], atol=1e-4)
+    _same(local, fanned)
+
+
 def test_ray_gives_the_local_results(screen):
     ray = pytest.importorskip("ray", reason="Ray is in the test extra; this machine's environment lacks it")
     root, store, labels, folds, primary, local = screen

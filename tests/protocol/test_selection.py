@@ -195,3 +195,37 @@ def test_selection_sees_only_training_and_validation_wells(tmp_path, monkeypatch
     )
     seen = np.unique(np.concatenate(loaded))
     assert len(seen) and not np.isin(seen, test).any()
+
+
+@pytest.mark.parametrize("executor", ["processes", "ray"])
+def test_single_assay_models_fan_out_to_the_local_result(tmp_path, executor, monkeypatch):
+    """Every single-assay model of the performance stage is one task of the executor; the table is the local one."""
+    import momil.protocol.single_assay as single_assay
+    from momil.protocol.executor import ExecutorSettings
+
+    store, labels, assays, _ = planted_screen(tmp_path / "store", n_compounds=40)
+    train, val, _ = split(labels, store)
+    quick = TrainSettings(epochs=4, warmup_epochs=1, batch_wells=16, dropout=0.0, seed=0)
+    common = (store, labels, assays, ASSOCIATIONS, train, val)
+    local = select_assays(*common, tmp_path / "local", SETTINGS, quick, show_progress=False)
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("a single-assay model was trained by the driver, not by a worker")
+
+    monkeypatch.setattr(single_assay, "fit", not_here)  # the workers are other processes: they train as usual
+    if executor == "ray":
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        runner = ExecutorSettings(executor, workers=2, threads=1)
+        fanned = select_assays(*common, tmp_path / "fanned", SETTINGS, quick, show_progress=False, executor=runner)
+    finally:
+        if executor == "ray":
+            ray.shutdown()
+    assert fanned.selected == local.selected
+    models = sorted(p.parent.name for p in (tmp_path / "fanned" / "stl").glob("*/model.pt"))
+    assert models == sorted(p.parent.name for p in (tmp_path / "local" / "stl").glob("*/model.pt")) and models
+    numeric = ["perf_auc", "influence_ratio"]
+    pd.testing.assert_frame_equal(fanned.table.drop(columns=numeric), local.table.drop(columns=numeric))
+    np.testing.assert_allclose(fanned.table[numeric], local.table[numeric], atol=1e-4)

@@ -19,6 +19,7 @@ from momil.io.provenance import provenance
 from momil.prep.splits import n_folds, test_folds
 from momil.protocol.benchmark import BenchmarkSettings, run_benchmark
 from momil.protocol.cv import CVSettings
+from momil.protocol.executor import ExecutorSettings
 from momil.protocol.imputation import ImputeSettings, imputed_counts, self_train
 from momil.protocol.selection import SelectSettings, load_selection, select_assays, selection_table_text
 from momil.report.html import render_report
@@ -30,6 +31,7 @@ def cmd_select(args) -> int:
 
     settings = build_settings(SelectSettings, args, args.config, "select")
     train_settings = build_settings(TrainSettings, args, args.config, "train")
+    executor = build_settings(ExecutorSettings, args, args.config, "executor")
     settings.stage_list()  # a bad --stages is refused before the inputs are read
     store, labels, folds, assays, primary = model_inputs(args)
     associations = associations_of(args)
@@ -48,6 +50,7 @@ def cmd_select(args) -> int:
             settings,
             train_settings,
             show_progress=not args.quiet,
+            executor=executor,
         )
         summary = result.summary()
         print(
@@ -173,6 +176,7 @@ def register(stage) -> None:
     p.add_argument("--rotations", default="all", help='test folds whose rotations to select in ("all" or e.g. "0,1")')
     add_settings_arguments(p, SelectSettings)
     add_settings_arguments(p, TrainSettings, skip=("head_dim", "lr", "shared_projector"))
+    add_settings_arguments(p, ExecutorSettings)
 
     p = stage("impute", "conformal label imputation and self-training on one fold rotation", cmd_impute)
     add_model_inputs(p)

@@ -261,6 +261,7 @@ def _select_once(store, labels, folds, assays, associations, out: Path, cv, trai
             select,
             train,
             show_progress=show_progress,
+            executor=cv.runner(),
         )
     return root
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from momil.config import Settings, setting
+from momil.config import setting
 from momil.data.pairs import WellPairs, rotation_wells
 from momil.device import resolve_device
 from momil.errors import MomilError
@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 from momil.model.linear import instance_count_predictions, mean_lr_predictions  # noqa: F401 (re-exported)
 from momil.model.registry import LINEAR_MODELS
 from momil.protocol.conformal import save_validation_predictions
-from momil.protocol.executor import FitTask, check_executor, run_tasks
+from momil.protocol.executor import ExecutorSettings, FitTask
 from momil.protocol.scoring import assay_metrics, attach_labels, compound_predictions, predict_wells, summarise
 from momil.protocol.single_assay import single_task_potentials
 
@@ -42,7 +42,7 @@ CONFIGURATIONS = ("mtl-all", "mtl-primary", "stl")
 
 
 @dataclasses.dataclass
-class CVSettings(Settings):
+class CVSettings(ExecutorSettings):
     configuration: str = setting(
         "mtl-all", '"mtl-all", "mtl-primary" or "stl"', choices=["mtl-all", "mtl-primary", "stl"]
     )
@@ -53,20 +53,11 @@ class CVSettings(Settings):
     select: bool = setting(False, "assay selection inside each rotation (MoMIL + AS; mtl-all only)")
     selection: str = setting("", "reuse a `momil select --rotations all` folder instead of selecting here")
     impute: bool = setting(False, "conformal label imputation and self-training after the grid's best fit (+ LI)")
-    executor: str = setting(
-        "local",
-        '"local" (one fit after another), "processes" (a pool of --workers processes) or "ray" (a Ray cluster, '
-        "the optional extra momil[ray]): who runs the (rotation, grid point) fits",
-        choices=["local", "processes", "ray"],
-    )
-    workers: int = setting(2, "worker processes of --executor processes", low=1)
-    threads: int = setting(0, "torch threads per worker (0: the cores divided among the workers)", low=0)
-    ray_address: str = setting("", "--executor ray: the cluster's address (empty: start or join a local one)")
     overwrite: bool = setting(False)
 
     def check(self) -> None:
+        super().check()
         grid(self)
-        check_executor(self.executor, self.workers)
 
 
 def _parse_grid(text: str, kind, flag: str) -> list:
@@ -115,29 +106,18 @@ def _rotation_inputs(store: InstanceStore, folds: pd.DataFrame, k: int, extra_la
     return rot, wells, extra
 
 
-def _fan_out(store, labels, folds, test_folds, model_sets, points, primary, train, cv, out, extra_labels) -> int:
-    """Run every (rotation, model set, grid point) fit on ``cv.executor`` ahead of the protocol's walk, which
-    then finds them finished; returns how many were handed out."""
+def _fit_tasks(store, labels, folds, k, model_sets, points, primary, train, out, extra_labels) -> list[FitTask]:
+    """Rotation ``k``'s (model set, grid point) fits, as tasks for an executor."""
     tasks = []
-    for k in test_folds:
-        _, wells, extra = _rotation_inputs(store, folds, k, extra_labels)
-        for m, model_assays in enumerate(model_sets):
-            pairs = WellPairs.build(store.wells, labels, model_assays, extra)
-            is_primary = np.array([a in set(primary) for a in model_assays])
-            for g, point in enumerate(points):
-                tasks.append(
-                    FitTask(
-                        str(store.path),
-                        pairs,
-                        wells["train"],
-                        wells["val"],
-                        is_primary,
-                        dataclasses.replace(train, **point),
-                        str(out / "runs" / f"rot{k}" / f"model{m}" / f"grid{g}"),
-                    )
-                )
-    run_tasks(tasks, cv.executor, cv.workers, cv.threads, cv.ray_address)
-    return len(tasks)
+    _, wells, extra = _rotation_inputs(store, folds, k, extra_labels)
+    for m, model_assays in enumerate(model_sets):
+        pairs = WellPairs.build(store.wells, labels, model_assays, extra)
+        is_primary = np.array([a in set(primary) for a in model_assays])
+        for g, point in enumerate(points):
+            settings = dataclasses.replace(train, **point)
+            run_dir = str(out / "runs" / f"rot{k}" / f"model{m}" / f"grid{g}")
+            tasks.append(FitTask(str(store.path), pairs, wells["train"], wells["val"], is_primary, settings, run_dir))
+    return tasks
 
 
 def _model_assay_sets(configuration: str, assays: list[str], primary: list[str]) -> list[list[str]]:
@@ -208,13 +188,11 @@ def cross_validate(
     test_folds = parse_test_folds(cv.rotations, n_folds(folds))
     runs = len(test_folds) * len(walk.model_sets) * len(walk.points)
     with progress(total=runs, desc=f"cv {cv.configuration}", unit="fit", enabled=show_progress) as bar:
-        # fits whose assays are known before the walk (no selection inside it, no AMTL potentials) fan out
-        fans_out = cv.executor != "local" and not walk.selecting and train.balancing != "amtl"
-        if fans_out and train.model not in LINEAR_MODELS:
+        # fits whose assays are known before the walk (no selection inside it) fan out here; with selection, each
+        # rotation's after its selection (whose single-assay models fan out too)
+        if walk.fans_out and not walk.selecting:
             bar.set_postfix(executor=cv.executor)
-            _fan_out(
-                store, labels, folds, test_folds, walk.model_sets, walk.points, primary, train, cv, out, extra_labels
-            )
+            cv.run([t for k in test_folds for t in walk.fit_tasks(k, walk.model_sets)])
         for k in test_folds:
             walk.rotation(k, bar)
     return walk.write(test_folds, time.perf_counter() - started)
@@ -276,6 +254,18 @@ class _Walk:
     def selecting(self) -> bool:
         return self.cv.select or bool(self.cv.selection)
 
+    @property
+    def fans_out(self) -> bool:
+        """Whether the grid's fits run on an executor ahead of the walk (not the logistic regressions, which are
+        no fits, nor AMTL, whose potentials come from the walk's single-task models)."""
+        return self.cv.fans_out and self.train.model not in LINEAR_MODELS and self.train.balancing != "amtl"
+
+    def fit_tasks(self, k: int, model_sets: list[list[str]]) -> list[FitTask]:
+        return _fit_tasks(
+            self.store, self.labels, self.folds, k, model_sets, self.points, self.primary, self.train, self.out,
+            self.extra_labels,
+        )  # fmt: skip
+
     def targets(self, model_assays: list[str]) -> list[str]:
         """The assays a model's test predictions are kept for: all in mtl-all, else the primary ones."""
         if self.cv.configuration == "mtl-all":
@@ -292,6 +282,8 @@ class _Walk:
             rotation_sets = [[a for a in self.assays if a in chosen_set]]
             info["selected_secondary"] = len(chosen)
             bar.set_postfix(rotation=k, selected=len(chosen))
+            if self.fans_out:
+                self.cv.run(self.fit_tasks(k, rotation_sets))
         if self.train.model in LINEAR_MODELS:
             linear = instance_count_predictions if self.train.model == "instance-count" else mean_lr_predictions
             frame = linear(self.store, self.labels, self.targets(self.assays), wells["train"], wells["test"])
@@ -319,6 +311,7 @@ class _Walk:
             self.select,
             self.train,
             show_progress=False,
+            executor=self.cv.runner(),
         )
         self.selection_tables.append(found.table.assign(test_fold=k))
         return found.selected

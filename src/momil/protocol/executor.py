@@ -1,11 +1,13 @@
 """The protocol's fan-out: independent fits run by a pool of local processes or on a Ray cluster.
 
-A cross-validation is many independent fits (rotations x model sets x grid points). Each is a :class:`FitTask`
-whose result lives in its own run folder (``fit``'s checkpoint), so the executor only has to run the tasks; the
+A cross-validation is many independent fits (rotations x model sets x grid points), and assay selection one
+single-assay model per candidate. Each is a :class:`FitTask` or a :class:`SingleAssayTask` whose result lives in
+its own folder (``fit``'s checkpoint, the single-assay model file), so the executor only has to run the tasks; the
 protocol then walks its fits in order as it always does and finds each one finished (``fit`` resumes a complete
-checkpoint without training). A lost worker or a killed driver loses at most the fits in flight: their
-checkpoints stay behind and the next attempt resumes them. Results equal the local executor's within floating
-point (a worker uses its own number of torch threads, which can change the order of sums).
+checkpoint without training, a single-assay model with the same signature is reused). A lost worker or a killed
+driver loses at most the fits in flight: their checkpoints stay behind and the next attempt resumes them. Results
+equal the local executor's within floating point (a worker uses its own number of torch threads, which can change
+the order of sums).
 
 * ``local``: the fits run one after another in this process (no fan-out);
 * ``processes``: a pool of ``workers`` spawned processes on this machine, each with ``threads`` torch threads
@@ -22,10 +24,41 @@ from pathlib import Path
 
 import numpy as np
 
+from momil.config import Settings, setting
 from momil.errors import MomilError
 
 EXECUTORS = ("local", "processes", "ray")
 ATTEMPTS = 3  # a pool whose worker died is started again this many times in all
+
+
+@dataclasses.dataclass
+class ExecutorSettings(Settings):
+    """Who runs the protocol's independent fits (`momil cv`, `select`, `benchmark`)."""
+
+    executor: str = setting(
+        "local",
+        '"local" (one fit after another), "processes" (a pool of --workers processes) or "ray" (a Ray cluster, '
+        "the optional extra momil[ray]): who runs the (rotation, grid point) fits and selection's single-assay "
+        "models",
+        choices=["local", "processes", "ray"],
+    )
+    workers: int = setting(2, "worker processes of --executor processes", low=1)
+    threads: int = setting(0, "torch threads per worker (0: the cores divided among the workers)", low=0)
+    ray_address: str = setting("", "--executor ray: the cluster's address (empty: start or join a local one)")
+
+    def check(self) -> None:
+        check_executor(self.executor, self.workers)
+
+    @property
+    def fans_out(self) -> bool:
+        return self.executor != "local"
+
+    def run(self, tasks: list) -> None:
+        run_tasks(tasks, self.executor, self.workers, self.threads, self.ray_address)
+
+    def runner(self) -> ExecutorSettings:
+        """These settings alone (from a subclass that adds others, as the cross-validation's)."""
+        return ExecutorSettings(self.executor, self.workers, self.threads, self.ray_address)
 
 
 @dataclasses.dataclass
@@ -41,28 +74,55 @@ class FitTask:
     run_dir: str
     potentials: np.ndarray | None = None
 
+    def run(self) -> str:
+        from momil.io.store import InstanceStore
+        from momil.training.fit import fit
 
-def run_task(task: FitTask, threads: int | None = None) -> str:
-    """Run one task in this process (a worker's entry point); returns its run folder."""
+        fit(
+            InstanceStore(self.store),
+            self.pairs,
+            self.train_wells,
+            self.val_wells,
+            self.primary,
+            self.settings,
+            Path(self.run_dir),
+            show_progress=False,
+            potentials=self.potentials,
+        )
+        return self.run_dir
+
+
+@dataclasses.dataclass
+class SingleAssayTask:
+    """One single-assay model of assay selection: ``train_single_assay(InstanceStore(store), labels, assay, ...)``
+    into ``root``/<assay>/."""
+
+    store: str
+    labels: object  # momil.io.contract.LabelMatrix
+    assay: str
+    train_wells: np.ndarray
+    val_wells: np.ndarray
+    settings: object  # momil.training.settings.TrainSettings
+    root: str
+
+    def run(self) -> str:
+        from momil.io.store import InstanceStore
+        from momil.protocol.single_assay import train_single_assay
+
+        store = InstanceStore(self.store)
+        train_single_assay(
+            store, self.labels, self.assay, self.train_wells, self.val_wells, self.settings, Path(self.root)
+        )
+        return self.root
+
+
+def run_task(task: FitTask | SingleAssayTask, threads: int | None = None) -> str:
+    """Run one task in this process (a worker's entry point); returns its folder."""
     import torch
-
-    from momil.io.store import InstanceStore
-    from momil.training.fit import fit
 
     if threads:
         torch.set_num_threads(int(threads))
-    fit(
-        InstanceStore(task.store),
-        task.pairs,
-        task.train_wells,
-        task.val_wells,
-        task.primary,
-        task.settings,
-        Path(task.run_dir),
-        show_progress=False,
-        potentials=task.potentials,
-    )
-    return task.run_dir
+    return task.run()
 
 
 def default_threads(workers: int) -> int:
@@ -83,9 +143,7 @@ def check_executor(executor: str, workers: int) -> None:
             ) from err
 
 
-def run_tasks(
-    tasks: list[FitTask], executor: str = "local", workers: int = 2, threads: int = 0, ray_address: str = ""
-) -> None:
+def run_tasks(tasks: list, executor: str = "local", workers: int = 2, threads: int = 0, ray_address: str = "") -> None:
     """Run every task (see the module's docstring); returns when all are finished."""
     check_executor(executor, workers)
     if not tasks or executor == "local":
@@ -99,7 +157,7 @@ def run_tasks(
         _run_ray(tasks, threads, ray_address)
 
 
-def _run_processes(tasks: list[FitTask], workers: int, threads: int) -> None:
+def _run_processes(tasks: list, workers: int, threads: int) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
@@ -122,7 +180,7 @@ def _run_processes(tasks: list[FitTask], workers: int, threads: int) -> None:
                 ) from None
 
 
-def _run_ray(tasks: list[FitTask], threads: int, address: str) -> None:
+def _run_ray(tasks: list, threads: int, address: str) -> None:
     import ray
 
     if not ray.is_initialized():

@@ -40,6 +40,7 @@ from momil.io.provenance import provenance
 from momil.io.readers import read_json
 from momil.io.store import InstanceStore
 from momil.progress import progress
+from momil.protocol.executor import ExecutorSettings, SingleAssayTask
 from momil.protocol.single_assay import (  # noqa: F401 (moved there; re-exported)
     single_task_potentials,
     stl_settings,
@@ -168,12 +169,14 @@ def select_assays(
     settings: SelectSettings | None = None,
     train: TrainSettings | None = None,
     show_progress: bool = True,
+    executor: ExecutorSettings | None = None,
 ) -> SelectionResult:
     """Run the chosen stages on one rotation's training and validation wells; writes ``out``/.
 
     ``out`` gets ``selection.csv`` (every candidate: scores, kept flags, reason), ``influence.csv``,
     ``biology.csv``, ``selection.json`` (selected assays, settings, provenance) and ``stl/`` (the single-assay
-    models, reused when the command is run again with the same settings and wells)."""
+    models, reused when the command is run again with the same settings and wells). With a fanning-out
+    ``executor`` (processes, Ray) the single-assay models are trained by its workers, one task each."""
     settings = settings or SelectSettings()
     train = train or TrainSettings()
     stages = settings.stage_list()
@@ -197,7 +200,7 @@ def select_assays(
 
     bio, associated, alive = _biology_stage(table, alive, genes, associations, primary, secondary, settings, stages)
     run = _Rotation(store, labels, primary, train_wells, val_wells, settings, stages, device, show_progress)
-    models, alive = _performance_stage(run, table, alive, train, out)
+    models, alive = _performance_stage(run, table, alive, train, out, executor)
     influence, alive = _influence_stage(run, table, alive, associated, models)
     table["selected"] = alive.to_numpy()
     table.loc[table["selected"], "reason"] = "kept by " + ", ".join(stages)
@@ -262,7 +265,7 @@ def _biology_stage(table, alive, genes, associations, primary, secondary, settin
     return bio, associated, alive
 
 
-def _performance_stage(run: _Rotation, table, alive, train: TrainSettings, out: Path):
+def _performance_stage(run: _Rotation, table, alive, train: TrainSettings, out: Path, executor=None):
     """Stage 2: the single-assay models (also the influence stage's heads) and their validation AUCs; (models,
     the candidates still alive)."""
     store, labels, primary, settings, stages = run.store, run.labels, run.primary, run.settings, run.stages
@@ -272,6 +275,11 @@ def _performance_stage(run: _Rotation, table, alive, train: TrainSettings, out: 
     models: dict[str, object] = {}
     if need_models:
         wanted = list(table.loc[alive, "assay"]) + (primary if "influence" in stages else [])
+        if executor is not None and executor.fans_out:  # the workers train them; the loop below reuses them
+            where = str(store.path)
+            executor.run(
+                [SingleAssayTask(where, labels, a, train_wells, val_wells, stl, str(out / "stl")) for a in wanted]
+            )
         perf, n_train = {}, {}
         with progress(
             total=len(wanted), desc="select: single-assay models", unit="model", enabled=show_progress
