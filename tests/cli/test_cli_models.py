@@ -77,6 +77,11 @@ def test_train_cv_predict_from_the_shell(tmp_path, capsys):
     metrics = pd.read_csv(tmp_path / "cv" / "metrics.csv")
     assert set(metrics.loc[metrics["primary"], "assay"]) <= {"assay-001", "assay-002", "assay-003"}
 
+    for linear in ("mean-lr", "instance-count"):  # the logistic regressions: no network, the same report
+        code, out, err = run(capsys, "cv", *common, "--out", tmp_path / linear, "--model", linear, "--quiet")
+        assert code == 0, err
+        assert "ROC-AUC" in out and len(pd.read_csv(tmp_path / linear / "metrics.csv")) > 0
+
     # a model meets a store of another width: refused with the fix
     assert (
         run(

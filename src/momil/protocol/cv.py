@@ -289,6 +289,7 @@ class _Walk:
             frame = linear(self.store, self.labels, self.targets(self.assays), wells["train"], wells["test"])
             frame["fold"] = k
             self.well_predictions.append(frame)
+            info["model_assays"] = len(self.targets(self.assays))  # one regression per assay
             bar.update(len(rotation_sets) * len(self.points))
             return
         for m, model_assays in enumerate(rotation_sets):
