@@ -434,7 +434,7 @@ def test_select_epoch_last_keeps_the_end_of_the_schedule_and_best_the_best_epoch
 
 
 def test_calibration_standardises_each_assay_on_validation_wells_and_keeps_the_order(tmp_path):
-    from momil.training.calibration import MIN_SLOPE
+    from momil.training.calibration import MIN_SLOPE, label_levels
 
     store, labels = needle_screen(tmp_path / "store", n_compounds=40, per_well=10)
     pairs = WellPairs.build(store.wells, labels, ["needle"])
@@ -445,12 +445,42 @@ def test_calibration_standardises_each_assay_on_validation_wells_and_keeps_the_o
     cal = fit(store, pairs, train, val, np.array([True]), settings, show_progress=False)
     assert raw.model.calibration.identity and not cal.model.calibration.identity
     slope, bias = cal.model.calibration.slope_bias.tolist()
-    assert slope >= MIN_SLOPE
+    assert slope >= MIN_SLOPE and bias == 0.0  # the level is folded into the shift
     bags, mask = load_bags(store, pairs.labelled_wells(val))
     p = cal.model.predict(bags, mask).double()[:, 0]
-    logit = torch.log(p) - torch.log1p(-p)  # = slope * z + bias, z standardised over the validation wells
-    assert float(logit.mean()) == pytest.approx(bias, abs=1e-4)
+    logit = torch.log(p) - torch.log1p(-p)  # = slope * z + level, z standardised over the validation wells
+    assert float(logit.mean()) == pytest.approx(float(label_levels(pairs)[0]), abs=1e-4)
     assert float(logit.std(unbiased=False)) == pytest.approx(slope, rel=1e-3)
     bags, mask = load_bags(store, test)
     before, after = raw.model.predict(bags, mask)[:, 0], cal.model.predict(bags, mask)[:, 0]
     assert bool((torch.diff(after[torch.argsort(before)]) >= 0).all())  # same fit, same ranking
+
+
+def test_the_calibration_slope_never_reads_test_labels_and_the_level_is_one_constant_per_assay(tmp_path):
+    """The level of an assay is its rate over the whole label matrix, the same in every rotation, so the ranking pooled
+    over rotations does not depend on it; the slope is fitted with the training and validation labels only."""
+    from momil.training.calibration import fitted_slope, label_levels
+
+    store, labels = needle_screen(tmp_path / "store", n_compounds=40, per_well=10)
+    train_c, val_c, test_c = _split(labels)
+    train, val, test = (wells_of(store.wells, c) for c in (train_c, val_c, test_c))
+    settings = TrainSettings(projector_dim=8, head_dim=8, lr=1e-2, epochs=3, warmup_epochs=1, batch_wells=8)
+    flipped = labels.to_long()
+    flipped.loc[flipped["Metadata_Compound"].isin(test_c), "label"] = 1 - flipped["label"]
+    results = []
+    for table in (labels, LabelMatrix.from_long(flipped)):
+        pairs = WellPairs.build(store.wells, table, ["needle"])
+        results.append((fit(store, pairs, train, val, np.array([True]), settings, show_progress=False), pairs))
+    (a, pa), (b, pb) = results
+    assert a.model.calibration.slope_bias[0] == b.model.calibration.slope_bias[0]  # test labels: no say
+    level_shift = (label_levels(pa) - label_levels(pb)) * a.model.calibration.scale.numpy() / float(
+        a.model.calibration.slope_bias[0]
+    )
+    np.testing.assert_allclose(
+        (b.model.calibration.shift - a.model.calibration.shift).numpy(), level_shift, rtol=1e-5, atol=1e-5
+    )
+    # the slope is the most likely one: recovered on labels drawn from a known logistic model
+    rng = np.random.default_rng(0)
+    x, offset = rng.normal(size=4000), rng.normal(scale=0.5, size=4000)
+    y = rng.random(4000) < 1 / (1 + np.exp(-(2.0 * x + offset)))
+    assert fitted_slope(x, offset, y) == pytest.approx(2.0, abs=0.15)

@@ -1,5 +1,5 @@
 """Output calibration: per-assay standardisation of a model's logits on validation wells, then one shared
-logistic map to probabilities.
+logistic slope to probabilities around each assay's base rate.
 
 Why: a compound-level AUC pooled over fold rotations ranks the predictions of five models, one per rotation, on
 one scale. Networks trained to the end of their schedule differ from rotation to rotation in the scale and
@@ -10,8 +10,19 @@ model on its own validation fold puts them on one scale without touching a model
     z_t = (logit_t - shift_t) / scale_t      shift_t, scale_t: mean and sd of assay t's logits over the
                                              validation wells (every well with a label in any of the model's
                                              assays counts for every assay: its own labels are not needed)
-    p_t = sigmoid(slope * z_t + bias)        slope (> 0) and bias: a logistic regression of the labelled
-                                             validation pairs' labels on z (one pair of numbers for every assay)
+    p_t = sigmoid(slope * z_t + level_t)     level_t: the log-odds of assay t's active rate over the whole label
+                                             matrix, one constant in every rotation; slope (> 0): the most likely
+                                             one for the labelled validation pairs, with the training and
+                                             validation labels' rates as each assay's offset (the test fold's
+                                             labels have no say)
+
+(``momil train`` / ``cv`` fold level_t into the shift and keep ``bias`` 0; an explicit shared bias fitted on the
+validation pairs is what :func:`momil.training.calibration.calibrate` does without levels.) Why a constant level:
+any level estimated without the test fold (its training rate, the validation fold's rate) differs between rotations
+by more than a weak model's spread, and the training rate runs against the test fold's own rate, so the pooled
+ranking follows the fold a compound sits in (quality panel, all 5 rotations, MoMIL pooled AUC with the validation
+fold's shared bias / the training rate / the constant level: mean-weak 0.507 / 0.454 / 0.548, few-cells 0.587 /
+0.491 / 0.608). A per-assay constant does not change a per-assay AUC, pooled or not.
 
 Both maps are increasing, so per-rotation AUCs are unchanged. Written here because no library calibrates many
 heads from their unlabelled validation outputs; scikit-learn fits the shared logistic map. Identity until

@@ -12,12 +12,52 @@ from momil.io.store import InstanceStore
 from momil.training.inference import predict_all
 
 MIN_SLOPE = 0.1  # a model that ranks its validation pairs backwards keeps its order, on a flat scale
+MAX_SLOPE = 10.0
+
+
+def label_levels(pairs: WellPairs, wells: np.ndarray | None = None) -> np.ndarray:
+    """Each assay's log-odds of an active label among the labelled pairs of ``wells`` (default: every well of the
+    pairs), smoothed ((pos + 1) / (n + 2))."""
+    if wells is None:
+        assay, label = pairs.assay, pairs.label
+    else:
+        _, assay, label = pairs.pairs(pairs.labelled_wells(np.asarray(wells, np.int64)))
+    n = np.bincount(assay, minlength=len(pairs.assays)).astype(np.float64)
+    pos = np.bincount(assay, weights=label.astype(np.float64), minlength=len(pairs.assays))
+    rate = (pos + 1.0) / (n + 2.0)
+    return np.log(rate) - np.log1p(-rate)
+
+
+def fitted_slope(x: np.ndarray, offset: np.ndarray, label: np.ndarray) -> float:
+    """The slope s in [MIN_SLOPE, MAX_SLOPE] of the most likely logistic model sigmoid(s * x + offset) of ``label``:
+    scipy's bounded scalar search (scikit-learn's logistic regression has no fixed offsets)."""
+    from scipy.optimize import minimize_scalar
+
+    y = label.astype(np.float64)
+
+    def log_loss(s: float) -> float:
+        z = s * x + offset
+        return float(np.sum(np.logaddexp(0.0, z) - y * z))
+
+    return float(minimize_scalar(log_loss, bounds=(MIN_SLOPE, MAX_SLOPE), method="bounded").x)
 
 
 @torch.no_grad()
-def calibrate(model, store: InstanceStore, val_wells: np.ndarray, pairs: WellPairs, device, batch_wells: int = 64):
+def calibrate(
+    model,
+    store: InstanceStore,
+    val_wells: np.ndarray,
+    pairs: WellPairs,
+    device,
+    batch_wells: int = 64,
+    level: np.ndarray | None = None,
+    fit_level: np.ndarray | None = None,
+):
     """Set ``model.calibration`` from ``val_wells``: each assay's logits standardised over all of them, then the
-    labelled pairs' labels regressed on the standardised logits. Returns the model."""
+    labelled pairs' labels regressed on the standardised logits. With ``level`` (T,) each assay's probability is
+    centred on that log-odds and only the slope comes from the validation pairs, fitted with ``fit_level`` (default
+    ``level``) as each assay's offset; the level is folded into the shift, the bias left 0. Without, one slope and
+    one bias from the validation pairs. Returns the model."""
     from sklearn.linear_model import LogisticRegression
 
     calibration = model.calibration
@@ -41,7 +81,13 @@ def calibrate(model, store: InstanceStore, val_wells: np.ndarray, pairs: WellPai
     position = {int(w): i for i, w in enumerate(wells)}
     x = z[[position[int(w)] for w in labelled[rows]], assay]
     slope, bias = 1.0, 0.0
-    if len(np.unique(label)) == 2:
+    if level is not None:
+        level = np.asarray(level, np.float64)
+        offset = level if fit_level is None else np.asarray(fit_level, np.float64)
+        if len(label):
+            slope = fitted_slope(x, offset[assay], label)
+        shift = shift - level * scale / slope  # slope * (logit - shift') / scale = slope * z + level
+    elif len(np.unique(label)) == 2:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fitted = LogisticRegression(C=1.0).fit(x.reshape(-1, 1), label.astype(int))

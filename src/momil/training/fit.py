@@ -27,7 +27,7 @@ from momil.model.ops import PairPlan
 from momil.model.registry import build_model
 from momil.preemption import Preempted
 from momil.progress import progress
-from momil.training.calibration import calibrate
+from momil.training.calibration import calibrate, label_levels
 from momil.training.checkpoints import save_training_checkpoint, state_from_checkpoint
 from momil.training.floor import blend_floor
 from momil.training.inference import predict_pairs
@@ -223,7 +223,11 @@ def fit(
         if not math.isnan(blended):  # the blend kept is the model the grid point stands for
             state["best_score"] = blended
     if settings.calibrate:
-        calibrate(model, store, val_wells, pairs, device)
+        # each assay's level: its active rate over the whole label matrix, the same constant in every rotation of a
+        # cross-validation (a level from the training labels runs against the test fold's own rate and scrambles
+        # the ranking pooled over rotations); the slope is fitted with the training and validation labels' levels
+        known = label_levels(pairs, np.concatenate([train_wells, val_wells]))
+        calibrate(model, store, val_wells, pairs, device, level=label_levels(pairs), fit_level=known)
     return FitResult(
         model, state["best_epoch"], state["best_score"], state["history"], time.perf_counter() - started, floor_share
     )
