@@ -7,7 +7,7 @@ A preset fills settings per stage table (``train``, ``cv``, ``select``, ``impute
   {1e-4, 5e-5, 1e-5}, 100 epochs with a 20-epoch warm-up, AdamW (weight decay 5e-4), cosine annealing, early
   stopping with patience 10 on the validation well-level mean ROC-AUC over the primary assays.
 * ``quick``: the settings for a laptop or 2 CPU cores (the README's benchmark and the quality panel): one grid
-  point per size (F_phi 64, heads 32), gated-attention (ABMIL) heads, learning rates {3e-3, 1e-3}, 25 epochs with a
+  point per size (F_phi 64, heads 32), gated-attention (ABMIL) heads, learning rates {1e-2, 3e-3}, 25 epochs with a
   3-epoch warm-up, the model at the end of the schedule, 2 imputation rounds. These are the library's defaults
   (except the imputation rounds: 1 by default).
 """
@@ -42,7 +42,7 @@ PRESETS: dict[str, dict[str, dict]] = {
             "head": "abmil",
             "projector_dim": 64,
             "head_dim": 32,
-            "lr": 3e-3,
+            "lr": 1e-2,
             "epochs": 25,
             "warmup_epochs": 3,
             "patience": 6,
@@ -52,7 +52,7 @@ PRESETS: dict[str, dict[str, dict]] = {
             "linear_floor": False,
             "calibrate": True,
         },
-        "cv": {"projector_dims": "64", "head_dims": "32", "lrs": "3e-3,1e-3"},
+        "cv": {"projector_dims": "64", "head_dims": "32", "lrs": "1e-2,3e-3"},
         "impute": {"rounds": 2},
         "select": {"stl_lr": 3e-3, "stl_head_dim": 32},
     },

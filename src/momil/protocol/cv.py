@@ -48,7 +48,7 @@ class CVSettings(ExecutorSettings):
     )
     projector_dims: str = setting("64", "grid for F_phi's size d (paper: 64,128)")
     head_dims: str = setting("32", "grid for the heads' size (paper: 32,64,128)")
-    lrs: str = setting("3e-3,1e-3", "grid for the learning rate (paper: 1e-4,5e-5,1e-5)")
+    lrs: str = setting("1e-2,3e-3", "grid for the learning rate (paper: 1e-4,5e-5,1e-5)")
     rotations: str = setting("all", '"all" or comma-separated test folds, e.g. "0,1"')
     select: bool = setting(False, "assay selection inside each rotation (MoMIL + AS; mtl-all only)")
     selection: str = setting("", "reuse a `momil select --rotations all` folder instead of selecting here")

@@ -25,7 +25,7 @@ class TrainSettings(Settings):
     projector_dim: int = setting(64, "F_phi output size d (paper's grid: 64, 128)", low=1)
     head_dim: int = setting(32, "F_gamma size inside each head (paper's grid: 32, 64, 128)", low=1)
     dropout: float = setting(0.5, low=0, high=1, high_open=True)
-    lr: float = setting(3e-3, "peak learning rate (paper's grid: 1e-4, 5e-5, 1e-5)", low=0, high=1, low_open=True)
+    lr: float = setting(1e-2, "peak learning rate (paper's grid: 1e-4, 5e-5, 1e-5)", low=0, high=1, low_open=True)
     weight_decay: float = setting(5e-4, low=0)
     epochs: int = setting(25, "(paper: 100)", low=1)
     warmup_epochs: int = setting(3, "linear warm-up, then cosine annealing to 0 at the last epoch (paper: 20)", low=0)
