@@ -24,7 +24,7 @@ import torch
 from momil.errors import MomilError
 
 #: the stages whose work is split across torchrun's ranks; any other stage under torchrun is refused
-DISTRIBUTED_STAGES = ("pretrain", "extract", "train")
+DISTRIBUTED_STAGES = ("pretrain", "extract", "train", "cv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +82,8 @@ def init_from_env(stage: str, device_name: str = "auto") -> Context:
     if stage not in DISTRIBUTED_STAGES:
         raise MomilError(
             f"momil {stage} does not run under torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}); the stages that do "
-            f"are {', '.join(DISTRIBUTED_STAGES)} -- run it as one process (cv, select and benchmark spread their "
-            "fits with --executor processes or ray)"
+            f"are {', '.join(DISTRIBUTED_STAGES)} -- run it as one process (select and benchmark spread their fits "
+            "with --executor processes or ray)"
         )
     import torch.distributed as dist
 

@@ -134,6 +134,41 @@ def test_sigterm_on_one_rank_stops_every_rank_at_that_step_and_the_rerun_equals_
         torch.testing.assert_close(w2[name], w1[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
+def _cv(workspace, out, ranks, *extra, code=0):
+    inputs = ["--store", workspace / "corr", "--labels", workspace / "screen" / "labels.parquet"]
+    inputs += ["--folds", workspace / "folds.parquet", "--assays", workspace / "screen" / "assays.parquet"]
+    fixed = ["--epochs", 2, "--warmup-epochs", 1, "--select-epoch", "last", "--dropout", 0, "--batch-wells", 8]
+    fixed += ["--projector-dims", 8, "--head-dims", 4, "--lrs", "1e-2,3e-3", "--rotations", "0,1", "--device", "cpu"]
+    return momil("cv", *inputs, "--out", out, *fixed, *extra, ranks=ranks, code=code)
+
+
+def test_cv_on_two_ranks_gives_the_one_process_grid_choices_and_predictions(workspace, tmp_path):
+    """Every rank walks the protocol; each of its 4 fits (2 rotations x 2 learning rates) is split over the ranks,
+    and rank 0 writes the models, predictions and metrics."""
+    import pandas as pd
+
+    _cv(workspace, tmp_path / "one", 1)
+    done = _cv(workspace, tmp_path / "two", 2)
+    assert done.stdout.count("cross-validation (mtl-all") == 1
+    s1, s2 = pd.read_csv(tmp_path / "one" / "selections.csv"), pd.read_csv(tmp_path / "two" / "selections.csv")
+    assert s1[["test_fold", "lr", "selected"]].equals(s2[["test_fold", "lr", "selected"]])
+    np.testing.assert_allclose(s2["val_auc"], s1["val_auc"], atol=1e-6)
+    keys = ["Metadata_Compound", "assay", "fold"]
+    p1 = pd.read_parquet(tmp_path / "one" / "compound_predictions.parquet").sort_values(keys, ignore_index=True)
+    p2 = pd.read_parquet(tmp_path / "two" / "compound_predictions.parquet").sort_values(keys, ignore_index=True)
+    assert p1[keys].equals(p2[keys]) and len(p1) > 0
+    np.testing.assert_allclose(p2["probability"], p1["probability"], atol=1e-5)
+    assert sorted(p.name for p in (tmp_path / "two" / "models").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one" / "models").iterdir()
+    )
+
+
+def test_cv_selection_and_imputation_are_refused_under_torchrun(workspace, tmp_path):
+    done = _cv(workspace, tmp_path / "imputing", 2, "--impute", code=1)
+    assert "under torchrun momil cv splits each fit's wells" in done.stderr
+    assert not (tmp_path / "imputing" / "summary.json").exists()
+
+
 PRETRAIN = ["--backbone", "vit-tiny", "--size", 64, "--global-size", 32, "--local-size", 16, "--local-crops", 1]
 PRETRAIN += ["--out-dim", 32, "--epochs", 2, "--warmup-epochs", 1, "--device", "cpu"]
 

@@ -473,8 +473,10 @@ def test_the_calibration_slope_never_reads_test_labels_and_the_level_is_one_cons
         results.append((fit(store, pairs, train, val, np.array([True]), settings, show_progress=False), pairs))
     (a, pa), (b, pb) = results
     assert a.model.calibration.slope_bias[0] == b.model.calibration.slope_bias[0]  # test labels: no say
-    level_shift = (label_levels(pa) - label_levels(pb)) * a.model.calibration.scale.numpy() / float(
-        a.model.calibration.slope_bias[0]
+    level_shift = (
+        (label_levels(pa) - label_levels(pb))
+        * a.model.calibration.scale.numpy()
+        / float(a.model.calibration.slope_bias[0])
     )
     np.testing.assert_allclose(
         (b.model.calibration.shift - a.model.calibration.shift).numpy(), level_shift, rtol=1e-5, atol=1e-5

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from momil import distributed
 from momil.config import setting
 from momil.data.pairs import WellPairs, rotation_wells
 from momil.device import resolve_device
@@ -162,7 +163,10 @@ def cross_validate(
     impute = impute or ImputeSettings()
     _check_cv(cv, train, select, impute, associations)
     started = time.perf_counter()
-    out = _prepare_out(Path(out), cv.overwrite)
+    ctx = distributed.context()  # under torchrun: every rank walks the protocol, each fit split over the ranks
+    show_progress = show_progress and ctx.is_main
+    out = _prepare_out(Path(out), cv.overwrite) if ctx.is_main else Path(out)
+    distributed.barrier()
     assays = labels.labelled_assays()
     primary = [a for a in primary if a in set(assays)]
     if not primary:
@@ -195,11 +199,18 @@ def cross_validate(
             cv.run([t for k in test_folds for t in walk.fit_tasks(k, walk.model_sets)])
         for k in test_folds:
             walk.rotation(k, bar)
-    return walk.write(test_folds, time.perf_counter() - started)
+    result = walk.write(test_folds, time.perf_counter() - started) if ctx.is_main else None
+    return distributed.broadcast_object(result)  # rank 0 scored and wrote; every rank returns the result
 
 
 def _check_cv(cv: CVSettings, train: TrainSettings, select, impute, associations) -> None:
     selecting = cv.select or bool(cv.selection)
+    if distributed.context().active and (cv.select or cv.impute or cv.fans_out):
+        raise MomilError(
+            "under torchrun momil cv splits each fit's wells over the ranks; assay selection (--select), label "
+            "imputation (--impute) and --executor are not run that way -- run them as one process (their fits spread "
+            "with --executor processes or ray), or select first with `momil select` and pass --selection"
+        )
     if selecting and cv.configuration != "mtl-all":
         raise MomilError(
             "assay selection chooses secondary assays for the mtl-all model -- use --configuration "
@@ -285,12 +296,14 @@ class _Walk:
             if self.fans_out:
                 self.cv.run(self.fit_tasks(k, rotation_sets))
         if self.train.model in LINEAR_MODELS:
+            info["model_assays"] = len(self.targets(self.assays))  # one regression per assay
+            bar.update(len(rotation_sets) * len(self.points))
+            if not distributed.context().is_main:  # rank 0 fits them (no network, nothing to split)
+                return
             linear = instance_count_predictions if self.train.model == "instance-count" else mean_lr_predictions
             frame = linear(self.store, self.labels, self.targets(self.assays), wells["train"], wells["test"])
             frame["fold"] = k
             self.well_predictions.append(frame)
-            info["model_assays"] = len(self.targets(self.assays))  # one regression per assay
-            bar.update(len(rotation_sets) * len(self.points))
             return
         for m, model_assays in enumerate(rotation_sets):
             self.model(k, m, model_assays, rot, wells, extra, info, bar)
@@ -370,6 +383,8 @@ class _Walk:
         if self.cv.impute:
             result, imputation = self.self_train(k, m, model_assays, wells, settings, result, info, bar)
         info["model_assays"] = info.get("model_assays", 0) + len(model_assays)
+        if not distributed.context().is_main:  # rank 0 writes the model and predicts the test wells
+            return
         model_path = self.out / "models" / f"rot{k}_model{m}.pt"
         extra_record = {
             "test_fold": k,
