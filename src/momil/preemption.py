@@ -48,6 +48,19 @@ def requested() -> bool:
     return _state["requested"]
 
 
+def requested_on_any_rank(device) -> bool:
+    """Whether SIGTERM reached this process or, under torchrun, any rank (a MAX all-reduce of the flag on
+    ``device``), so that every rank stops after the same step."""
+    from momil import distributed
+
+    flag = requested()
+    if distributed.context().active:
+        import torch
+
+        flag = bool(distributed.all_reduce_(torch.tensor([float(flag)], device=device), "max").item())
+    return flag
+
+
 def request() -> None:
     """Ask for a stop as SIGTERM does (for tests and embedding code)."""
     _state["requested"] = True

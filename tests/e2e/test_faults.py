@@ -325,6 +325,25 @@ def test_sigterm_mid_epoch_checkpoints_that_step_and_the_rerun_equals_an_uninter
     same_csv(Path("clean/history.csv"), Path("again/history.csv"))
 
 
+def test_sigterm_mid_epoch_of_pretraining_checkpoints_that_step_and_the_rerun_equals_an_uninterrupted_run(work):
+    argv = [a for a in STAGES["pretrain"][1] if a != "{out}"]
+    argv[argv.index("--batch-fields") + 1] = 2  # several steps per epoch
+    out = argv.index("--out")
+    clean = [*argv[: out + 1], "clean", *argv[out + 1 :]]
+    again = [*argv[: out + 1], "again", *argv[out + 1 :]]
+    assert run(*clean) == 0
+    stopped = killed("pretrain.step:2:TERM", *again)
+    assert stopped.returncode == 130, stopped.stderr
+    assert "stopped by SIGTERM in epoch 0 after step 2" in stopped.stderr
+    saved = torch.load("again/checkpoint.pt", weights_only=True)
+    state = saved["state"]
+    assert state["epoch"] == 0 and state["step"] == 2 and len(state["partial"]["losses"]) == 2
+    assert not Path("again/backbone.pt").exists()
+    assert run(*again) == 0
+    same_tensors(Path("clean/backbone.pt"), Path("again/backbone.pt"), "state_dict")
+    same_csv(Path("clean/history.csv"), Path("again/history.csv"))
+
+
 def test_a_full_disk_is_reported_and_leaves_nothing(work, monkeypatch, capsys):
     def full(fd, data, offset):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -14,7 +14,8 @@ Crops are drawn around high-intensity nuclei areas (centres sampled in proportio
 brightness above its 90th percentile), augmented with flips, 90-degree rotations, Gaussian blur and per-channel
 intensity jitter, all of which work for any channel count. Schedules as in DINO: linear warm-up then cosine for
 the learning rate, cosine for weight decay (0.04 -> 0.4) and teacher momentum (0.996 -> 1), teacher temperature
-warm-up. A checkpoint is written after every epoch and a run started again resumes from it with the same numbers.
+warm-up. A checkpoint is written after every epoch (and, on SIGTERM, after the step in progress) and a run started
+again resumes from it with the same numbers.
 The output ``backbone.pt`` (the teacher's backbone) is what `momil extract --weights` reads.
 """
 
@@ -31,7 +32,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from momil import distributed
+from momil import distributed, preemption
 from momil.config import Settings, check_device_name, setting
 from momil.errors import MomilError
 from momil.faults import fault_point
@@ -52,6 +53,7 @@ from momil.io.atomic import atomic_path, write_json_atomic
 from momil.io.contract import read_load_data
 from momil.io.provenance import provenance
 from momil.io.readers import load_torch
+from momil.preemption import Preempted
 from momil.progress import progress
 from momil.training.optim import resume_schedule, warmup_cosine
 
@@ -172,7 +174,7 @@ class DinoRun:
             torch.zeros(1, settings.out_dim, device=device),
             torch.zeros(1, 1, settings.out_dim, device=device),
             np.random.default_rng(settings.seed),
-            {"epoch": 0, "step": 0, "history": []},
+            {"epoch": 0, "step": 0, "history": [], "partial": None},
         )
 
     def resume(self, checkpoint: Path, device) -> None:
@@ -352,25 +354,36 @@ def pretrain(
         enabled=show_progress,
         initial=run.state["epoch"],
     )
-    with bar:
+    with bar, preemption.deferred():  # SIGTERM: a checkpoint of the step in progress, then exit
         while run.state["epoch"] < settings.epochs:
             run.student.train()
+            partial, run.state["partial"] = run.state.get("partial"), None
+            if partial is not None:  # an epoch SIGTERM stopped: the same order, from the step after its checkpoint
+                run.rng.bit_generator.state = partial["order_rng"]
+            order_rng = run.rng.bit_generator.state
             order = run.rng.permutation(n_fields)
-            losses = []
-            for start in range(0, _steps(n_fields, step_fields, ctx.world) * step_fields, step_fields):
-                whole = order[start : start + step_fields]
+            losses = list(partial["losses"]) if partial is not None else []
+            n_steps = _steps(n_fields, step_fields, ctx.world)
+            for step in range(len(losses), n_steps):
+                whole = order[step * step_fields : (step + 1) * step_fields]
                 mine = distributed.shard(whole)
                 rngs = run.field_rngs(mine)
                 g_views, l_views = run.views(fields, mine, nuclei, device, rngs)
                 loss, lr, parts = run.step(g_views, l_views, autocast, rngs, len(mine) / len(whole))
                 losses.append(loss)
+                fault_point("pretrain.step")
+                if step + 1 < n_steps and preemption.requested_on_any_rank(device):
+                    run.state["partial"] = {"order_rng": order_rng, "losses": losses}
+                    _save(run, checkpoint)
+                    raise Preempted(
+                        f"stopped by SIGTERM in epoch {run.state['epoch']} after step {step + 1} of {n_steps}; the "
+                        f"checkpoint {checkpoint} holds that step -- run the same command again to resume from it"
+                    )
             entry = {"epoch": run.state["epoch"], "loss": float(np.mean(losses)), "lr": lr}
             entry.update(seconds=round(time.perf_counter() - started, 2), **parts)
             run.state["history"].append(entry)
             run.state["epoch"] += 1
-            if ctx.is_main:
-                run.save(checkpoint)
-            distributed.barrier()
+            _save(run, checkpoint)
             fault_point("pretrain.epoch")
             bar.update(1)
             epochs_now += 1
@@ -379,7 +392,18 @@ def pretrain(
             out_of_time = max_seconds is not None and time.perf_counter() - started > max_seconds
             if distributed.broadcast_object(out_of_time):  # rank 0's clock decides for every rank
                 break
+            if preemption.requested_on_any_rank(device):
+                raise Preempted(
+                    f"stopped by SIGTERM after epoch {run.state['epoch']}; its checkpoint is {checkpoint} -- run the "
+                    "same command again to resume from it"
+                )
     return _write_outputs(out, run, settings, field, load_data, channels, n_fields, started)
+
+
+def _save(run: DinoRun, checkpoint: Path) -> None:
+    if distributed.context().is_main:
+        run.save(checkpoint)
+    distributed.barrier()
 
 
 def _steps(n_fields: int, step_fields: int, world: int) -> int:

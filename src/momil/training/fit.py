@@ -330,11 +330,7 @@ class _Run:
         distributed.barrier()
 
     def stop_requested(self) -> bool:
-        """Whether SIGTERM reached this process (under torchrun: any rank, so that every rank stops together)."""
-        flag = preemption.requested()
-        if distributed.context().active:
-            flag = bool(distributed.all_reduce_(torch.tensor([float(flag)], device=self.device), "max").item())
-        return flag
+        return preemption.requested_on_any_rank(self.device)
 
     def train_epoch(self, train_wells: np.ndarray, checkpoint: Path | None = None, signature: str = "") -> tuple:
         """One pass over the training wells in a new random order; (mean loss per pair, last learning rate).
