@@ -171,6 +171,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="seed 0 and rotations 0,1 only")
     parser.add_argument("--large", action="store_true", help="the large regime instead of the panel")
     parser.add_argument("--regimes", help="comma-separated subset of the regimes")
+    parser.add_argument("--seeds", help="comma-separated subset of each regime's seeds (default: all of them)")
     args = parser.parse_args()
     rotations = "0,1" if args.quick else "all"
     rotation_list = [0, 1] if args.quick else [0, 1, 2, 3, 4]
@@ -178,7 +179,10 @@ def main() -> int:
     for name, spec in regimes(args.large):
         if args.regimes and name not in args.regimes.split(","):
             continue
-        for seed in spec["seeds"][:1] if args.quick else spec["seeds"]:
+        seeds = spec["seeds"][:1] if args.quick else spec["seeds"]
+        if args.seeds:
+            seeds = [seed for seed in seeds if str(seed) in args.seeds.split(",")]
+        for seed in seeds:
             folder = Path(args.out) / f"{name}-s{seed}"
             started = time.perf_counter()
             prepare(folder, spec, seed)
