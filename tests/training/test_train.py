@@ -486,3 +486,26 @@ def test_the_calibration_slope_never_reads_test_labels_and_the_level_is_one_cons
     x, offset = rng.normal(size=4000), rng.normal(scale=0.5, size=4000)
     y = rng.random(4000) < 1 / (1 + np.exp(-(2.0 * x + offset)))
     assert fitted_slope(x, offset, y) == pytest.approx(2.0, abs=0.15)
+
+
+def test_imputed_labels_do_not_move_the_calibration_level(tmp_path):
+    """A fit on measured plus imputed labels centres its probabilities on the measured labels' level: imputed ones
+    differ between rotations, and a level that moved with them would scramble the ranking pooled over rotations."""
+    from momil.training.calibration import label_levels
+
+    store, labels = needle_screen(tmp_path / "store", n_compounds=40, per_well=10)
+    train_c, val_c, _ = _split(labels)
+    train, val = (wells_of(store.wells, c) for c in (train_c, val_c))
+    long = labels.to_long()
+    labels = LabelMatrix.from_long(long[~long["Metadata_Compound"].isin(train_c[::2])])  # half the training unlabelled
+    measured = WellPairs.build(store.wells, labels, ["needle"])
+    unlabelled = np.setdiff1d(train, measured.labelled_wells(train))
+    imputed = pd.DataFrame({"well": unlabelled, "assay": "needle", "label": np.float32(1.0)})
+    pairs = WellPairs.build(store.wells, labels, ["needle"], extra_wells=imputed)
+    assert abs(label_levels(pairs)[0] - label_levels(measured)[0]) > 0.3  # the imputed actives move the rate
+    settings = TrainSettings(projector_dim=8, head_dim=8, lr=1e-2, epochs=3, warmup_epochs=1, batch_wells=8)
+    result = fit(store, pairs, train, val, np.array([True]), settings, show_progress=False, measured=measured)
+    bags, mask = load_bags(store, measured.labelled_wells(val))
+    p = result.model.predict(bags, mask).double()[:, 0]
+    logit = torch.log(p) - torch.log1p(-p)
+    assert float(logit.mean()) == pytest.approx(float(label_levels(measured)[0]), abs=1e-4)

@@ -246,7 +246,15 @@ def self_train(
             imputed = pd.concat([imputed, new], ignore_index=True)
             pairs = WellPairs.build(store.wells, labels, model_assays, extra_wells=imputed)
             current = fit(
-                store, pairs, train_wells, val_wells, is_primary, train, out / f"round{r}", show_progress=show_progress
+                store,
+                pairs,
+                train_wells,
+                val_wells,
+                is_primary,
+                train,
+                out / f"round{r}",
+                show_progress=show_progress,
+                measured=measured,
             )
             fits.append(current)
             round_rows.append(

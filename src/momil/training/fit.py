@@ -160,9 +160,12 @@ def fit(
     show_progress: bool = True,
     on_epoch_end: Callable[[int], None] | None = None,
     potentials: np.ndarray | None = None,
+    measured: WellPairs | None = None,
 ) -> FitResult:
     """Train on ``train_wells`` (store rows), select on ``val_wells``. ``primary`` (T,) bool marks the
     assays whose validation AUC selects the model. ``on_epoch_end`` is called after each checkpoint.
+    ``measured`` (default ``pairs``) holds the measured labels alone, without imputed ones: they set the
+    calibration's level, which must not move with what one rotation imputed.
 
     With ``settings.balancing == "amtl"``, ``potentials`` (T,) are the single-task validation AUCs: after each
     epoch a task's achievement is its validation AUC / potential (clipped to [0, 1]) and its weight
@@ -226,8 +229,10 @@ def fit(
         # each assay's level: its active rate over the whole label matrix, the same constant in every rotation of a
         # cross-validation (a level from the training labels runs against the test fold's own rate and scrambles
         # the ranking pooled over rotations); the slope is fitted with the training and validation labels' levels
-        known = label_levels(pairs, np.concatenate([train_wells, val_wells]))
-        calibrate(model, store, val_wells, pairs, device, level=label_levels(pairs), fit_level=known)
+        # (of the measured labels only: imputed ones differ between rotations and would move the level with them)
+        measured = pairs if measured is None else measured
+        known = label_levels(measured, np.concatenate([train_wells, val_wells]))
+        calibrate(model, store, val_wells, pairs, device, level=label_levels(measured), fit_level=known)
     return FitResult(
         model, state["best_epoch"], state["best_score"], state["history"], time.perf_counter() - started, floor_share
     )
