@@ -272,6 +272,32 @@ def test_mean_mlp_sees_only_the_well_mean():
     assert torch.allclose(model.predict(bag, mask), model.predict(same_mean, mask), atol=1e-6)
 
 
+def test_mean_mlp_standardises_its_input_and_has_its_own_dropout():
+    from momil.model.baselines import MeanMLP
+    from momil.model.registry import model_from_hparams
+
+    torch.manual_seed(0)
+    model = MeanMLP(3, ["a"], 8, 4, dropout=0.5).eval()
+    assert model.hparams["mlp_dropout"] == 0.0
+    assert not any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.mlp)  # the MIL models' 0.5 is not its
+    means = torch.tensor([[1.0, 10.0, 5.0], [3.0, 30.0, 5.0]], dtype=torch.float64)
+    model.standardise_inputs(means)
+    assert torch.allclose(model.input_mean, torch.tensor([2.0, 20.0, 5.0]))
+    assert torch.allclose(model.input_scale, torch.tensor([1.0, 10.0, 1.0]))  # a constant feature keeps scale 1
+    # the MLP reads (mean - input_mean) / input_scale: a well at the training mean reads zeros
+    at_mean = model.input_mean.reshape(1, 1, 3).expand(1, 4, 3).clone()
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    expected = torch.sigmoid(model.out(model.mlp(torch.zeros(1, 3))))
+    assert torch.allclose(model.predict(at_mean, mask), expected, atol=1e-6)
+    assert MeanMLP(3, ["a"], 8, 4, mlp_dropout=0.3).mlp[2].p == 0.3
+    # a model saved before the standardisation loads with none (mean 0, scale 1)
+    old = {k: v for k, v in model.state_dict().items() if not k.startswith("input_")}
+    hparams = {k: v for k, v in model.hparams.items() if k != "mlp_dropout"}
+    loaded = model_from_hparams(hparams)
+    loaded.load_state_dict(old)
+    assert torch.equal(loaded.input_mean, torch.zeros(3)) and torch.equal(loaded.input_scale, torch.ones(3))
+
+
 @pytest.mark.parametrize("kind", sorted(HEADS))
 def test_mean_stream_starts_at_zero_and_adds_a_linear_readout_of_the_well_mean(kind):
     bags = torch.randn(4, 7, 8)

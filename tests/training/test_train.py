@@ -509,3 +509,17 @@ def test_imputed_labels_do_not_move_the_calibration_level(tmp_path):
     p = result.model.predict(bags, mask).double()[:, 0]
     logit = torch.log(p) - torch.log1p(-p)
     assert float(logit.mean()) == pytest.approx(float(label_levels(measured)[0]), abs=1e-4)
+
+
+def test_mean_mlp_is_standardised_with_the_training_wells_only(tmp_path):
+    from momil.model.linear import well_means
+
+    store, labels = needle_screen(tmp_path / "store", n_compounds=30, per_well=6)
+    pairs = WellPairs.build(store.wells, labels, ["needle"])
+    train_c, val_c, _ = _split(labels)
+    train, val = (wells_of(store.wells, c) for c in (train_c, val_c))
+    settings = TrainSettings(model="mean-mlp", projector_dim=8, head_dim=4, epochs=1, warmup_epochs=0, batch_wells=8)
+    result = fit(store, pairs, train, val, np.array([True]), settings, show_progress=False)
+    means = well_means(store, pairs.labelled_wells(train))
+    np.testing.assert_allclose(result.model.input_mean.numpy(), means.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.model.input_scale.numpy(), means.std(0), rtol=1e-5)

@@ -40,6 +40,7 @@ def model_from_hparams(hp: dict) -> torch.nn.Module:
             hp.get("linear_floor", False),  # nor before the linear floor
         )
     if kind in BASELINES:
+        extra = {"mlp_dropout": hp.get("mlp_dropout", 0.0)} if kind == "mean-mlp" else {}
         return BASELINES[kind](
             hp["in_dim"],
             hp["assays"],
@@ -47,6 +48,7 @@ def model_from_hparams(hp: dict) -> torch.nn.Module:
             hp["head_dim"],
             hp["dropout"],
             hp.get("linear_floor", False),
+            **extra,
         )
     if kind in LINEAR_MODELS:
         raise MomilError(f"the {kind} baseline is a logistic regression, not a network: run it with `momil cv`")
@@ -64,6 +66,7 @@ def build_model(in_dim: int, assays: list[str], settings: TrainSettings) -> torc
             "projector_dim": settings.projector_dim,
             "head_dim": settings.head_dim,
             "dropout": settings.dropout,
+            "mlp_dropout": settings.mlp_dropout,
             "shared_projector": settings.shared_projector,
             "mean_stream": settings.mean_stream,
             "linear_floor": settings.linear_floor,

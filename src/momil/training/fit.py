@@ -23,6 +23,7 @@ from momil.faults import fault_point
 from momil.io.readers import load_torch
 from momil.io.store import InstanceStore
 from momil.model.base import MILModel
+from momil.model.linear import well_means
 from momil.model.ops import PairPlan
 from momil.model.registry import build_model
 from momil.preemption import Preempted
@@ -189,7 +190,7 @@ def fit(
     if len(train_wells) == 0:
         raise MomilError("no training well carries a label for the model's assays")
     _check_balancing(settings, pairs, potentials)
-    run = _Run.start(store, pairs, settings, len(train_wells), device)
+    run = _Run.start(store, pairs, settings, train_wells, device)
     signature = fit_signature(settings, pairs, train_wells, val_wells)
     if run.amtl:
         signature += hashlib.sha1(np.nan_to_num(np.asarray(potentials, np.float64), nan=-1).tobytes()).hexdigest()[:8]
@@ -264,9 +265,12 @@ class _Run:
     state: dict
 
     @classmethod
-    def start(cls, store, pairs: WellPairs, settings: TrainSettings, n_train: int, device) -> _Run:
+    def start(cls, store, pairs: WellPairs, settings: TrainSettings, train_wells: np.ndarray, device) -> _Run:
         torch.manual_seed(settings.seed)
         model = build_model(store.dim, pairs.assays, settings).to(device)
+        if hasattr(model, "standardise_inputs"):  # mean-mlp: its inputs standardised with the training wells
+            model.standardise_inputs(well_means(store, train_wells))
+        n_train = len(train_wells)
         ctx = distributed.context()
         if ctx.active:  # one set of weights on every rank; each rank's dropout draws its own masks
             import torch.distributed as dist

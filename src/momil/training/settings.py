@@ -24,7 +24,17 @@ class TrainSettings(Settings):
     )
     projector_dim: int = setting(64, "F_phi output size d (paper's grid: 64, 128)", low=1)
     head_dim: int = setting(32, "F_gamma size inside each head (paper's grid: 32, 64, 128)", low=1)
-    dropout: float = setting(0.5, low=0, high=1, high_open=True)
+    dropout: float = setting(
+        0.5, "the MIL models' dropout (on each instance's projected features)", low=0, high=1, high_open=True
+    )
+    mlp_dropout: float = setting(
+        0.0,
+        "mean-mlp's dropout (on the hidden layers of its one vector per well, where no instances average the masks "
+        "out; 0.5 put it 0.04-0.05 below mean-lr on the quality panel)",
+        low=0,
+        high=1,
+        high_open=True,
+    )
     lr: float = setting(1e-2, "peak learning rate (paper's grid: 1e-4, 5e-5, 1e-5)", low=0, high=1, low_open=True)
     weight_decay: float = setting(5e-4, low=0)
     epochs: int = setting(25, "(paper: 100)", low=1)
