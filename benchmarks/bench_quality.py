@@ -292,6 +292,9 @@ def panel_table(frame: pd.DataFrame) -> str:
         for m in methods:
             mine = group[group["method"] == m]
             mean[m] = mine["pooled"].mean()
+            if mean[m] != mean[m]:  # a method this regime does not run (+ AS, + AS + LI)
+                cells.append("")
+                continue
             sd = mine["pooled"].std(ddof=0) if len(mine) > 1 else float("nan")
             cells.append(f"{mean[m]:.3f} / {mine['per_rotation'].mean():.3f}" + (f" ± {sd:.3f}" if sd == sd else ""))
         cells += [f"{group['ceiling'].mean():.3f}", f"{group['oracle'].mean():.3f}"]
