@@ -298,6 +298,39 @@ def test_mean_mlp_standardises_its_input_and_has_its_own_dropout():
     assert torch.equal(loaded.input_mean, torch.zeros(3)) and torch.equal(loaded.input_scale, torch.ones(3))
 
 
+def test_mean_mlp_mean_stream_starts_at_zero_and_reads_the_standardised_mean():
+    from momil.model.baselines import MeanMLP
+    from momil.model.registry import model_from_hparams
+
+    bags = torch.randn(3, 5, 4)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[2, 3:] = False
+    torch.manual_seed(0)
+    with_stream = MeanMLP(4, ["a", "b"], 8, 6, mean_stream=True).eval()
+    torch.manual_seed(0)
+    without = MeanMLP(4, ["a", "b"], 8, 6).eval()
+    assert with_stream.hparams["mean_stream"] and "mean_stream" not in without.hparams
+    assert without.skip is None
+    means = torch.stack([bags[i][mask[i]].mean(0) for i in range(3)]).double()
+    for model in (with_stream, without):
+        model.standardise_inputs(means)
+    before = with_stream.well_outputs(bags, mask)["logits"]
+    assert torch.allclose(before, without.well_outputs(bags, mask)["logits"])  # zero at the start
+    weight, bias = torch.randn(2, 4), torch.randn(2)
+    with torch.no_grad():
+        with_stream.skip.weight.copy_(weight)
+        with_stream.skip.bias.copy_(bias)
+    after = with_stream.well_outputs(bags, mask)["logits"]
+    z = (means.float() - with_stream.input_mean) / with_stream.input_scale
+    assert torch.allclose(after - before, z @ weight.T + bias, atol=1e-5)
+    # a model saved without the stream (the hyperparameters name none) loads without it, state and all
+    loaded = model_from_hparams(dict(without.hparams))
+    loaded.load_state_dict(without.state_dict())
+    assert loaded.skip is None
+    assert torch.allclose(loaded.well_outputs(bags, mask)["logits"], without.well_outputs(bags, mask)["logits"])
+    assert model_from_hparams(dict(with_stream.hparams)).skip is not None
+
+
 @pytest.mark.parametrize("kind", sorted(HEADS))
 def test_mean_stream_starts_at_zero_and_adds_a_linear_readout_of_the_well_mean(kind):
     bags = torch.randn(4, 7, 8)

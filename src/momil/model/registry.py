@@ -40,7 +40,9 @@ def model_from_hparams(hp: dict) -> torch.nn.Module:
             hp.get("linear_floor", False),  # nor before the linear floor
         )
     if kind in BASELINES:
-        extra = {"mlp_dropout": hp.get("mlp_dropout", 0.0)} if kind == "mean-mlp" else {}
+        extra = {}
+        if kind == "mean-mlp":  # models saved before the mean stream have none
+            extra = {"mlp_dropout": hp.get("mlp_dropout", 0.0), "mean_stream": hp.get("mean_stream", False)}
         return BASELINES[kind](
             hp["in_dim"],
             hp["assays"],

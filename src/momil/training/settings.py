@@ -50,8 +50,8 @@ class TrainSettings(Settings):
     batch_wells: int = setting(32, "wells per step", low=1)
     mean_stream: bool = setting(
         True,
-        "MoMIL: each head adds a linear readout of the well's mean instance, started at zero (off in the paper's "
-        "form, --preset paper)",
+        "MoMIL: each head adds a linear readout of the well's mean instance; mean-mlp: a linear readout of the "
+        "standardised mean beside the MLP; both started at zero (off in the paper's form, --preset paper)",
     )
     linear_floor: bool = setting(
         False,
