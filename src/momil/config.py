@@ -1,7 +1,11 @@
 """Typed settings: one dataclass per stage, filled from defaults < a TOML file < command-line flags.
 
-A TOML file holds one table per stage (``[simulate]``, ``[ingest]``, ``[correct]``, ``[split]``, ...); keys are the
-settings' field names. Every output records the settings it was made with.
+A TOML file holds one table per stage (``[simulate]``, ``[ingest]``, ``[correct]``, ``[split]``, ...; :data:`TABLES`
+lists them); keys are the settings' field names. One file can serve every stage: a command reads the tables of its
+settings and leaves the others, but a table no command reads (a typo) is refused. A settings class that several
+commands share names its own table (``shared_table``: ``[executor]`` for who runs the protocol's fits), read before
+the command's own table (``[cv]``, which holds the same fields, wins). Every output records the settings it was
+made with.
 
 Each field is declared with :func:`setting`: its default, its help text and its allowed range (bounds, choices)
 live in the field's metadata. :class:`Settings` checks every field against that range when the object is made
@@ -17,7 +21,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from momil.errors import InputError, MomilError
 
@@ -25,6 +29,24 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+# every table a `--config` TOML file may hold: the sections the commands build their settings from
+TABLES = (
+    "simulate",
+    "ingest",
+    "correct",
+    "split",
+    "field",
+    "segment",
+    "pretrain",
+    "extract",
+    "train",
+    "cv",
+    "select",
+    "impute",
+    "executor",
+    "benchmark",
+)
 
 
 def setting(
@@ -127,6 +149,8 @@ class Settings:
     """Base of every stage's settings dataclass: each field is checked against its range when the object is made
     (and on ``dataclasses.replace``); a subclass may add cross-field rules in ``check()``."""
 
+    shared_table: ClassVar[str] = ""  # a table of the TOML file this class's fields are read from in every command
+
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             check_field(field, getattr(self, field.name))
@@ -177,7 +201,23 @@ def load_toml(path, section: str) -> dict[str, Any]:
         raise InputError(path, "config file not found") from err
     except tomllib.TOMLDecodeError as err:
         raise InputError(path, f"not valid TOML ({err})") from err
+    loose = sorted(key for key, value in data.items() if not isinstance(value, dict))
+    if loose:
+        raise InputError(path, f"setting(s) {loose} outside a table", "put them in their stage's table, e.g. [train]")
+    unknown = sorted(set(data) - set(TABLES))
+    if unknown:
+        raise InputError(path, f"unknown table(s) {unknown}", f"momil reads the tables {', '.join(TABLES)}")
     return dict(data.get(section, {}))
+
+
+def _table(config_path, section: str, names: set[str]) -> dict[str, Any]:
+    from_file = load_toml(config_path, section)
+    unknown = sorted(set(from_file) - names)
+    if unknown:
+        raise InputError(
+            config_path, f"unknown setting(s) {unknown} in [{section}]", f"known settings: {sorted(names)}"
+        )
+    return from_file
 
 
 def build_settings(cls, args: argparse.Namespace, config_path=None, section: str = "", **overrides):
@@ -186,13 +226,11 @@ def build_settings(cls, args: argparse.Namespace, config_path=None, section: str
     names = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = preset_values(getattr(args, "preset", None), section)  # defaults < preset < TOML < flags
     if config_path:
-        from_file = load_toml(config_path, section)
-        unknown = sorted(set(from_file) - names)
-        if unknown:
-            raise InputError(
-                config_path, f"unknown setting(s) {unknown} in [{section}]", f"known settings: {sorted(names)}"
-            )
-        values.update(from_file)
+        for base in reversed(cls.__mro__):  # a shared table ([executor]) first, the command's own table after it
+            table = base.__dict__.get("shared_table", "")
+            if table and table != section and dataclasses.is_dataclass(base):
+                values.update(_table(config_path, table, {f.name for f in dataclasses.fields(base)}))
+        values.update(_table(config_path, section, names))
     values.update({k: v for k, v in vars(args).items() if k in names})
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:

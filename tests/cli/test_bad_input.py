@@ -273,6 +273,12 @@ CASES = [
         lambda _: Path("bad.toml").write_text("[train]\nepochz = 3\n"),
     ),
     Case(
+        "a misspelt table in the config",
+        [*TRAIN, "--config", "bad.toml"],
+        r"bad.toml: unknown table\(s\) \['trian'\] -- momil reads the tables simulate, ",
+        lambda _: Path("bad.toml").write_text("[trian]\nepochs = 3\n"),
+    ),
+    Case(
         "an unknown dtype",
         [
             "ingest",

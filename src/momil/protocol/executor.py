@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -33,7 +34,10 @@ ATTEMPTS = 3  # a pool whose worker died is started again this many times in all
 
 @dataclasses.dataclass
 class ExecutorSettings(Settings):
-    """Who runs the protocol's independent fits (`momil cv`, `select`, `benchmark`)."""
+    """Who runs the protocol's independent fits (`momil cv`, `select`, `benchmark`); in a TOML file, the
+    ``[executor]`` table of every one of them (``momil cv``'s ``[cv]`` table may hold the same keys, and wins)."""
+
+    shared_table: ClassVar[str] = "executor"
 
     executor: str = setting(
         "local",
