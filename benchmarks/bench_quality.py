@@ -11,6 +11,12 @@ on the mean of the truly responding cells), and MoMIL all minus mean-LR and minu
     python benchmarks/bench_quality.py --quick          # seed 0, rotations 0 and 1: iterate
     python benchmarks/bench_quality.py                  # the panel: every regime x every seed
     python benchmarks/bench_quality.py --large          # the large regime, once, at the end
+    python benchmarks/bench_quality.py --regimes batchy --seeds 0 --train-seeds 0,1,2   # the training seed's spread
+
+A regime's seeds are the simulator's: each is another screen. ``--train-seeds`` trains the same screens again with
+other training seeds (``momil benchmark --seed``: initial weights, dropout masks, the order of the wells); the
+panel table stays the one of training seed 0, and a second table gives each method's mean and standard deviation
+over the training seeds, with the standard deviation of MoMIL + AS + LI's mean on each screen.
 """
 
 from __future__ import annotations
@@ -79,9 +85,10 @@ def prepare(folder: Path, spec: dict, seed: int) -> None:
         )
 
 
-def benchmark(folder: Path, spec: dict, rotations: str) -> pd.DataFrame:
+def benchmark(folder: Path, spec: dict, rotations: str, train_seed: int = 0) -> pd.DataFrame:
     screen = folder / "screen"
     methods = METHODS + (AB if spec.get("ab") else "")
+    out = folder / (f"bench-{rotations.replace(',', '')}" + (f"-t{train_seed}" if train_seed else ""))
     run(
         "benchmark",
         "--store",
@@ -95,7 +102,7 @@ def benchmark(folder: Path, spec: dict, rotations: str) -> pd.DataFrame:
         "--associations",
         screen / "associations.parquet",
         "--out",
-        folder / f"bench-{rotations.replace(',', '')}",
+        out,
         "--methods",
         methods,
         "--focus",
@@ -105,8 +112,10 @@ def benchmark(folder: Path, spec: dict, rotations: str) -> pd.DataFrame:
         "--rotations",
         rotations,
         *TWO_CORE,
+        "--seed",
+        train_seed,
     )
-    return pd.read_csv(folder / f"bench-{rotations.replace(',', '')}" / "table2.csv")
+    return pd.read_csv(out / "table2.csv")
 
 
 def ceilings(folder: Path, rotations: list[int]) -> dict:
@@ -172,7 +181,18 @@ def main() -> int:
     parser.add_argument("--large", action="store_true", help="the large regime instead of the panel")
     parser.add_argument("--regimes", help="comma-separated subset of the regimes")
     parser.add_argument("--seeds", help="comma-separated subset of each regime's seeds (default: all of them)")
+    parser.add_argument(
+        "--train-seeds",
+        default="0",
+        help="comma-separated training seeds (momil benchmark --seed) to train each screen with (default: 0)",
+    )
     args = parser.parse_args()
+    try:
+        train_seeds = [int(t) for t in args.train_seeds.split(",") if t.strip()]
+    except ValueError:
+        parser.error(f"--train-seeds must be comma-separated whole numbers, not {args.train_seeds!r}")
+    if not train_seeds or min(train_seeds) < 0:
+        parser.error(f"--train-seeds must be comma-separated whole numbers >= 0, not {args.train_seeds!r}")
     rotations = "0,1" if args.quick else "all"
     rotation_list = [0, 1] if args.quick else [0, 1, 2, 3, 4]
     rows = []
@@ -186,45 +206,63 @@ def main() -> int:
             folder = Path(args.out) / f"{name}-s{seed}"
             started = time.perf_counter()
             prepare(folder, spec, seed)
-            table = benchmark(folder, spec, rotations)
             bounds = ceilings(folder, rotation_list)
-            for _, row in table.iterrows():
-                rows.append(
-                    {
-                        "regime": name,
-                        "seed": seed,
-                        "method": row["method"],
-                        "pooled": row["mean"],
-                        "per_rotation": row.get("mean_per_rotation", float("nan")),
-                        "pr_auc": row.get("mean_pr_auc", float("nan")),
-                        **bounds,
-                    }
-                )
+            for train_seed in train_seeds:
+                table = benchmark(folder, spec, rotations, train_seed)
+                for _, row in table.iterrows():
+                    rows.append(
+                        {
+                            "regime": name,
+                            "seed": seed,
+                            "train_seed": train_seed,
+                            "method": row["method"],
+                            "pooled": row["mean"],
+                            "per_rotation": row.get("mean_per_rotation", float("nan")),
+                            "pr_auc": row.get("mean_pr_auc", float("nan")),
+                            **bounds,
+                        }
+                    )
             print(f"{name} seed {seed}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-    path = Path(args.out) / (
-        "quality-large.csv" if args.large else "quality-quick.csv" if args.quick else "quality.csv"
-    )
-    frame = merged(pd.DataFrame(rows), path, [name for name, _ in regimes(args.large)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False)
-    print(panel_table(frame))
-    print(targets_table(frame, [name for name, spec in regimes(args.large) if spec["subpopulations"] == "per-target"]))
+    stem = "quality-large" if args.large else "quality-quick" if args.quick else "quality"
+    order = [name for name, _ in regimes(args.large)]
+    columns = ["regime", "seed", "train_seed", "method", "pooled", "per_rotation", "pr_auc", "ceiling", "oracle"]
+    done = pd.DataFrame(rows, columns=columns)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    panel = done[done["train_seed"] == 0].drop(columns="train_seed")
+    frame = merged(panel, Path(args.out) / f"{stem}.csv", order)
+    if len(frame):
+        frame.to_csv(Path(args.out) / f"{stem}.csv", index=False)
+        print(panel_table(frame))
+        print(
+            targets_table(frame, [name for name, spec in regimes(args.large) if spec["subpopulations"] == "per-target"])
+        )
+    every = merged(done, Path(args.out) / f"{stem}-train-seeds.csv", order, key=("regime", "seed", "train_seed"))
+    if len(every):
+        every.to_csv(Path(args.out) / f"{stem}-train-seeds.csv", index=False)
+        if every["train_seed"].nunique() > 1:
+            print("\n" + train_seed_table(every))
     return 0
 
 
-def merged(frame: pd.DataFrame, path: Path, order: list[str]) -> pd.DataFrame:
-    """This run's rows with the rows of ``path`` (an earlier run) for the regimes and seeds it did not run, so that
-    ``--seeds 0`` then ``--seeds 1`` give the table of both; regimes in the panel's order."""
+def merged(
+    frame: pd.DataFrame, path: Path, order: list[str], key: tuple[str, ...] = ("regime", "seed")
+) -> pd.DataFrame:
+    """This run's rows with the rows of ``path`` (an earlier run) for the regimes and seeds (the ``key`` columns)
+    it did not run, so that ``--seeds 0`` then ``--seeds 1`` give the table of both; regimes in the panel's order."""
     if path.exists() and len(frame):
         earlier = pd.read_csv(path)
-        done = set(zip(frame["regime"], frame["seed"]))
-        earlier = earlier[[(r, s) not in done for r, s in zip(earlier["regime"], earlier["seed"])]]
+        done = set(zip(*(frame[k] for k in key)))
+        earlier = earlier[[cell not in done for cell in zip(*(earlier[k] for k in key))]]
         frame = pd.concat([earlier, frame], ignore_index=True)
     elif path.exists():
         frame = pd.read_csv(path)
+    if not len(frame):
+        return frame
     rank = {name: i for i, name in enumerate(order)}
-    key = frame["regime"].map(rank).fillna(len(rank)) * 1000 + frame["seed"]
-    return frame.iloc[np.argsort(key.to_numpy(), kind="stable")].reset_index(drop=True)
+    position = frame["regime"].map(rank).fillna(len(rank)) * 1_000_000 + frame["seed"] * 1000
+    if "train_seed" in frame.columns:
+        position = position + frame["train_seed"]
+    return frame.iloc[np.argsort(position.to_numpy(), kind="stable")].reset_index(drop=True)
 
 
 def targets_table(frame: pd.DataFrame, per_target: list[str]) -> str:
@@ -273,6 +311,30 @@ def targets_table(frame: pd.DataFrame, per_target: list[str]) -> str:
             f"| (not a target) sd over seeds of MoMIL + AS + LI - mean-LR, same regimes | {lift:.3f} "
             f"(mean-LR's own sd {floor_sd:.3f}) | |"
         )
+    return "\n".join(lines)
+
+
+def train_seed_table(frame: pd.DataFrame) -> str:
+    """Each screen (regime x simulator seed) trained with several training seeds: per method the mean pooled AUC
+    over the training seeds ± their standard deviation, and the standard deviation over the training seeds of
+    MoMIL + AS + LI's mean over the regimes that run it (one line per simulator seed)."""
+    methods = list(dict.fromkeys(frame["method"]))
+    head = ["regime", "seed", "training seeds"] + methods
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for (regime, seed), group in frame.groupby(["regime", "seed"], sort=False):
+        cells = [regime, str(seed), ",".join(str(t) for t in sorted(group["train_seed"].unique()))]
+        for m in methods:
+            values = group.loc[group["method"] == m, "pooled"].dropna()
+            cells.append(f"{values.mean():.3f} ± {values.std(ddof=0):.3f}" if len(values) else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    as_li = frame[(frame["method"] == "momil-as-li") & frame["pooled"].notna()]
+    for seed, group in as_li.groupby("seed"):
+        by_train = group.groupby("train_seed")["pooled"].mean()
+        if len(by_train) > 1:
+            lines.append(
+                f"\nseed {seed}: sd over training seeds of MoMIL + AS + LI's mean {by_train.std(ddof=0):.3f} (target "
+                f"0.02; means {', '.join(f'{v:.3f}' for v in by_train)}, {group['regime'].nunique()} regime(s))"
+            )
     return "\n".join(lines)
 
 

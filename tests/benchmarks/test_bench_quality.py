@@ -151,3 +151,28 @@ def test_a_prepared_regime_gives_a_ceiling_and_an_oracle_with_signal(bq, tmp_pat
     bounds = bq.ceilings(folder, [0, 1, 2, 3, 4])
     assert 0.6 < bounds["ceiling"] <= 1.0, bounds  # the latent activity ranks the labels
     assert np.isfinite(bounds["oracle"]) and 0.0 <= bounds["oracle"] <= 1.0, bounds
+
+
+def test_the_training_seed_table_gives_each_screens_spread_over_its_training_seeds(bq, tmp_path):
+    def trained(regime, seed, train_seed, values):
+        return [{**row, "train_seed": train_seed} for row in rows(regime, seed, values)]
+
+    path = tmp_path / "quality-train-seeds.csv"
+    order = ["a", "b"]
+    first = pd.DataFrame(trained("a", 0, 0, {"mean-lr": 0.60, "momil-as-li": 0.70}))
+    bq.merged(first, path, order, key=("regime", "seed", "train_seed")).to_csv(path, index=False)
+    later = pd.DataFrame(
+        trained("a", 0, 1, {"mean-lr": 0.60, "momil-as-li": 0.66})
+        + trained("b", 0, 0, {"mean-lr": 0.50, "momil-as-li": 0.60})
+        + trained("b", 0, 1, {"mean-lr": 0.50, "momil-as-li": 0.62})
+    )
+    every = bq.merged(later, path, order, key=("regime", "seed", "train_seed"))
+    assert (
+        list(zip(every["regime"], every["train_seed"]))
+        == [("a", 0)] * 2 + [("a", 1)] * 2 + [("b", 0)] * 2 + [("b", 1)] * 2
+    )  # the earlier run's training seed 0 kept beside this run's training seed 1
+    table = bq.train_seed_table(every)
+    line = next(x for x in table.splitlines() if x.startswith("| a |"))
+    assert [c.strip() for c in line.strip("|").split("|")] == ["a", "0", "0,1", "0.600 ± 0.000", "0.680 ± 0.020"]
+    # + AS + LI's mean over both regimes: 0.650 with training seed 0, 0.640 with 1
+    assert "seed 0: sd over training seeds of MoMIL + AS + LI's mean 0.005 (target 0.02; means 0.650, 0.640" in table
