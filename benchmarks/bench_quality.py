@@ -36,6 +36,7 @@ PANEL = Path(__file__).with_name("quality_panel.toml")
 METHODS = "mean-lr,mean-mlp,multilabel-mil,momil-all"
 AB = ",momil-as,momil-as-li"
 TWO_CORE = ["--preset", "quick", "--rounds", "2", "--probes", "0", "--n-boot", "200"]
+ALL_METHODS = (METHODS + AB).split(",")
 NOT_SIMULATE = {"seeds", "ab"}
 
 
@@ -85,9 +86,17 @@ def prepare(folder: Path, spec: dict, seed: int) -> None:
         )
 
 
-def benchmark(folder: Path, spec: dict, rotations: str, train_seed: int = 0) -> pd.DataFrame:
+def panel_methods(spec: dict, only: list[str] | None = None) -> list[str]:
+    """The methods a regime runs (+ AS and + AS + LI only where the panel asks for them), or those of ``only``."""
+    methods = (METHODS + (AB if spec.get("ab") else "")).split(",")
+    return [m for m in methods if only is None or m in only]
+
+
+def benchmark(
+    folder: Path, spec: dict, rotations: str, train_seed: int = 0, only: list[str] | None = None
+) -> pd.DataFrame:
     screen = folder / "screen"
-    methods = METHODS + (AB if spec.get("ab") else "")
+    methods = panel_methods(spec, only)
     out = folder / (f"bench-{rotations.replace(',', '')}" + (f"-t{train_seed}" if train_seed else ""))
     run(
         "benchmark",
@@ -104,9 +113,9 @@ def benchmark(folder: Path, spec: dict, rotations: str, train_seed: int = 0) -> 
         "--out",
         out,
         "--methods",
-        methods,
+        ",".join(methods),
         "--focus",
-        "momil-all",
+        "momil-all" if "momil-all" in methods else methods[-1],
         "--reference",
         "mean-lr",
         "--rotations",
@@ -186,7 +195,19 @@ def main() -> int:
         default="0",
         help="comma-separated training seeds (momil benchmark --seed) to train each screen with (default: 0)",
     )
+    parser.add_argument(
+        "--methods",
+        help=f"comma-separated subset of the panel's methods ({METHODS}{AB}) to run again, the other methods' rows "
+        "of the earlier run kept (default: all; mean-lr is always run, every difference reads it)",
+    )
     args = parser.parse_args()
+    asked = only = None
+    if args.methods:
+        asked = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = sorted(set(asked) - set(ALL_METHODS))
+        if unknown or not asked:
+            parser.error(f"--methods: {', '.join(unknown) or 'none given'}: choose from {METHODS}{AB}")
+        only = list(dict.fromkeys(["mean-lr", *asked]))
     try:
         train_seeds = [int(t) for t in args.train_seeds.split(",") if t.strip()]
     except ValueError:
@@ -202,13 +223,15 @@ def main() -> int:
         seeds = spec["seeds"][:1] if args.quick else spec["seeds"]
         if args.seeds:
             seeds = [seed for seed in seeds if str(seed) in args.seeds.split(",")]
+        if asked and not panel_methods(spec, asked):  # e.g. + AS + LI asked for, a regime that does not run it
+            continue
         for seed in seeds:
             folder = Path(args.out) / f"{name}-s{seed}"
             started = time.perf_counter()
             prepare(folder, spec, seed)
             bounds = ceilings(folder, rotation_list)
             for train_seed in train_seeds:
-                table = benchmark(folder, spec, rotations, train_seed)
+                table = benchmark(folder, spec, rotations, train_seed, only)
                 for _, row in table.iterrows():
                     rows.append(
                         {
@@ -229,14 +252,16 @@ def main() -> int:
     done = pd.DataFrame(rows, columns=columns)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     panel = done[done["train_seed"] == 0].drop(columns="train_seed")
-    frame = merged(panel, Path(args.out) / f"{stem}.csv", order)
+    frame = merged(panel, Path(args.out) / f"{stem}.csv", order, key=("regime", "seed", "method"))
     if len(frame):
         frame.to_csv(Path(args.out) / f"{stem}.csv", index=False)
         print(panel_table(frame))
         print(
             targets_table(frame, [name for name, spec in regimes(args.large) if spec["subpopulations"] == "per-target"])
         )
-    every = merged(done, Path(args.out) / f"{stem}-train-seeds.csv", order, key=("regime", "seed", "train_seed"))
+    every = merged(
+        done, Path(args.out) / f"{stem}-train-seeds.csv", order, key=("regime", "seed", "train_seed", "method")
+    )
     if len(every):
         every.to_csv(Path(args.out) / f"{stem}-train-seeds.csv", index=False)
         if every["train_seed"].nunique() > 1:
@@ -245,10 +270,11 @@ def main() -> int:
 
 
 def merged(
-    frame: pd.DataFrame, path: Path, order: list[str], key: tuple[str, ...] = ("regime", "seed")
+    frame: pd.DataFrame, path: Path, order: list[str], key: tuple[str, ...] = ("regime", "seed", "method")
 ) -> pd.DataFrame:
-    """This run's rows with the rows of ``path`` (an earlier run) for the regimes and seeds (the ``key`` columns)
-    it did not run, so that ``--seeds 0`` then ``--seeds 1`` give the table of both; regimes in the panel's order."""
+    """This run's rows with the rows of ``path`` (an earlier run) for the cells (the ``key`` columns: regime, seed,
+    method) it did not run, so that ``--seeds 0`` then ``--seeds 1`` give the table of both, and ``--methods
+    mean-mlp`` replaces that method's rows only; regimes in the panel's order."""
     if path.exists() and len(frame):
         earlier = pd.read_csv(path)
         done = set(zip(*(frame[k] for k in key)))
@@ -259,9 +285,10 @@ def merged(
     if not len(frame):
         return frame
     rank = {name: i for i, name in enumerate(order)}
-    position = frame["regime"].map(rank).fillna(len(rank)) * 1_000_000 + frame["seed"] * 1000
+    method = frame["method"].map({m: i for i, m in enumerate(ALL_METHODS)}).fillna(len(ALL_METHODS))
+    position = frame["regime"].map(rank).fillna(len(rank)) * 1e9 + frame["seed"] * 1e6 + method
     if "train_seed" in frame.columns:
-        position = position + frame["train_seed"]
+        position = position + frame["train_seed"] * 100
     return frame.iloc[np.argsort(position.to_numpy(), kind="stable")].reset_index(drop=True)
 
 

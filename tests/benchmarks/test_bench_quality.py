@@ -176,3 +176,25 @@ def test_the_training_seed_table_gives_each_screens_spread_over_its_training_see
     assert [c.strip() for c in line.strip("|").split("|")] == ["a", "0", "0,1", "0.600 ± 0.000", "0.680 ± 0.020"]
     # + AS + LI's mean over both regimes: 0.650 with training seed 0, 0.640 with 1
     assert "seed 0: sd over training seeds of MoMIL + AS + LI's mean 0.005 (target 0.02; means 0.650, 0.640" in table
+
+
+def test_merged_replaces_only_the_methods_run_again(bq, tmp_path):
+    path = tmp_path / "quality.csv"
+    order = ["a"]
+    first = pd.DataFrame(rows("a", 0, {"mean-lr": 0.60, "mean-mlp": 0.55, "momil-all": 0.70}))
+    bq.merged(first, path, order).to_csv(path, index=False)
+    again = bq.merged(pd.DataFrame(rows("a", 0, {"mean-mlp": 0.62, "mean-lr": 0.60})), path, order)
+    assert list(zip(again["method"], again["pooled"])) == [
+        ("mean-lr", 0.60),  # run again, in the panel's method order
+        ("mean-mlp", 0.62),  # run again: this run's value
+        ("momil-all", 0.70),  # not run this time: kept
+    ]
+
+
+def test_panel_methods_runs_assay_selection_only_where_the_panel_asks_and_keeps_a_subset(bq):
+    plain, with_ab = {"ab": False}, {"ab": True}
+    assert bq.panel_methods(plain) == ["mean-lr", "mean-mlp", "multilabel-mil", "momil-all"]
+    assert bq.panel_methods(with_ab)[-2:] == ["momil-as", "momil-as-li"]
+    assert bq.panel_methods(plain, ["mean-lr", "momil-as-li"]) == ["mean-lr"]
+    assert bq.panel_methods(plain, ["momil-as-li"]) == []  # the regime is skipped
+    assert bq.panel_methods(with_ab, ["mean-lr", "momil-as-li"]) == ["mean-lr", "momil-as-li"]
