@@ -198,3 +198,12 @@ def test_panel_methods_runs_assay_selection_only_where_the_panel_asks_and_keeps_
     assert bq.panel_methods(plain, ["mean-lr", "momil-as-li"]) == ["mean-lr"]
     assert bq.panel_methods(plain, ["momil-as-li"]) == []  # the regime is skipped
     assert bq.panel_methods(with_ab, ["mean-lr", "momil-as-li"]) == ["mean-lr", "momil-as-li"]
+
+
+def test_the_panel_table_leaves_a_gap_blank_where_a_method_did_not_run(bq):
+    frame = pd.DataFrame(rows("shared", 0, {"mean-lr": 0.60, "mean-mlp": 0.61}))  # a --methods mean-mlp run
+    line = next(x for x in bq.panel_table(frame).splitlines() if x.startswith("| shared"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1:3] == ["0.600 / 0.600", "0.610 / 0.610"]
+    assert cells[-3:] == ["", "", ""]  # no MoMIL all, no multi-label MIL, no + AS + LI: no gaps, never "nan"
+    assert "nan" not in line
