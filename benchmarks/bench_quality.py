@@ -338,6 +338,14 @@ def targets_table(frame: pd.DataFrame, per_target: list[str]) -> str:
             f"| (not a target) sd over seeds of MoMIL + AS + LI - mean-LR, same regimes | {lift:.3f} "
             f"(mean-LR's own sd {floor_sd:.3f}) | |"
         )
+        # the ceiling (the true latent activity as the score) of the same cells: how much the screens themselves
+        # differ; a model that kept its distance to the ceiling on every screen would still move this much
+        ceiling_by_seed = as_li.groupby("seed")["ceiling"].mean()
+        gap_sd = float((by_seed - ceiling_by_seed).std(ddof=0))
+        lines.append(
+            f"| (not a target) sd over seeds of the ceiling, same regimes | {float(ceiling_by_seed.std(ddof=0)):.3f} "
+            f"(means {', '.join(f'{v:.3f}' for v in ceiling_by_seed)}; of MoMIL + AS + LI - ceiling {gap_sd:.3f}) | |"
+        )
     return "\n".join(lines)
 
 

@@ -108,6 +108,9 @@ def test_the_targets_table_marks_each_target_met_or_not(bq):
     assert status["sd over seeds of MoMIL + AS + LI's mean <= 0.02"] == "met"  # means 0.670 and 0.660
     assert "0.005 (means 0.670, 0.660)" in table
     spread = pd.DataFrame(rows("shared", 0, good) + rows("shared", 1, {**good, "momil-as-li": 0.60}))
+    harder = pd.DataFrame(spread.assign(ceiling=np.where(spread["seed"] == 1, 0.73, 0.8)))  # seed 1: a harder screen
+    line = next(x for x in bq.targets_table(harder, []).splitlines() if "of the ceiling" in x)
+    assert "| 0.035 (means 0.800, 0.730; of MoMIL + AS + LI - ceiling 0.000) |" in line  # 0.67 / 0.60: the same gap
     assert statuses(bq.targets_table(spread, []))["sd over seeds of MoMIL + AS + LI's mean <= 0.02"] == "not met"
     lr_only = pd.DataFrame(rows("shared", 0, {"mean-lr": 0.6}))
     assert statuses(bq.targets_table(lr_only, [])) == {}  # nothing to hold to a target
