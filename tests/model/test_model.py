@@ -356,6 +356,44 @@ def test_mean_stream_starts_at_zero_and_adds_a_linear_readout_of_the_well_mean(k
     assert torch.allclose(probs[wells, assays], with_stream.probability(with_stream(bags, mask, wells, assays)))
 
 
+@pytest.mark.parametrize("kind", sorted(HEADS))
+def test_shared_attention_starts_as_one_attention_for_every_assay_and_each_head_adds_its_own_scores(kind):
+    from momil.errors import MomilError
+    from momil.model.ops import gated
+    from momil.model.registry import model_from_hparams
+
+    torch.manual_seed(1)
+    bags = torch.randn(3, 6, 8)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[2, 4:] = False
+    model = MoMIL(8, ["a", "b", "c"], kind, 6, 5, 0.0, shared_attention=True).eval()
+    wells, assays = torch.tensor([0, 0, 0, 2, 2]), torch.tensor([0, 1, 2, 0, 2])
+    out = model(bags, mask, wells, assays)
+    z = model.encode(bags, mask)
+    shared = model.shared["w"](gated(model.shared["v"](z), model.shared["u"](z))).squeeze(-1)
+    expected = masked_softmax(shared, mask)[wells]
+    own = model.heads(z[wells], mask[wells], assays)["attention"]  # each head's attention without the shared one
+    combined = own * shared[wells].exp()  # softmax(own scores + shared scores)
+    assert torch.allclose(out["attention"], combined / combined.sum(1, keepdim=True), atol=1e-5)
+    if kind != "dsmil":  # the heads' own scores are zero at the start (DSMIL's are its query similarities)
+        assert torch.allclose(out["attention"], expected, atol=1e-6)
+    assert float(out["attention"][3:, 4:].abs().max()) == 0.0  # padding gets none
+    if kind == "abmil":  # a head's own scores are added to the shared ones
+        with torch.no_grad():
+            model.heads.w_w[1].normal_()
+        moved = model(bags, mask, wells, assays)["attention"]
+        assert torch.allclose(moved[[0, 2, 3, 4]], expected[[0, 2, 3, 4]], atol=1e-6)  # other assays unchanged
+        assert not torch.allclose(moved[1], expected[1])
+    probs = model.predict(bags, mask)  # every well x every assay agrees with the pair forward
+    assert torch.allclose(probs[wells, assays], model.probability(model(bags, mask, wells, assays)), atol=1e-6)
+    again = model_from_hparams(dict(model.hparams))  # saved and rebuilt with it
+    again.load_state_dict(model.state_dict())
+    assert torch.allclose(again.eval()(bags, mask, wells, assays)["logit"], model(bags, mask, wells, assays)["logit"])
+    assert model_from_hparams({k: v for k, v in model.hparams.items() if k != "shared_attention"}).shared is None
+    with pytest.raises(MomilError, match="shared_projector"):
+        MoMIL(8, ["a"], kind, 6, 5, 0.0, shared_projector=False, shared_attention=True)
+
+
 def test_models_saved_without_a_mean_stream_still_load():
     from momil.model.registry import model_from_hparams
 

@@ -100,13 +100,20 @@ class StackedHeads(nn.Module):
         return super().__getattr__(name)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, assay: torch.Tensor, means: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        assay: torch.Tensor,
+        means: torch.Tensor | None = None,
+        score_bias: torch.Tensor | None = None,
     ) -> dict:
         """Outputs for pairs in the caller's order: ``x`` (P, N, d), ``mask`` (P, N), ``assay`` (P,); ``means``
-        (P, mean_dim): each pair's well mean, read by the mean stream (heads built with ``mean_dim``)."""
+        (P, mean_dim): each pair's well mean, read by the mean stream (heads built with ``mean_dim``);
+        ``score_bias`` (P, N): attention scores added to each head's own before the softmax (a shared attention)."""
         plan = PairPlan.build(assay, x.device)
         means = None if means is None else plan.permute(means)
-        return plan.unpermute(self.forward_planned(plan.permute(x), plan.permute(mask), plan, None, means))
+        bias = None if score_bias is None else plan.permute(score_bias)
+        return plan.unpermute(self.forward_planned(plan.permute(x), plan.permute(mask), plan, None, means, bias))
 
     def forward_planned(
         self,
@@ -115,10 +122,12 @@ class StackedHeads(nn.Module):
         plan: PairPlan,
         table: torch.Tensor | None = None,
         means: torch.Tensor | None = None,
+        score_bias: torch.Tensor | None = None,
     ) -> dict:
-        """Outputs in ``plan``'s order for ``x``, ``mask`` and ``means`` given in that order. ``table``: the rows
-        of ``flat`` for ``plan.assays``, in that order (a training step's copy of the rows it updates); by
-        default they are gathered from ``flat``."""
+        """Outputs in ``plan``'s order for ``x``, ``mask``, ``means`` and ``score_bias`` given in that order.
+        ``table``: the rows of ``flat`` for ``plan.assays``, in that order (a training step's copy of the rows it
+        updates); by default they are gathered from ``flat``. ``score_bias`` (P, N): added to the head's attention
+        scores before the softmax (heads with attention scores only)."""
         raise NotImplementedError
 
     def planned_weights(self, plan: PairPlan, table: torch.Tensor | None = None) -> list:
@@ -243,13 +252,15 @@ class GatedAttentionHeads(StackedHeads):
             {"v_w": ("vu_w", 0, a), "u_w": ("vu_w", a, 2 * a), "v_b": ("vu_b", 0, a), "u_b": ("vu_b", a, 2 * a)},
         )
 
-    def forward_planned(self, x, mask, plan: PairPlan, table=None, means=None) -> dict:
+    def forward_planned(self, x, mask, plan: PairPlan, table=None, means=None, score_bias=None) -> dict:
         ws = self.planned_weights(plan, table)
         h = self.project(x, plan, ws)  # (P, N, h)
         a = self.attention_dim
         vu = self.linear(h, plan, ws, "vu_w", "vu_b")
         gate = gated(vu[..., :a], vu[..., a:])
         scores = self.linear(gate, plan, ws, "w_w", "w_b").squeeze(-1)  # (P, N)
+        if score_bias is not None:
+            scores = scores + score_bias.to(scores.dtype)
         attention = masked_softmax(scores, mask)
         pooled = attention_pool(attention, h)  # (P, h)
         return {"logit": self.bag_logit(pooled, plan, ws, means), "attention": attention, "embedding": pooled}
@@ -281,7 +292,7 @@ class DSMILHeads(StackedHeads):
             {"q_w": ("qi_w", 0, q), "inst_w": ("qi_w", q, q + 1), "q_b": ("qi_b", 0, q), "inst_b": ("qi_b", q, q + 1)},
         )
 
-    def forward_planned(self, x, mask, plan: PairPlan, table=None, means=None) -> dict:
+    def forward_planned(self, x, mask, plan: PairPlan, table=None, means=None, score_bias=None) -> dict:
         ws = self.planned_weights(plan, table)
         h = self.project(x, plan, ws)  # (P, N, h)
         q = self.query_dim
@@ -293,6 +304,8 @@ class DSMILHeads(StackedHeads):
         queries = torch.tanh(qi[..., :q])  # (P, N, q)
         q_critical = queries[rows, critical]  # (P, q)
         scores = (queries * (q_critical / math.sqrt(q)).unsqueeze(1)).sum(-1)
+        if score_bias is not None:
+            scores = scores + score_bias.to(scores.dtype)
         attention = masked_softmax(scores, mask)
         pooled = attention_pool(attention, h)  # (P, h)
         return {
@@ -331,10 +344,11 @@ class MeanPoolHeads(StackedHeads):
             {},
         )
 
-    def forward_planned(self, x, mask, plan: PairPlan, table=None, means=None) -> dict:
+    def forward_planned(self, x, mask, plan: PairPlan, table=None, means=None, score_bias=None) -> dict:
         ws = self.planned_weights(plan, table)
         h = self.project(x, plan, ws)
-        weights = mean_weights(mask, h.dtype)
+        # with a shared attention (score_bias) its softmax pools; these heads add no scores of their own
+        weights = mean_weights(mask, h.dtype) if score_bias is None else masked_softmax(score_bias.to(h.dtype), mask)
         pooled = attention_pool(weights, h)
         return {"logit": self.bag_logit(pooled, plan, ws, means), "attention": weights, "embedding": pooled}
 

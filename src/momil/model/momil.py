@@ -8,7 +8,7 @@ from torch import nn
 from momil.errors import MomilError
 from momil.model.base import MILModel
 from momil.model.heads import HEADS
-from momil.model.ops import PairPlan, attention_pool, gather_rows, mean_weights
+from momil.model.ops import PairPlan, attention_pool, gated, gather_rows, mean_weights
 
 
 class MoMIL(MILModel):
@@ -19,6 +19,13 @@ class MoMIL(MILModel):
     zero; see :meth:`momil.model.heads.StackedHeads.bag_logit`): the model then holds the linear model on well
     means, which a per-assay head otherwise rebuilds through its projector and attention. Off in the paper's
     form (``--preset paper``).
+
+    With ``shared_attention`` one gated attention (Ilse et al.'s, as in the multi-label MIL baseline) scores each
+    instance of ``F_phi``'s output for every assay, and each head adds its own scores to it before the softmax;
+    the heads' own scoring layers start at zero, so training starts at one attention shared by all assays and
+    each head moves away from it only as far as its labels (and weight decay) allow. It learns from every
+    assay's labels where a per-assay attention learns from 20-500 (see the README's quality panel). Off in the
+    paper's form (``--preset paper``).
 
     With ``linear_floor`` each assay's logit is blended with a logistic regression on the well mean
     (:mod:`momil.model.floor`; share 0 while training, set after it by :func:`momil.training.floor.blend_floor`)."""
@@ -36,9 +43,12 @@ class MoMIL(MILModel):
         shared_projector: bool = True,
         mean_stream: bool = False,
         linear_floor: bool = False,
+        shared_attention: bool = False,
     ):
         if head not in HEADS:
             raise MomilError(f"head must be one of {sorted(HEADS)}, not {head!r}")
+        if shared_attention and not shared_projector:
+            raise MomilError("a shared attention reads the shared projector's output: it needs shared_projector")
         hparams = {
             "head": head,
             "projector_dim": projector_dim,
@@ -46,6 +56,7 @@ class MoMIL(MILModel):
             "dropout": dropout,
             "shared_projector": shared_projector,
             "mean_stream": mean_stream,
+            "shared_attention": shared_attention,
         }
         super().__init__(in_dim, assays, hparams, linear_floor)
         if shared_projector:
@@ -56,6 +67,24 @@ class MoMIL(MILModel):
             head_in = in_dim
         self.heads = HEADS[head](len(self.assays), head_in, head_dim, dropout, in_dim if mean_stream else 0)
         self.mean_stream = mean_stream
+        self.shared = None
+        if shared_attention:
+            a = head_dim
+            self.shared = nn.ModuleDict(
+                {"v": nn.Linear(projector_dim, a), "u": nn.Linear(projector_dim, a), "w": nn.Linear(a, 1)}
+            )
+            own = [name for name in ("w_w", "w_b") if name in self.heads._layout]
+            with torch.no_grad():  # the heads' own scores start at zero: one attention for all assays at first
+                for name in own:
+                    start, stop, _ = self.heads._layout[name]
+                    self.heads.flat[:, start:stop].zero_()
+
+    def shared_scores(self, encoded: torch.Tensor) -> torch.Tensor | None:
+        """The shared attention's score of every instance (B, N) from ``F_phi``'s output (B, N, d); None
+        without a shared attention."""
+        if self.shared is None:
+            return None
+        return self.shared["w"](gated(self.shared["v"](encoded), self.shared["u"](encoded))).squeeze(-1)
 
     def encode(self, bags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """F_phi on the real instances only: bags (B, N, D), mask (B, N) -> (B, N, d), zeros at padding."""
@@ -87,8 +116,14 @@ class MoMIL(MILModel):
         pair_mask = mask.index_select(0, pair_well)
         means = self.well_means(bags, mask)
         means = None if means is None else means.index_select(0, pair_well)
+        scores = self.shared_scores(encoded)
         out = self.heads.forward_planned(
-            gather_rows(encoded, pair_well), pair_mask, plan, table, means if self.mean_stream else None
+            gather_rows(encoded, pair_well),
+            pair_mask,
+            plan,
+            table,
+            means if self.mean_stream else None,
+            None if scores is None else scores.index_select(0, pair_well),
         )
         return self._add_floor(out, means, plan.assays.index_select(0, plan.pair_head))
 
@@ -124,6 +159,7 @@ class MoMIL(MILModel):
         assays = list(range(len(self.assays))) if assays is None else list(assays)
         encoded = self.encode(bags, mask)
         means = self.well_means(bags, mask)
+        scores = self.shared_scores(encoded)
         b = bags.shape[0]
         wells = torch.arange(b, device=bags.device).repeat_interleave(len(assays))
         heads = torch.tensor(assays, device=bags.device).repeat(b)
@@ -131,7 +167,9 @@ class MoMIL(MILModel):
         for start in range(0, len(wells), max_pairs):
             w, t = wells[start : start + max_pairs], heads[start : start + max_pairs]
             pair_means = None if means is None else means[w]
-            out = self.heads(encoded[w], mask[w], t, pair_means if self.mean_stream else None)
+            out = self.heads(
+                encoded[w], mask[w], t, pair_means if self.mean_stream else None, None if scores is None else scores[w]
+            )
             out = self._add_floor(out, pair_means, t)
             probs.append(self.heads.probability(out))
         return self.calibration(torch.cat(probs).reshape(b, len(assays)), assays)

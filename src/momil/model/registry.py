@@ -38,6 +38,7 @@ def model_from_hparams(hp: dict) -> torch.nn.Module:
             hp["shared_projector"],
             hp.get("mean_stream", False),  # models saved before the mean stream have none
             hp.get("linear_floor", False),  # nor before the linear floor
+            hp.get("shared_attention", False),  # nor before the shared attention
         )
     if kind in BASELINES:
         extra = {}
@@ -72,5 +73,6 @@ def build_model(in_dim: int, assays: list[str], settings: TrainSettings) -> torc
             "shared_projector": settings.shared_projector,
             "mean_stream": settings.mean_stream,
             "linear_floor": settings.linear_floor,
+            "shared_attention": settings.shared_attention,
         }
     )

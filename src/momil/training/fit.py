@@ -141,7 +141,10 @@ def fit_signature(settings: TrainSettings, pairs: WellPairs, train_wells, val_we
     """What a finished fit is reused by: its settings, pairs and wells (and the assays' names, except in the
     single-assay models of selection, whose cached files predate that and stay valid)."""
     digest = hashlib.sha1()
-    digest.update(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode())
+    fields = dataclasses.asdict(settings)
+    if not fields.get("shared_attention"):  # added later: fits without it keep the signature they were saved with
+        fields.pop("shared_attention", None)
+    digest.update(json.dumps(fields, sort_keys=True).encode())
     if with_assays:
         digest.update("\x1f".join(pairs.assays).encode())
     digest.update(pairs.digest().encode())

@@ -53,6 +53,11 @@ class TrainSettings(Settings):
         "MoMIL: each head adds a linear readout of the well's mean instance; mean-mlp: a linear readout of the "
         "standardised mean beside the MLP; both started at zero (off in the paper's form, --preset paper)",
     )
+    shared_attention: bool = setting(
+        False,
+        "MoMIL: one gated attention over the shared projector's output, scored for every assay, to which each head "
+        "adds its own scores (started at zero); off in the paper's form (--preset paper)",
+    )
     linear_floor: bool = setting(
         False,
         "after training, blend each assay's logit with a logistic regression on the well mean (the mean-lr baseline, "
