@@ -30,6 +30,7 @@ PRESETS: dict[str, dict[str, dict]] = {
             "patience": 10,
             "select_epoch": "best",
             "mean_stream": False,
+            "shared_attention": False,
             "linear_floor": False,
             "calibrate": False,
         },
