@@ -152,6 +152,38 @@ def test_attention_beats_chance_and_mean_pooling(tmp_path):
     assert min(scores["dsmil"], scores["abmil"]) > scores["mean"] + 0.15, scores
 
 
+def test_a_shared_attention_finds_the_needle_that_mean_pooling_heads_miss(tmp_path):
+    """Mean-pooling heads have no attention of their own; with --shared-attention the shared gated attention
+    pools them and is trained through them, so the needle is found."""
+    store, labels = needle_screen(tmp_path / "store", responders=3)
+    pairs = WellPairs.build(store.wells, labels, ["needle"])
+    train_c, val_c, test_c = _split(labels)
+    train, val, test = (wells_of(store.wells, c) for c in (train_c, val_c, test_c))
+    scores = {}
+    for shared in (False, True):
+        settings = TrainSettings(
+            head="mean",
+            projector_dim=16,
+            head_dim=16,
+            dropout=0.0,
+            lr=3e-3,
+            epochs=40,
+            warmup_epochs=2,
+            select_epoch="last",
+            batch_wells=16,
+            mean_stream=False,
+            calibrate=False,
+            shared_attention=shared,
+            seed=0,
+        )
+        result = fit(store, pairs, train, val, np.array([True]), settings, show_progress=False)
+        assert (result.model.shared is not None) == shared
+        bags, mask = load_bags(store, test)
+        _, _, y = pairs.pairs(test)
+        scores[shared] = roc_auc(y, result.model.predict(bags, mask).numpy()[:, 0])
+    assert scores[True] > 0.85 and scores[False] < 0.75, scores
+
+
 def test_resume_gives_the_same_numbers(tmp_path):
     store, labels = needle_screen(tmp_path / "store", n_compounds=40, per_well=10)
     pairs = WellPairs.build(store.wells, labels, ["needle"])
