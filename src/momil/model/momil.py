@@ -22,8 +22,9 @@ class MoMIL(MILModel):
 
     With ``shared_attention`` one gated attention (Ilse et al.'s, as in the multi-label MIL baseline) scores each
     instance of ``F_phi``'s output for every assay, and each head adds its own scores to it before the softmax;
-    the heads' own scoring layers start at zero, so training starts at one attention shared by all assays and
-    each head moves away from it only as far as its labels (and weight decay) allow. It learns from every
+    ABMIL heads' own scoring layers start at zero, so training starts at one attention shared by all assays and
+    each head moves away from it only as far as its labels (and weight decay) allow; DSMIL heads add their query
+    similarities, and mean-pooling heads, having no scores, pool with the shared attention alone. It learns from every
     assay's labels where a per-assay attention learns from 20-500 (see the README's quality panel). Off in the
     paper's form (``--preset paper``).
 
