@@ -121,32 +121,40 @@ def _split(labels):
     )
 
 
+def needle_fit(store, labels, **overrides):
+    """One fit on the needle screen (60/20/20 split of its compounds) with small, fast settings and
+    ``overrides``: the fit's result and its test AUC."""
+    pairs = WellPairs.build(store.wells, labels, ["needle"])
+    train, val, test = (wells_of(store.wells, c) for c in _split(labels))
+    base = {
+        "projector_dim": 16,
+        "head_dim": 16,
+        "dropout": 0.0,
+        "lr": 3e-3,
+        "epochs": 40,
+        "warmup_epochs": 2,
+        "batch_wells": 16,
+        "seed": 0,
+    }
+    settings = TrainSettings(**{**base, **overrides})
+    result = fit(store, pairs, train, val, np.array([True]), settings, show_progress=False)
+    bags, mask = load_bags(store, test)
+    _, _, y = pairs.pairs(test)
+    return result, roc_auc(y, result.model.predict(bags, mask).numpy()[:, 0])
+
+
 def test_attention_beats_chance_and_mean_pooling(tmp_path):
     store, labels = needle_screen(tmp_path / "store", responders=3)
-    pairs = WellPairs.build(store.wells, labels, ["needle"])
-    train_c, val_c, test_c = _split(labels)
-    train, val, test = (wells_of(store.wells, c) for c in (train_c, val_c, test_c))
     scores = {}
     for head in ("dsmil", "abmil", "mean"):
-        settings = TrainSettings(
+        _, scores[head] = needle_fit(
+            store,
+            labels,
             head=head,
-            projector_dim=16,
-            head_dim=16,
-            dropout=0.0,
-            lr=3e-3,
-            epochs=40,
-            warmup_epochs=2,
             patience=40,
             select_epoch="best",
-            batch_wells=16,
             linear_floor=False,  # the heads' pooling alone: the well mean carries nothing here
-            seed=0,
         )
-        result = fit(store, pairs, train, val, np.array([True]), settings, show_progress=False)
-        bags, mask = load_bags(store, test)
-        prob = result.model.predict(bags, mask).numpy()[:, 0]
-        _, _, y = pairs.pairs(test)
-        scores[head] = roc_auc(y, prob)
     assert scores["dsmil"] > 0.85 and scores["abmil"] > 0.85, scores
     assert scores["mean"] < 0.75, scores
     assert min(scores["dsmil"], scores["abmil"]) > scores["mean"] + 0.15, scores
@@ -156,31 +164,18 @@ def test_a_shared_attention_finds_the_needle_that_mean_pooling_heads_miss(tmp_pa
     """Mean-pooling heads have no attention of their own; with --shared-attention the shared gated attention
     pools them and is trained through them, so the needle is found."""
     store, labels = needle_screen(tmp_path / "store", responders=3)
-    pairs = WellPairs.build(store.wells, labels, ["needle"])
-    train_c, val_c, test_c = _split(labels)
-    train, val, test = (wells_of(store.wells, c) for c in (train_c, val_c, test_c))
     scores = {}
     for shared in (False, True):
-        settings = TrainSettings(
+        result, scores[shared] = needle_fit(
+            store,
+            labels,
             head="mean",
-            projector_dim=16,
-            head_dim=16,
-            dropout=0.0,
-            lr=3e-3,
-            epochs=40,
-            warmup_epochs=2,
             select_epoch="last",
-            batch_wells=16,
             mean_stream=False,
             calibrate=False,
             shared_attention=shared,
-            seed=0,
         )
-        result = fit(store, pairs, train, val, np.array([True]), settings, show_progress=False)
         assert (result.model.shared is not None) == shared
-        bags, mask = load_bags(store, test)
-        _, _, y = pairs.pairs(test)
-        scores[shared] = roc_auc(y, result.model.predict(bags, mask).numpy()[:, 0])
     assert scores[True] > 0.85 and scores[False] < 0.75, scores
 
 
