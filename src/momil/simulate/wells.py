@@ -9,19 +9,7 @@ import numpy as np
 import pandas as pd
 
 from momil.io.contract import BATCH, COMPOUND, CONTROL, PLATE, WELL
-from momil.simulate.images import (  # noqa: F401 (moved there; re-exported)
-    CHANNELS,
-    _write_images,
-    render_field,
-)
-from momil.simulate.sources import (  # noqa: F401 (moved there; re-exported)
-    analogue_smiles,
-    data_path,
-    hti_cnn_labels,
-    hti_cnn_smiles,
-    ppi_network,
-    real_platemap,
-)
+from momil.simulate.sources import real_platemap
 
 DMSO = "DMSO"  # the compound identifier of the simulated negative-control wells
 
