@@ -31,7 +31,7 @@ def bq():
 def test_the_panel_holds_the_regimes_it_was_written_down_with(bq):
     panel = bq.regimes(False)
     names = [name for name, _ in panel]
-    assert names == [
+    assert names[:8] == [
         "mean-strong",
         "mean-weak",
         "few-cells",
@@ -41,6 +41,9 @@ def test_the_panel_holds_the_regimes_it_was_written_down_with(bq):
         "batchy",
         "sparse",
     ]  # regimes may be added, never dropped
+    assert names[8:] == ["overlay-small"]  # added 2026-12-06: the hti-cnn overlay (its real label pattern)
+    assert dict(panel)["overlay-small"]["mode"] == "hti-cnn"
+    assert {spec["mode"] for name, spec in panel if name != "overlay-small"} == {"synthetic"}
     simulate = {f.name for f in dataclasses.fields(SimulateSettings)}
     for name, spec in panel:
         assert set(spec) - bq.NOT_SIMULATE <= simulate, name  # every key is a `momil simulate` setting
