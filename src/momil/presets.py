@@ -8,8 +8,8 @@ A preset fills settings per stage table (``train``, ``cv``, ``select``, ``impute
   stopping with patience 10 on the validation well-level mean ROC-AUC over the primary assays.
 * ``quick``: the settings for a laptop or 2 CPU cores (the README's benchmark and the quality panel): one grid
   point per size (F_phi 64, heads 32), gated-attention (ABMIL) heads, learning rates {1e-2, 3e-3}, 25 epochs with a
-  3-epoch warm-up, the model at the end of the schedule, 2 imputation rounds. These are the library's defaults
-  (except the imputation rounds: 1 by default).
+  3-epoch warm-up, the model at the end of the schedule, the mean stream and the shared readout, 2 imputation
+  rounds. These are the library's defaults (except the imputation rounds: 1 by default).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ PRESETS: dict[str, dict[str, dict]] = {
             "select_epoch": "best",
             "mean_stream": False,
             "shared_attention": False,
+            "shared_readout": False,
             "linear_floor": False,
             "calibrate": False,
         },
@@ -50,6 +51,7 @@ PRESETS: dict[str, dict[str, dict]] = {
             "batch_wells": 32,
             "select_epoch": "last",
             "mean_stream": True,
+            "shared_readout": True,
             "linear_floor": False,
             "calibrate": True,
         },

@@ -394,6 +394,44 @@ def test_shared_attention_starts_as_one_attention_for_every_assay_and_each_head_
         MoMIL(8, ["a"], kind, 6, 5, 0.0, shared_projector=False, shared_attention=True)
 
 
+@pytest.mark.parametrize("kind", sorted(HEADS))
+@pytest.mark.parametrize("shared_attention", [False, True])
+def test_shared_readout_starts_at_zero_and_adds_a_linear_readout_of_the_shared_attention_pool(kind, shared_attention):
+    from momil.errors import MomilError
+    from momil.model.ops import gated
+    from momil.model.registry import model_from_hparams
+
+    bags = torch.randn(4, 7, 8)
+    mask = torch.ones(4, 7, dtype=torch.bool)
+    mask[1, 5:] = False
+    wells, assays = torch.tensor([0, 1, 2, 3, 1]), torch.tensor([0, 2, 1, 1, 2])
+    args = (8, ["a", "b", "c"], kind, 6, 5, 0.0)
+    model = MoMIL(*args, mean_stream=True, shared_attention=shared_attention, shared_readout=True).eval()
+    plain = MoMIL(*args, mean_stream=True, shared_attention=shared_attention)
+    assert model.heads.m_w.shape == (3, 8 + 6, 1)  # the well mean and the pooled F_phi output, side by side
+    assert float(model.heads.m_w[:, 8:].abs().max()) == 0.0  # the readout starts at zero
+    before = model(bags, mask, wells, assays)["logit"]
+    r_w, r_b = torch.randn(3, 6, 1), torch.randn(3, 1)
+    with torch.no_grad():
+        model.heads.m_w[:, 8:].copy_(r_w)
+        model.heads.m_b.add_(r_b)
+    after = model(bags, mask, wells, assays)["logit"]
+    z = model.encode(bags, mask)
+    scores = model.shared["w"](gated(model.shared["v"](z), model.shared["u"](z))).squeeze(-1)
+    pooled = (masked_softmax(scores, mask).unsqueeze(-1) * z).sum(1)[wells]  # one attention for every assay
+    assert float(masked_softmax(scores, mask)[1, 5:].abs().max()) == 0.0  # padding gets none
+    readout = (pooled.unsqueeze(1) @ r_w[assays]).reshape(-1) + r_b[assays, 0]
+    assert torch.allclose(after - before, readout, atol=1e-5)
+    probs = model.predict(bags, mask)  # every well x every assay agrees with the pair forward
+    assert torch.allclose(probs[wells, assays], model.probability(model(bags, mask, wells, assays)), atol=1e-6)
+    again = model_from_hparams(dict(model.hparams))  # saved and rebuilt with it
+    again.load_state_dict(model.state_dict())
+    assert torch.allclose(again.eval()(bags, mask, wells, assays)["logit"], after)
+    assert "shared_readout" not in plain.hparams  # models without it keep the hyperparameters they had
+    with pytest.raises(MomilError, match="shared_projector"):
+        MoMIL(*args, shared_projector=False, shared_readout=True)
+
+
 def test_models_saved_without_a_mean_stream_still_load():
     from momil.model.registry import model_from_hparams
 

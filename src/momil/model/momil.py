@@ -8,7 +8,7 @@ from torch import nn
 from momil.errors import MomilError
 from momil.model.base import MILModel
 from momil.model.heads import HEADS
-from momil.model.ops import PairPlan, attention_pool, gated, gather_rows, mean_weights
+from momil.model.ops import PairPlan, attention_pool, gated, gather_rows, masked_softmax, mean_weights
 
 
 class MoMIL(MILModel):
@@ -28,6 +28,12 @@ class MoMIL(MILModel):
     assay's labels where a per-assay attention learns from 20-500 (see the README's quality panel). Off in the
     paper's form (``--preset paper``).
 
+    With ``shared_readout`` the model also holds the multi-label MIL baseline's form: one gated attention (the
+    shared attention's, when both are on) pools ``F_phi``'s output into one vector per well, and each head adds a
+    linear readout of that vector to its logit (started at zero, like the mean stream, whose part of the head's
+    table it extends). A head then reads every assay's pooled representation through as many weights as
+    multi-label MIL's output layer gives it, beside its own projection, attention and classifier.
+
     With ``linear_floor`` each assay's logit is blended with a logistic regression on the well mean
     (:mod:`momil.model.floor`; share 0 while training, set after it by :func:`momil.training.floor.blend_floor`)."""
 
@@ -45,11 +51,14 @@ class MoMIL(MILModel):
         mean_stream: bool = False,
         linear_floor: bool = False,
         shared_attention: bool = False,
+        shared_readout: bool = False,
     ):
         if head not in HEADS:
             raise MomilError(f"head must be one of {sorted(HEADS)}, not {head!r}")
-        if shared_attention and not shared_projector:
-            raise MomilError("a shared attention reads the shared projector's output: it needs shared_projector")
+        if (shared_attention or shared_readout) and not shared_projector:
+            raise MomilError(
+                "a shared attention and a shared readout read the shared projector's output: they need shared_projector"
+            )
         hparams = {
             "head": head,
             "projector_dim": projector_dim,
@@ -59,6 +68,8 @@ class MoMIL(MILModel):
             "mean_stream": mean_stream,
             "shared_attention": shared_attention,
         }
+        if shared_readout:  # added later: models without it keep the hyperparameters they were saved with
+            hparams["shared_readout"] = True
         super().__init__(in_dim, assays, hparams, linear_floor)
         if shared_projector:
             self.projector = nn.Sequential(nn.Linear(in_dim, projector_dim), nn.ReLU(), nn.Dropout(dropout))
@@ -66,14 +77,17 @@ class MoMIL(MILModel):
         else:
             self.projector = nn.Identity()
             head_in = in_dim
-        self.heads = HEADS[head](len(self.assays), head_in, head_dim, dropout, in_dim if mean_stream else 0)
+        stream_dim = (in_dim if mean_stream else 0) + (projector_dim if shared_readout else 0)
+        self.heads = HEADS[head](len(self.assays), head_in, head_dim, dropout, stream_dim)
         self.mean_stream = mean_stream
+        self.shared_attention, self.shared_readout = shared_attention, shared_readout
         self.shared = None
-        if shared_attention:
+        if shared_attention or shared_readout:
             a = head_dim
             self.shared = nn.ModuleDict(
                 {"v": nn.Linear(projector_dim, a), "u": nn.Linear(projector_dim, a), "w": nn.Linear(a, 1)}
             )
+        if shared_attention:
             own = [name for name in ("w_w", "w_b") if name in self.heads._layout]
             with torch.no_grad():  # the heads' own scores start at zero: one attention for all assays at first
                 for name in own:
@@ -82,10 +96,24 @@ class MoMIL(MILModel):
 
     def shared_scores(self, encoded: torch.Tensor) -> torch.Tensor | None:
         """The shared attention's score of every instance (B, N) from ``F_phi``'s output (B, N, d); None
-        without a shared attention."""
+        without a shared attention or readout."""
         if self.shared is None:
             return None
         return self.shared["w"](gated(self.shared["v"](encoded), self.shared["u"](encoded))).squeeze(-1)
+
+    def streams(
+        self, encoded: torch.Tensor, mask: torch.Tensor, means: torch.Tensor | None, scores: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """What the heads' linear streams read per well (B, stream_dim): the well mean (mean stream) and the
+        shared attention's pooled ``F_phi`` output (shared readout), side by side; None without either."""
+        parts = []
+        if self.mean_stream:
+            parts.append(means)
+        if self.shared_readout:
+            parts.append(attention_pool(masked_softmax(scores, mask), encoded).to(encoded.dtype))
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else torch.cat([p.to(encoded.dtype) for p in parts], dim=-1)
 
     def encode(self, bags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """F_phi on the real instances only: bags (B, N, D), mask (B, N) -> (B, N, d), zeros at padding."""
@@ -116,15 +144,17 @@ class MoMIL(MILModel):
         encoded = self.encode(bags, mask)
         pair_mask = mask.index_select(0, pair_well)
         means = self.well_means(bags, mask)
-        means = None if means is None else means.index_select(0, pair_well)
         scores = self.shared_scores(encoded)
+        streams = self.streams(encoded, mask, means, scores)
+        means = None if means is None else means.index_select(0, pair_well)
+        bias = scores if self.shared_attention else None
         out = self.heads.forward_planned(
             gather_rows(encoded, pair_well),
             pair_mask,
             plan,
             table,
-            means if self.mean_stream else None,
-            None if scores is None else scores.index_select(0, pair_well),
+            None if streams is None else streams.index_select(0, pair_well),
+            None if bias is None else bias.index_select(0, pair_well),
         )
         return self._add_floor(out, means, plan.assays.index_select(0, plan.pair_head))
 
@@ -161,6 +191,8 @@ class MoMIL(MILModel):
         encoded = self.encode(bags, mask)
         means = self.well_means(bags, mask)
         scores = self.shared_scores(encoded)
+        streams = self.streams(encoded, mask, means, scores)
+        bias = scores if self.shared_attention else None
         b = bags.shape[0]
         wells = torch.arange(b, device=bags.device).repeat_interleave(len(assays))
         heads = torch.tensor(assays, device=bags.device).repeat(b)
@@ -169,7 +201,7 @@ class MoMIL(MILModel):
             w, t = wells[start : start + max_pairs], heads[start : start + max_pairs]
             pair_means = None if means is None else means[w]
             out = self.heads(
-                encoded[w], mask[w], t, pair_means if self.mean_stream else None, None if scores is None else scores[w]
+                encoded[w], mask[w], t, None if streams is None else streams[w], None if bias is None else bias[w]
             )
             out = self._add_floor(out, pair_means, t)
             probs.append(self.heads.probability(out))

@@ -39,6 +39,7 @@ def model_from_hparams(hp: dict) -> torch.nn.Module:
             hp.get("mean_stream", False),  # models saved before the mean stream have none
             hp.get("linear_floor", False),  # nor before the linear floor
             hp.get("shared_attention", False),  # nor before the shared attention
+            hp.get("shared_readout", False),  # nor before the shared readout
         )
     if kind in BASELINES:
         extra = {}
@@ -74,5 +75,6 @@ def build_model(in_dim: int, assays: list[str], settings: TrainSettings) -> torc
             "mean_stream": settings.mean_stream,
             "linear_floor": settings.linear_floor,
             "shared_attention": settings.shared_attention,
+            "shared_readout": settings.shared_readout,
         }
     )

@@ -24,10 +24,15 @@ if TYPE_CHECKING:  # assay selection's settings; selection imports this module
 
 # ------------------------------------------------------------------------------------ single-assay models
 def stl_settings(train: TrainSettings, settings: SelectSettings) -> TrainSettings:
-    """The single-assay models of selection: no shared projector (so no shared attention either), the selection's
-    head size and rate."""
+    """The single-assay models of selection: no shared projector (so no shared attention or readout either), the
+    selection's head size and rate."""
     return dataclasses.replace(
-        train, shared_projector=False, shared_attention=False, head_dim=settings.stl_head_dim, lr=settings.stl_lr
+        train,
+        shared_projector=False,
+        shared_attention=False,
+        shared_readout=False,
+        head_dim=settings.stl_head_dim,
+        lr=settings.stl_lr,
     )
 
 

@@ -142,8 +142,9 @@ def fit_signature(settings: TrainSettings, pairs: WellPairs, train_wells, val_we
     single-assay models of selection, whose cached files predate that and stay valid)."""
     digest = hashlib.sha1()
     fields = dataclasses.asdict(settings)
-    if not fields.get("shared_attention"):  # added later: fits without it keep the signature they were saved with
-        fields.pop("shared_attention", None)
+    for later in ("shared_attention", "shared_readout"):  # added later: fits without them keep their signatures
+        if not fields.get(later):
+            fields.pop(later, None)
     digest.update(json.dumps(fields, sort_keys=True).encode())
     if with_assays:
         digest.update("\x1f".join(pairs.assays).encode())
