@@ -108,12 +108,10 @@ class MoMIL(MILModel):
         shared attention's pooled ``F_phi`` output (shared readout), side by side; None without either."""
         parts = []
         if self.mean_stream:
-            parts.append(means)
+            parts.append(means.to(encoded.dtype))
         if self.shared_readout:
             parts.append(attention_pool(masked_softmax(scores, mask), encoded).to(encoded.dtype))
-        if not parts:
-            return None
-        return parts[0] if len(parts) == 1 else torch.cat([p.to(encoded.dtype) for p in parts], dim=-1)
+        return torch.cat(parts, dim=-1) if parts else None
 
     def encode(self, bags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """F_phi on the real instances only: bags (B, N, D), mask (B, N) -> (B, N, d), zeros at padding."""
