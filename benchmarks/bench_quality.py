@@ -31,6 +31,7 @@ import pandas as pd
 
 from momil.cli import main as momil
 from momil.config import tomllib  # the standard library's, or tomli before Python 3.11
+from momil.simulate.screen import SimulateSettings
 
 PANEL = Path(__file__).with_name("quality_panel.toml")
 METHODS = "mean-lr,mean-mlp,multilabel-mil,momil-all"
@@ -56,7 +57,7 @@ def prepare(folder: Path, spec: dict, seed: int) -> None:
     if not (folder / "screen" / "simulation.json").exists():
         flags = []
         for key, value in spec.items():
-            if key not in NOT_SIMULATE:
+            if key not in NOT_SIMULATE and not (spec["mode"] == "hti-cnn" and key in SimulateSettings.SYNTHETIC_ONLY):
                 flags += [f"--{key.replace('_', '-')}", value]
         run("simulate", "--out", folder / "screen", *flags, "--seed", seed)
     if not (folder / "raw" / "manifest.json").exists():

@@ -114,6 +114,8 @@ def test_toml_config(tmp_path, capsys):
     (tmp_path / "bad.toml").write_text("[simulate]\nn_compoundz = 1\n")
     code, _, err = run(capsys, "simulate", "--out", tmp_path / "t", "--config", tmp_path / "bad.toml")
     assert code == 2 and "unknown setting(s) ['n_compoundz']" in err and not (tmp_path / "t").exists()
+    code, _, err = run(capsys, "simulate", "--out", tmp_path / "u", "--mode", "hti-cnn", "--n-assays", 12)
+    assert code == 2 and "--n-assays 12 would be ignored" in err and not (tmp_path / "u").exists()
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from momil.model.heads import HEADS, DSMILHeads, GatedAttentionHeads, masked_softmax
+from momil.model.heads import HEADS, DSMILHeads, GatedAttentionHeads, PairPlan, masked_softmax
 from momil.model.momil import MoMIL
 
 KINDS = sorted(HEADS)
@@ -161,7 +161,6 @@ def test_batched_heads_equal_per_assay_reference(kind):
 
 
 def test_pair_plan_groups_the_pairs_of_each_assay():
-    from momil.model.heads import PairPlan
 
     assay = torch.tensor([5, 2, 5, 7, 2, 5, 9])
     plan = PairPlan.build(assay)
@@ -430,6 +429,20 @@ def test_shared_readout_starts_at_zero_and_adds_a_linear_readout_of_the_shared_a
     assert "shared_readout" not in plain.hparams  # models without it keep the hyperparameters they had
     with pytest.raises(MomilError, match="shared_projector"):
         MoMIL(*args, shared_projector=False, shared_readout=True)
+
+
+def test_linear_streams_without_their_input_are_refused_by_name():
+    bags, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool)
+    readout_only = MoMIL(8, ["a", "b"], "abmil", 6, 5, 0.0, shared_readout=True).eval()
+    z = readout_only.encode(bags, mask)
+    plan = PairPlan.build(torch.tensor([0, 1]), bags.device)
+    pooled = torch.zeros(2, 5)
+    with pytest.raises(ValueError, match="linear stream .a mean stream or a shared readout."):
+        readout_only.heads.bag_logit(pooled, plan, readout_only.heads.planned_weights(plan), None)
+    assert readout_only.streams(z, mask, None, readout_only.shared_scores(z)).shape == (2, 6)  # no mean needed
+    with_mean = MoMIL(8, ["a", "b"], "abmil", 6, 5, 0.0, mean_stream=True).eval()
+    with pytest.raises(ValueError, match="mean stream needs each well's mean"):
+        with_mean.streams(with_mean.encode(bags, mask), mask, None, None)
 
 
 def test_models_saved_without_a_mean_stream_still_load():

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from momil.errors import MomilError
 from momil.io.contract import (
     InstanceSource,
     read_assays,
@@ -67,10 +70,14 @@ def test_replicates_on_different_plates_and_real_negcon_positions(tmp_path):
     assert wells["Metadata_Batch"].nunique() == 3
 
 
+def overlay(**kw) -> SimulateSettings:
+    """``small`` in the hti-cnn mode, without the synthetic-only settings that mode refuses."""
+    base = dict(n_compounds=30, replicates=2, negcon_per_plate=8, dim=8, instances=10, n_targets=8, n_primary=4)
+    return SimulateSettings(**{**base, "mode": "hti-cnn", **kw})
+
+
 def test_hti_cnn_overlay_keeps_the_real_pattern(tmp_path):
-    summary = simulate(
-        tmp_path / "s", small(mode="hti-cnn", n_compounds=150, n_targets=10, n_primary=6), show_progress=False
-    )
+    summary = simulate(tmp_path / "s", overlay(n_compounds=150, n_targets=10, n_primary=6), show_progress=False)
     labels = read_labels(tmp_path / "s" / "labels.parquet")
     real = hti_cnn_labels()
     kept = real.subset_compounds(labels.compounds)
@@ -85,6 +92,14 @@ def test_hti_cnn_overlay_keeps_the_real_pattern(tmp_path):
     compounds = read_compounds(tmp_path / "s" / "compounds.parquet")
     assert compounds["Metadata_SMILES"].notna().sum() > 0  # real SMILES where hti-cnn has them
     assert summary["assays"] == 209
+
+
+@pytest.mark.parametrize("key, value", [("n_assays", 12), ("label_density", 0.1), ("active_rate", 0.5)])
+def test_hti_cnn_overlay_refuses_the_synthetic_only_settings_by_flag(tmp_path, key, value):
+    with pytest.raises(MomilError, match=f"--{key.replace('_', '-')} {value} would be ignored"):
+        overlay(**{key: value})
+    assert set(SimulateSettings.SYNTHETIC_ONLY) <= {f.name for f in dataclasses.fields(SimulateSettings)}
+    SimulateSettings(**{key: value})  # the synthetic mode reads them
 
 
 def _well_label_signal(tmp_path, settings):

@@ -186,7 +186,9 @@ class StackedHeads(nn.Module):
         if not self.mean_dim:
             return logit
         if means is None:
-            raise ValueError("heads with a mean stream need each pair's well mean (means)")
+            raise ValueError(
+                "heads with a linear stream (a mean stream or a shared readout) need each pair's stream input (means)"
+            )
 
         def one(g: int, part: torch.Tensor) -> torch.Tensor:
             heads, pairs = plan.groups[g]

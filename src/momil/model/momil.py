@@ -108,6 +108,8 @@ class MoMIL(MILModel):
         shared attention's pooled ``F_phi`` output (shared readout), side by side; None without either."""
         parts = []
         if self.mean_stream:
+            if means is None:
+                raise ValueError("a model with a mean stream needs each well's mean feature vector (means)")
             parts.append(means.to(encoded.dtype))
         if self.shared_readout:
             parts.append(attention_pool(masked_softmax(scores, mask), encoded).to(encoded.dtype))

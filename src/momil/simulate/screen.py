@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -87,7 +88,9 @@ class SimulateSettings(Settings):
     unrelated_fraction: float = setting(0.2, "secondary assays whose labels do not depend on morphology", low=0, high=1)
     hit_rate: float = setting(0.2, low=0, high=1)
     series_size: int = setting(6, "synthetic: compounds per chemical series", low=1)
-    series_inheritance: float = setting(0.8, low=0, high=1)
+    series_inheritance: float = setting(
+        0.8, "synthetic: chance a compound shares its series' hit on a target", low=0, high=1
+    )
     assay_noise: float = setting(0.35, "sd of assay-specific noise on potency", low=0)
     active_rate: float = setting(
         0.35, "synthetic: fraction of actives among known labels", low=0, high=1, low_open=True, high_open=True
@@ -130,6 +133,32 @@ class SimulateSettings(Settings):
     image_size: int = setting(128, low=16)
     seed: int = setting(0)
     overwrite: bool = setting(False)
+
+    # the real matrix fixes these in the hti-cnn mode: its 209 assays, one compound per series (no analogues) and
+    # its own known positions and active rates
+    SYNTHETIC_ONLY: ClassVar[tuple[str, ...]] = (
+        "n_assays",
+        "series_size",
+        "series_inheritance",
+        "active_rate",
+        "label_density",
+        "primary_density",
+    )
+
+    def check(self) -> None:
+        if self.mode != "hti-cnn":
+            return
+        changed = [
+            f"--{f.name.replace('_', '-')} {getattr(self, f.name)}"
+            for f in dataclasses.fields(self)
+            if f.name in self.SYNTHETIC_ONLY and getattr(self, f.name) != f.default
+        ]
+        if changed:
+            raise MomilError(
+                f"mode hti-cnn takes its assays, compounds and label pattern from the real matrix, so "
+                f"{', '.join(changed)} would be ignored: leave {'it' if len(changed) == 1 else 'them'} at the default "
+                "or use --mode synthetic"
+            )
 
 
 # --------------------------------------------------------------------------------------------- latent world
