@@ -12,16 +12,23 @@ on the mean of the truly responding cells), and MoMIL all minus mean-LR and minu
     python benchmarks/bench_quality.py                  # the panel: every regime x every seed
     python benchmarks/bench_quality.py --large          # the large regime, once, at the end
     python benchmarks/bench_quality.py --regimes batchy --seeds 0 --train-seeds 0,1,2   # the training seed's spread
+    python benchmarks/bench_quality.py --quick --train-seeds 0,1 --variant floor --flags="--linear-floor"  # an A/B
 
 A regime's seeds are the simulator's: each is another screen. ``--train-seeds`` trains the same screens again with
 other training seeds (``momil benchmark --seed``: initial weights, dropout masks, the order of the wells); the
 panel table stays the one of training seed 0, and a second table gives each method's mean and standard deviation
 over the training seeds, with the standard deviation of MoMIL + AS + LI's mean on each screen.
+
+``--variant NAME --flags="..."`` runs the same prepared screens with extra `momil benchmark` flags (an A/B against
+the defaults): its benchmark folders are ``bench-<rotations>-NAME`` and its tables ``quality[-quick]-NAME.csv``, so a
+variant never mixes rows with the defaults' run or another variant's, and its screens are not simulated again.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -39,6 +46,9 @@ AB = ",momil-as,momil-as-li"
 TWO_CORE = ["--preset", "quick", "--rounds", "2", "--probes", "0", "--n-boot", "200"]
 ALL_METHODS = (METHODS + AB).split(",")
 NOT_SIMULATE = {"seeds", "ab"}
+# the flags the panel sets on every `momil benchmark` run, which a variant's --flags may not change
+OWNED = {"--store", "--labels", "--folds", "--assays", "--associations", "--out", "--methods", "--focus",
+         "--reference", "--rotations", "--seed", "--quiet"}  # fmt: skip
 
 
 def regimes(large: bool) -> list[tuple[str, dict]]:
@@ -93,12 +103,39 @@ def panel_methods(spec: dict, only: list[str] | None = None) -> list[str]:
     return [m for m in methods if only is None or m in only]
 
 
+def bench_folder(folder: Path, rotations: str, train_seed: int = 0, variant: str = "") -> Path:
+    """Where one `momil benchmark` run of a prepared screen lives: by rotations, training seed and variant."""
+    name = f"bench-{rotations.replace(',', '')}" + (f"-t{train_seed}" if train_seed else "")
+    return folder / (f"{name}-{variant}" if variant else name)
+
+
+def variant_flags(variant: str | None, flags: str | None) -> tuple[str, list[str]]:
+    """``--variant`` and ``--flags`` checked: (the variant's name, the extra `momil benchmark` flags)."""
+    extra = shlex.split(flags or "")
+    if extra and not variant:
+        raise ValueError("--flags needs --variant NAME, so that the variant's runs and tables are kept apart")
+    if variant and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", variant):
+        raise ValueError(f"--variant must be letters, digits, '.', '_' or '-', not {variant!r}")
+    if variant and not extra:
+        raise ValueError("--variant needs --flags: the `momil benchmark` flags the variant changes")
+    owned = sorted({f.split("=")[0] for f in extra if f.split("=")[0] in OWNED})
+    if owned:
+        raise ValueError(f"--flags: {', '.join(owned)} is set by the panel itself; choose another flag")
+    return variant or "", extra
+
+
 def benchmark(
-    folder: Path, spec: dict, rotations: str, train_seed: int = 0, only: list[str] | None = None
+    folder: Path,
+    spec: dict,
+    rotations: str,
+    train_seed: int = 0,
+    only: list[str] | None = None,
+    variant: str = "",
+    extra: list[str] | None = None,
 ) -> pd.DataFrame:
     screen = folder / "screen"
     methods = panel_methods(spec, only)
-    out = folder / (f"bench-{rotations.replace(',', '')}" + (f"-t{train_seed}" if train_seed else ""))
+    out = bench_folder(folder, rotations, train_seed, variant)
     run(
         "benchmark",
         "--store",
@@ -124,6 +161,7 @@ def benchmark(
         *TWO_CORE,
         "--seed",
         train_seed,
+        *(extra or []),
     )
     return pd.read_csv(out / "table2.csv")
 
@@ -201,7 +239,13 @@ def main() -> int:
         help=f"comma-separated subset of the panel's methods ({METHODS}{AB}) to run again, the other methods' rows "
         "of the earlier run kept (default: all; mean-lr is always run, every difference reads it)",
     )
+    parser.add_argument("--variant", help="a name for an A/B run with --flags (its own folders and tables)")
+    parser.add_argument("--flags", help='extra `momil benchmark` flags for the variant, e.g. --flags="--linear-floor"')
     args = parser.parse_args()
+    try:
+        variant, extra = variant_flags(args.variant, args.flags)
+    except ValueError as err:
+        parser.error(str(err))
     asked = only = None
     if args.methods:
         asked = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -232,7 +276,7 @@ def main() -> int:
             prepare(folder, spec, seed)
             bounds = ceilings(folder, rotation_list)
             for train_seed in train_seeds:
-                table = benchmark(folder, spec, rotations, train_seed, only)
+                table = benchmark(folder, spec, rotations, train_seed, only, variant, extra)
                 for _, row in table.iterrows():
                     rows.append(
                         {
@@ -248,6 +292,7 @@ def main() -> int:
                     )
             print(f"{name} seed {seed}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     stem = "quality-large" if args.large else "quality-quick" if args.quick else "quality"
+    stem = f"{stem}-{variant}" if variant else stem
     order = [name for name, _ in regimes(args.large)]
     columns = ["regime", "seed", "train_seed", "method", "pooled", "per_rotation", "pr_auc", "ceiling", "oracle"]
     done = pd.DataFrame(rows, columns=columns)

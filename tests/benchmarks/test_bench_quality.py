@@ -213,3 +213,39 @@ def test_the_panel_table_leaves_a_gap_blank_where_a_method_did_not_run(bq):
     assert cells[1:3] == ["0.600 / 0.600", "0.610 / 0.610"]
     assert cells[-3:] == ["", "", ""]  # no MoMIL all, no multi-label MIL, no + AS + LI: no gaps, never "nan"
     assert "nan" not in line
+
+
+def test_a_variant_keeps_its_runs_apart_and_refuses_flags_the_panel_sets(bq, tmp_path):
+    assert bq.variant_flags(None, None) == ("", [])  # the defaults' run
+    assert bq.variant_flags("floor", "--linear-floor --lrs 1e-2") == ("floor", ["--linear-floor", "--lrs", "1e-2"])
+    assert bq.bench_folder(tmp_path, "0,1") == tmp_path / "bench-01"
+    assert bq.bench_folder(tmp_path, "0,1", 1, "floor") == tmp_path / "bench-01-t1-floor"
+    assert bq.bench_folder(tmp_path, "all", 0, "floor") != bq.bench_folder(tmp_path, "all")
+    with pytest.raises(ValueError, match="--flags needs --variant"):
+        bq.variant_flags(None, "--linear-floor")  # would mix its rows with the defaults'
+    with pytest.raises(ValueError, match="--variant needs --flags"):
+        bq.variant_flags("floor", "")
+    with pytest.raises(ValueError, match="--variant must be"):
+        bq.variant_flags("../x", "--linear-floor")
+    with pytest.raises(ValueError, match="--seed is set by the panel"):
+        bq.variant_flags("s", "--seed 3")
+    with pytest.raises(ValueError, match="--rotations is set by the panel"):
+        bq.variant_flags("r", "--rotations=all")
+
+
+def test_a_variants_flags_reach_momil_benchmark(bq, tmp_path, monkeypatch):
+    seen = []
+
+    def fake_run(*argv):
+        seen.append([str(a) for a in argv])
+        out = Path(seen[-1][seen[-1].index("--out") + 1])
+        out.mkdir(parents=True)
+        pd.DataFrame({"method": ["mean-lr"], "mean": [0.6]}).to_csv(out / "table2.csv", index=False)
+
+    monkeypatch.setattr(bq, "run", fake_run)
+    spec = bq.regimes(False)[0][1]
+    table = bq.benchmark(tmp_path, spec, "0,1", 0, None, "floor", ["--linear-floor"])
+    assert list(table["mean"]) == [0.6]
+    argv = seen[0]
+    assert argv[argv.index("--out") + 1] == str(tmp_path / "bench-01-floor")
+    assert argv[-1] == "--linear-floor" and argv[argv.index("--preset") + 1] == "quick"
