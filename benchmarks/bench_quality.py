@@ -46,9 +46,6 @@ AB = ",momil-as,momil-as-li"
 TWO_CORE = ["--preset", "quick", "--rounds", "2", "--probes", "0", "--n-boot", "200"]
 ALL_METHODS = (METHODS + AB).split(",")
 NOT_SIMULATE = {"seeds", "ab"}
-# the flags the panel sets on every `momil benchmark` run, which a variant's --flags may not change
-OWNED = {"--store", "--labels", "--folds", "--assays", "--associations", "--out", "--methods", "--focus",
-         "--reference", "--rotations", "--seed", "--quiet"}  # fmt: skip
 
 
 def regimes(large: bool) -> list[tuple[str, dict]]:
@@ -118,10 +115,17 @@ def variant_flags(variant: str | None, flags: str | None) -> tuple[str, list[str
         raise ValueError(f"--variant must be letters, digits, '.', '_' or '-', not {variant!r}")
     if variant and not extra:
         raise ValueError("--variant needs --flags: the `momil benchmark` flags the variant changes")
-    owned = sorted({f.split("=")[0] for f in extra if f.split("=")[0] in OWNED})
+    owned = sorted({f.split("=")[0] for f in extra if f.split("=")[0] in owned_flags()})
     if owned:
         raise ValueError(f"--flags: {', '.join(owned)} is set by the panel itself; choose another flag")
     return variant or "", extra
+
+
+def owned_flags() -> set[str]:
+    """The flags the panel sets on every `momil benchmark` run itself, which a variant's --flags may not change (the
+    2-core settings of ``TWO_CORE`` it may: flags after them override them)."""
+    argv = benchmark_argv(Path(), {}, "0,1")
+    return {str(a) for a in argv if str(a).startswith("--")} - set(TWO_CORE) | {"--quiet"}
 
 
 def benchmark(
@@ -133,10 +137,17 @@ def benchmark(
     variant: str = "",
     extra: list[str] | None = None,
 ) -> pd.DataFrame:
+    run(*benchmark_argv(folder, spec, rotations, train_seed, only, variant), *(extra or []))
+    return pd.read_csv(bench_folder(folder, rotations, train_seed, variant) / "table2.csv")
+
+
+def benchmark_argv(
+    folder: Path, spec: dict, rotations: str, train_seed: int = 0, only: list[str] | None = None, variant: str = ""
+) -> list:
+    """The panel's `momil benchmark` command line for one prepared screen (without a variant's extra flags)."""
     screen = folder / "screen"
     methods = panel_methods(spec, only)
-    out = bench_folder(folder, rotations, train_seed, variant)
-    run(
+    return [
         "benchmark",
         "--store",
         folder / "store",
@@ -149,7 +160,7 @@ def benchmark(
         "--associations",
         screen / "associations.parquet",
         "--out",
-        out,
+        bench_folder(folder, rotations, train_seed, variant),
         "--methods",
         ",".join(methods),
         "--focus",
@@ -161,9 +172,7 @@ def benchmark(
         *TWO_CORE,
         "--seed",
         train_seed,
-        *(extra or []),
-    )
-    return pd.read_csv(out / "table2.csv")
+    ]
 
 
 def ceilings(folder: Path, rotations: list[int]) -> dict:
